@@ -1,0 +1,46 @@
+package v1alpha1
+
+// Names that users, manifests and the other clusters rely on.
+const (
+	// SystemNamespace is where Links, credentials and backbone's own
+	// workloads live.
+	SystemNamespace = "backbone-system"
+
+	// ExportedLabel marks a Service as exported to linked clusters.
+	ExportedLabel = "backbone.dev/exported"
+	// MirroredFromLabel names the cluster a mirror Service comes from.
+	MirroredFromLabel = "backbone.dev/mirrored-from"
+	// ManagedByLabel is the well-known label; backbone sets it to ManagedByValue
+	// on everything it creates, and deletes only objects that carry it.
+	ManagedByLabel = "app.kubernetes.io/managed-by"
+	// ManagedByValue is backbone's value of ManagedByLabel.
+	ManagedByValue = "backbone"
+	// SquadLabel names the squad that declared an EgressTarget or IngressTarget.
+	SquadLabel = "backbone.dev/squad"
+	// AllowedClustersAnnotation restricts which linked clusters may reach an
+	// exported Service through the gateway: a comma-separated list of names.
+	AllowedClustersAnnotation = "backbone.dev/allowed-clusters"
+	// RemoteResourceVersionAnnotation records the resourceVersion of the
+	// remote Service a mirror was last synced from.
+	RemoteResourceVersionAnnotation = "backbone.dev/remote-resource-version"
+
+	// RemoteKubeconfigSecretType is the type of the Secret that holds a Link's
+	// credentials, in the key KubeconfigKey.
+	RemoteKubeconfigSecretType = "backbone.dev/remote-kubeconfig"
+	// KubeconfigKey is the Secret key holding the remote kubeconfig.
+	KubeconfigKey = "kubeconfig"
+
+	// ConditionReady is the summary condition of every backbone object.
+	ConditionReady = "Ready"
+	// ConditionGatewayReachable reports the link probe's view of the remote
+	// gateway.
+	ConditionGatewayReachable = "GatewayReachable"
+)
+
+// SecretReference names a Secret in the Link's own namespace.
+type SecretReference struct {
+	// Name of the Secret.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	Name string `json:"name"`
+}

@@ -1,0 +1,235 @@
+// Package testenv starts real, named Kubernetes control planes (etcd +
+// kube-apiserver, through controller-runtime's envtest) for integration and
+// end-to-end tests, with backbone's CRDs installed. The binaries come from
+// hack/cluster-binaries.sh, cached by version in the user cache directory.
+package testenv
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	mcscrd "sigs.k8s.io/mcs-api/config/crd"
+	"sigs.k8s.io/yaml"
+
+	backbonev1alpha1 "github.com/backbone-mesh/backbone/api/v1alpha1"
+	"github.com/backbone-mesh/backbone/internal/kube"
+)
+
+// Cluster is one running control plane.
+type Cluster struct {
+	// Name is the cluster's name, also its context name in Kubeconfig.
+	Name string
+	// Config is an admin rest.Config.
+	Config *rest.Config
+	// Client is an admin controller-runtime client with backbone's types.
+	Client client.Client
+	// Clientset is an admin client-go clientset.
+	Clientset kubernetes.Interface
+	// Kubeconfig is the path of an admin kubeconfig file whose only context
+	// is Name.
+	Kubeconfig string
+
+	env *envtest.Environment
+}
+
+// Scheme knows the built-in types, backbone's and the MCS API's.
+var Scheme = kube.Scheme
+
+// RepoRoot is the directory holding backbone's go.mod.
+func RepoRoot() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Join(filepath.Dir(file), "..", "..")
+}
+
+// BinaryDir returns the directory holding kube-apiserver and etcd:
+// KUBEBUILDER_ASSETS if set, else the cache hack/cluster-binaries.sh fills.
+// It reports an error naming the command to run when they are missing.
+func BinaryDir() (string, error) {
+	dir := os.Getenv("KUBEBUILDER_ASSETS")
+	if dir == "" {
+		out, err := exec.Command("bash", "-c", `
+			set -e
+			k8s=$(awk '$1 == "require" && $2 == "k8s.io/kubernetes" {print $3}' hack/tools/k8s/go.mod)
+			etcd=$(awk '$1 == "require" && $2 == "go.etcd.io/etcd/server/v3" {print $3}' hack/tools/etcd/go.mod)
+			echo "${BACKBONE_CLUSTER_BINARIES:-${XDG_CACHE_HOME:-$HOME/.cache}/backbone/k8s-${k8s}-etcd-${etcd}}"
+		`).Output()
+		if err != nil {
+			return "", fmt.Errorf("locating the cluster binary cache: %w", err)
+		}
+		dir = strings.TrimSpace(string(out))
+	}
+	for _, bin := range []string{"kube-apiserver", "etcd"} {
+		if _, err := os.Stat(filepath.Join(dir, bin)); err != nil {
+			return "", fmt.Errorf("%s not found in %s: run hack/cluster-binaries.sh (or make test) to build it", bin, dir)
+		}
+	}
+	return dir, nil
+}
+
+// RequireBinaries skips the test when the cluster binaries are missing, or
+// fails it when CI=true: in CI a missing binary is a broken setup, never a
+// reason to pass.
+func RequireBinaries(t testing.TB) string {
+	t.Helper()
+	dir, err := binaryDirFromRoot()
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("CI=true and the cluster binaries are missing: %v", err)
+		}
+		t.Skipf("skipping: needs real clusters: %v", err)
+	}
+	return dir
+}
+
+func binaryDirFromRoot() (string, error) {
+	wd, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	if err := os.Chdir(RepoRoot()); err != nil {
+		return "", err
+	}
+	defer func() { _ = os.Chdir(wd) }()
+	return BinaryDir()
+}
+
+var binaryDirOnce = sync.OnceValues(binaryDirFromRoot)
+
+// Start starts one control plane per name, in parallel, installs
+// backbone's CRDs (and any in extraCRDDirs) and the backbone-system
+// namespace, and stops them all when the test ends.
+func Start(t testing.TB, names ...string) map[string]*Cluster {
+	t.Helper()
+	if _, err := binaryDirOnce(); err != nil {
+		RequireBinaries(t)
+	}
+	dir, _ := binaryDirOnce()
+	clusters := make(map[string]*Cluster, len(names))
+	errs := make([]error, len(names))
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	for i, name := range names {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := startCluster(t.TempDir(), dir, name)
+			if err != nil {
+				errs[i] = fmt.Errorf("starting cluster %s: %w", name, err)
+				return
+			}
+			mu.Lock()
+			clusters[name] = c
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	t.Cleanup(func() {
+		for _, c := range clusters {
+			if err := c.Stop(); err != nil {
+				t.Logf("stopping cluster %s: %v", c.Name, err)
+			}
+		}
+	})
+	if err := errors.Join(errs...); err != nil {
+		t.Fatal(err)
+	}
+	return clusters
+}
+
+func startCluster(tmp, binDir, name string) (*Cluster, error) {
+	env := &envtest.Environment{
+		BinaryAssetsDirectory: binDir,
+		CRDDirectoryPaths:     []string{filepath.Join(RepoRoot(), "config", "crd", "bases")},
+		CRDs:                  []*apiextensionsv1.CustomResourceDefinition{serviceExportCRD()},
+		ErrorIfCRDPathMissing: true,
+		Scheme:                Scheme,
+	}
+	cfg, err := env.Start()
+	if err != nil {
+		return nil, err
+	}
+	c := &Cluster{Name: name, Config: cfg, env: env}
+	if c.Client, err = client.New(cfg, client.Options{Scheme: Scheme}); err != nil {
+		_ = env.Stop()
+		return nil, err
+	}
+	if c.Clientset, err = kubernetes.NewForConfig(cfg); err != nil {
+		_ = env.Stop()
+		return nil, err
+	}
+	c.Kubeconfig = filepath.Join(tmp, name+".kubeconfig")
+	if err := clientcmd.WriteToFile(*KubeconfigFor(map[string]*rest.Config{name: cfg}), c.Kubeconfig); err != nil {
+		_ = env.Stop()
+		return nil, err
+	}
+	if err := createNamespace(c, backbonev1alpha1.SystemNamespace); err != nil {
+		_ = env.Stop()
+		return nil, err
+	}
+	return c, nil
+}
+
+// Stop stops the control plane.
+func (c *Cluster) Stop() error { return c.env.Stop() }
+
+// KubeconfigFor builds a kubeconfig with one context per named config,
+// credentials inline; the first name (sorted) is the current context.
+func KubeconfigFor(configs map[string]*rest.Config) *clientcmdapi.Config {
+	kc := clientcmdapi.NewConfig()
+	for name, cfg := range configs {
+		kc.Clusters[name] = &clientcmdapi.Cluster{
+			Server:                   cfg.Host,
+			CertificateAuthorityData: cfg.CAData,
+		}
+		kc.AuthInfos[name] = &clientcmdapi.AuthInfo{
+			ClientCertificateData: cfg.CertData,
+			ClientKeyData:         cfg.KeyData,
+			Token:                 cfg.BearerToken,
+		}
+		kc.Contexts[name] = &clientcmdapi.Context{Cluster: name, AuthInfo: name}
+		if kc.CurrentContext == "" || name < kc.CurrentContext {
+			kc.CurrentContext = name
+		}
+	}
+	return kc
+}
+
+// MergedKubeconfig writes one kubeconfig with a context per cluster and
+// returns its path.
+func MergedKubeconfig(t testing.TB, clusters map[string]*Cluster) string {
+	t.Helper()
+	configs := make(map[string]*rest.Config, len(clusters))
+	for name, c := range clusters {
+		configs[name] = c.Config
+	}
+	path := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := clientcmd.WriteToFile(*KubeconfigFor(configs), path); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// serviceExportCRD is the MCS API's ServiceExport CRD, the second way to
+// export a Service.
+func serviceExportCRD() *apiextensionsv1.CustomResourceDefinition {
+	crd := &apiextensionsv1.CustomResourceDefinition{}
+	if err := yaml.Unmarshal(mcscrd.ServiceExportCRD, crd); err != nil {
+		panic(fmt.Sprintf("decoding the embedded ServiceExport CRD: %v", err))
+	}
+	return crd
+}
