@@ -44,3 +44,33 @@ type SecretReference struct {
 	// +kubebuilder:validation:MaxLength=253
 	Name string `json:"name"`
 }
+
+// The contract between the mirror controller, which writes mirrors, and the
+// gateway, which serves them.
+const (
+	// GatewayServiceName is the Service (in SystemNamespace) of the local
+	// gateway. Its ready endpoints become the endpoints of every mirror; its
+	// port named GatewayInboundPortName is the tunnel endpoint peers dial;
+	// its GatewayIdentityAnnotation names the gateway's SPIFFE ID.
+	GatewayServiceName = "backbone-gateway"
+	// GatewayInboundPortName names the gateway Service's mTLS port.
+	GatewayInboundPortName = "inbound"
+	// GatewayIdentityAnnotation on the gateway Service holds its SPIFFE ID.
+	GatewayIdentityAnnotation = "backbone.dev/gateway-identity"
+
+	// EndpointSliceManagedBy is backbone's value of the
+	// endpointslice.kubernetes.io/managed-by label on mirror EndpointSlices.
+	EndpointSliceManagedBy = "backbone.dev"
+
+	// RemoteNameAnnotation on a mirror names the remote Service it mirrors.
+	RemoteNameAnnotation = "backbone.dev/remote-name"
+	// RemoteHostnameAnnotation on a per-pod mirror names the pod hostname
+	// (of a headless remote Service) it stands for.
+	RemoteHostnameAnnotation = "backbone.dev/remote-hostname"
+)
+
+// The mirror's EndpointSlice carries one port per mirror Service port, with
+// the same name, whose number is the gateway port allocated to it. The
+// gateway listens on every such port and tunnels each connection to
+// "[<remote-hostname>.]<remote-name>.<namespace>.svc.cluster.local:<mirror
+// Service port>" in the cluster named by MirroredFromLabel.

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -158,6 +159,9 @@ func startCluster(tmp, binDir, name string) (*Cluster, error) {
 		CRDs:                  []*apiextensionsv1.CustomResourceDefinition{serviceExportCRD()},
 		ErrorIfCRDPathMissing: true,
 		Scheme:                Scheme,
+		// Generous: several control planes and builds share two cores in CI.
+		ControlPlaneStartTimeout: 90 * time.Second,
+		ControlPlaneStopTimeout:  30 * time.Second,
 	}
 	cfg, err := env.Start()
 	if err != nil {
