@@ -1,0 +1,113 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/backbone-mesh/backbone/internal/testenv"
+)
+
+func run(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	cmd := newRootCmd()
+	var out bytes.Buffer
+	cmd.SetOut(&out)
+	cmd.SetErr(&out)
+	cmd.SetArgs(args)
+	err := cmd.Execute()
+	return out.String(), err
+}
+
+func TestVersionJSON(t *testing.T) {
+	out, err := run(t, "version", "-o", "json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got map[string]any
+	if err := json.Unmarshal([]byte(out), &got); err != nil {
+		t.Fatalf("version -o json is not JSON: %v\n%s", err, out)
+	}
+	for _, field := range []string{"version", "gitCommit", "goVersion", "platform"} {
+		if s, _ := got[field].(string); s == "" {
+			t.Errorf("field %q missing or empty in %s", field, out)
+		}
+	}
+	if _, err := run(t, "version", "-o", "xml"); err == nil || !strings.Contains(err.Error(), "--output") {
+		t.Errorf("want an error naming --output for -o xml, got %v", err)
+	}
+}
+
+func writeKubeconfig(t *testing.T, contexts map[string]string) string {
+	t.Helper()
+	configs := map[string]*rest.Config{}
+	for name, server := range contexts {
+		configs[name] = &rest.Config{Host: server}
+	}
+	path := filepath.Join(t.TempDir(), "config")
+	if err := clientcmd.WriteToFile(*testenv.KubeconfigFor(configs), path); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// TestKubeconfigFlags checks that --kubeconfig, --context and KUBECONFIG
+// resolve like kubectl's.
+func TestKubeconfigFlags(t *testing.T) {
+	a := writeKubeconfig(t, map[string]string{"east": "https://east.example:6443", "west": "https://west.example:6443"})
+	b := writeKubeconfig(t, map[string]string{"platform": "https://platform.example:6443"})
+
+	tests := map[string]struct {
+		env, kubeconfig, context string
+		wantServer, wantErr      string
+	}{
+		"the explicit file's current context is used": {
+			kubeconfig: a, wantServer: "https://east.example:6443",
+		},
+		"--context selects another context of the file": {
+			kubeconfig: a, context: "west", wantServer: "https://west.example:6443",
+		},
+		"KUBECONFIG lists several files and their contexts merge": {
+			env: a + string(os.PathListSeparator) + b, context: "platform", wantServer: "https://platform.example:6443",
+		},
+		"an unknown context is an error naming it": {
+			kubeconfig: a, context: "north", wantErr: `"north"`,
+		},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			t.Setenv("KUBECONFIG", tc.env)
+			opts := &rootOptions{}
+			opts.kube.Kubeconfig, opts.kube.Context = tc.kubeconfig, tc.context
+			cfg, err := opts.kube.RESTConfig()
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("want error containing %s, got %v", tc.wantErr, err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if cfg.Host != tc.wantServer {
+				t.Errorf("server %s, want %s", cfg.Host, tc.wantServer)
+			}
+		})
+	}
+}
+
+func TestGlobalFlagsAreParsed(t *testing.T) {
+	cmd := newRootCmd()
+	if err := cmd.ParseFlags([]string{"--kubeconfig", "/x", "--context", "west"}); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := cmd.PersistentFlags().GetString("context"); got != "west" {
+		t.Errorf("--context = %q", got)
+	}
+}
