@@ -1,0 +1,198 @@
+package probe
+
+import (
+	"context"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/backbone-mesh/backbone/api/v1alpha1"
+)
+
+// Func probes the gateway a Link points at and returns the round trip.
+type Func func(ctx context.Context, link *v1alpha1.Link) (time.Duration, error)
+
+// Defaults of the Link's spec.probe, for Links created before defaulting.
+const (
+	DefaultPeriod           = 3 * time.Second
+	DefaultTimeout          = 2 * time.Second
+	DefaultFailureThreshold = 3
+	// statusRefresh bounds how stale status.probe may get while nothing
+	// changes; changes of liveness or failure count are written at once.
+	statusRefresh = 30 * time.Second
+	windowSize    = 100
+)
+
+// Runner probes every Link in Namespace. It is a controller-runtime
+// Runnable that runs on the leader only, so one replica writes status.
+type Runner struct {
+	Client    client.Client
+	Namespace string
+	Cluster   string // this cluster, the probes' source
+	Probe     Func
+	Metrics   *Metrics
+	Log       *slog.Logger
+	// Resync is how often the Link list is re-read (default 1s).
+	Resync time.Duration
+
+	mu    sync.Mutex
+	links map[types.NamespacedName]*linkProber
+}
+
+type linkProber struct {
+	mu       sync.Mutex
+	link     *v1alpha1.Link
+	cancel   context.CancelFunc
+	state    *State
+	written  time.Time
+	lastSeen probeStatusKey
+	since    time.Time // last transition of GatewayReachable
+}
+
+type probeStatusKey struct {
+	alive    bool
+	failures int32
+}
+
+// NeedLeaderElection makes the manager run the prober on the leader only.
+func (r *Runner) NeedLeaderElection() bool { return true }
+
+// Start runs until ctx ends.
+func (r *Runner) Start(ctx context.Context) error {
+	if r.Resync == 0 {
+		r.Resync = time.Second
+	}
+	if r.Log == nil {
+		r.Log = slog.Default()
+	}
+	r.links = map[types.NamespacedName]*linkProber{}
+	defer func() {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		for _, lp := range r.links {
+			lp.cancel()
+		}
+	}()
+	tick := time.NewTicker(r.Resync)
+	defer tick.Stop()
+	for {
+		r.sync(ctx)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+	}
+}
+
+// sync starts a probe loop for every new Link and stops those of deleted
+// ones.
+func (r *Runner) sync(ctx context.Context) {
+	var list v1alpha1.LinkList
+	if err := r.Client.List(ctx, &list, client.InNamespace(r.Namespace)); err != nil {
+		r.Log.Warn("listing links for the probe", "err", err)
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	seen := map[types.NamespacedName]bool{}
+	for i := range list.Items {
+		link := &list.Items[i]
+		key := types.NamespacedName{Namespace: link.Namespace, Name: link.Name}
+		seen[key] = true
+		if lp, ok := r.links[key]; ok {
+			lp.mu.Lock()
+			lp.link = link
+			lp.mu.Unlock()
+			continue
+		}
+		lctx, cancel := context.WithCancel(ctx)
+		lp := &linkProber{link: link, cancel: cancel, state: NewState(windowSize), since: time.Now()}
+		r.links[key] = lp
+		go r.loop(lctx, key, lp)
+	}
+	for key, lp := range r.links {
+		if !seen[key] {
+			lp.cancel()
+			delete(r.links, key)
+			r.Metrics.forget(r.Cluster, lp.link.Spec.TargetClusterName)
+		}
+	}
+}
+
+func specOf(link *v1alpha1.Link) (period, timeout time.Duration, threshold int32) {
+	period, timeout, threshold = DefaultPeriod, DefaultTimeout, DefaultFailureThreshold
+	p := link.Spec.Probe
+	if p.Period != nil && p.Period.Duration > 0 {
+		period = p.Period.Duration
+	}
+	if p.Timeout != nil && p.Timeout.Duration > 0 {
+		timeout = p.Timeout.Duration
+	}
+	if p.FailureThreshold != nil && *p.FailureThreshold > 0 {
+		threshold = *p.FailureThreshold
+	}
+	return period, timeout, threshold
+}
+
+// jitter spreads probes by ±10% so many links do not probe in lockstep.
+func jitter(d time.Duration) time.Duration {
+	return time.Duration(float64(d) * (0.9 + 0.2*rand.Float64()))
+}
+
+func (r *Runner) loop(ctx context.Context, key types.NamespacedName, lp *linkProber) {
+	for {
+		lp.mu.Lock()
+		link := lp.link.DeepCopy()
+		lp.mu.Unlock()
+		period, timeout, threshold := specOf(link)
+		target := link.Spec.TargetClusterName
+
+		pctx, cancel := context.WithTimeout(ctx, timeout)
+		start := time.Now()
+		took, err := r.Probe(pctx, link)
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		if err == nil && took == 0 {
+			took = time.Since(start)
+		}
+		now := time.Now()
+		if lp.state.Record(now, took, err, threshold) {
+			lp.since = now
+			r.Log.Info("link liveness changed", "target_cluster", target, "alive", lp.state.Alive, "err", err)
+		}
+		if err == nil {
+			r.Metrics.Duration.WithLabelValues(r.Cluster, target).Observe(took.Seconds())
+			r.Metrics.Probes.WithLabelValues(r.Cluster, target, "success").Inc()
+		} else {
+			r.Metrics.Probes.WithLabelValues(r.Cluster, target, "failure").Inc()
+			r.Log.Debug("link probe failed", "target_cluster", target, "err", err)
+		}
+		up := 0.0
+		if lp.state.Alive {
+			up = 1
+		}
+		r.Metrics.Up.WithLabelValues(r.Cluster, target).Set(up)
+
+		k := probeStatusKey{alive: lp.state.Alive, failures: lp.state.ConsecutiveFailures}
+		if k != lp.lastSeen || now.Sub(lp.written) >= statusRefresh {
+			if err := r.writeStatus(ctx, key, lp); err != nil {
+				r.Log.Warn("writing link probe status", "link", key.Name, "err", err)
+			} else {
+				lp.lastSeen, lp.written = k, now
+			}
+		}
+
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(jitter(period)):
+		}
+	}
+}

@@ -1,0 +1,72 @@
+package probe
+
+import (
+	"context"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/backbone-mesh/backbone/api/v1alpha1"
+)
+
+// FieldOwner is the server-side-apply manager of status.probe and the
+// GatewayReachable condition; the mirror controller owns the rest of the
+// Link's status, and apply merges conditions by type, so neither clobbers
+// the other.
+const FieldOwner = "backbone-probe"
+
+// Condition reasons of GatewayReachable.
+const (
+	ReasonProbeSucceeded = "ProbeSucceeded"
+	ReasonProbeFailing   = "ProbeFailing"
+	ReasonGatewayDown    = "GatewayUnreachable"
+)
+
+func (r *Runner) writeStatus(ctx context.Context, key types.NamespacedName, lp *linkProber) error {
+	lp.mu.Lock()
+	generation := lp.link.Generation
+	lp.mu.Unlock()
+	s := lp.state
+	probe := map[string]any{
+		"alive":         s.Alive,
+		"lastProbeTime": s.LastProbe.UTC().Format(time.RFC3339),
+	}
+	if s.ConsecutiveFailures > 0 {
+		probe["consecutiveFailures"] = int64(s.ConsecutiveFailures)
+	}
+	for field, q := range map[string]float64{"latencyP50": 0.5, "latencyP90": 0.9, "latencyP99": 0.99} {
+		if d, ok := s.Window.Percentile(q); ok {
+			probe[field] = metav1.Duration{Duration: d.Round(100 * time.Microsecond)}.Duration.String()
+		}
+	}
+	cond := map[string]any{
+		"type":               v1alpha1.ConditionGatewayReachable,
+		"observedGeneration": generation,
+		"lastTransitionTime": lp.since.UTC().Format(time.RFC3339),
+	}
+	switch {
+	case s.ConsecutiveFailures == 0:
+		cond["status"], cond["reason"] = string(metav1.ConditionTrue), ReasonProbeSucceeded
+		cond["message"] = "the gateway answers probes"
+	case s.Alive:
+		cond["status"], cond["reason"] = string(metav1.ConditionTrue), ReasonProbeFailing
+		cond["message"] = "recent probes failed: " + s.LastError
+	default:
+		cond["status"], cond["reason"] = string(metav1.ConditionFalse), ReasonGatewayDown
+		cond["message"] = s.LastError
+	}
+	u := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": v1alpha1.GroupVersion.String(),
+		"kind":       "Link",
+		"metadata":   map[string]any{"name": key.Name, "namespace": key.Namespace},
+		"status": map[string]any{
+			"probe":      probe,
+			"conditions": []any{cond},
+		},
+	}}
+	return r.Client.Status().Apply(ctx, client.ApplyConfigurationFromUnstructured(u),
+		client.FieldOwner(FieldOwner), client.ForceOwnership)
+}
