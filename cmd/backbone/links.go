@@ -1,0 +1,119 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/spf13/cobra"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/yaml"
+
+	"github.com/backbone-mesh/backbone/api/v1alpha1"
+	"github.com/backbone-mesh/backbone/internal/kube"
+	"github.com/backbone-mesh/backbone/internal/linkmatrix"
+)
+
+func init() { subcommands = append(subcommands, newLinksCmd) }
+
+func newLinksCmd(root *rootOptions) *cobra.Command {
+	var (
+		contexts    []string
+		allContexts bool
+		output      string
+	)
+	cmd := &cobra.Command{
+		Use:   "links",
+		Short: "Print the latency matrix between linked clusters",
+		Long: `Reads the Link statuses the controller of each cluster writes and prints
+the probe latency (p50) from every source cluster (rows) to every target
+(columns). DEAD marks a link whose gateway stopped answering, ? one not
+probed yet, · a pair without a Link. The source's name is its context name.`,
+		Example: `  backbone links --contexts east,west,platform
+  backbone links --all-contexts -o json | jq '.links[] | select(.state != "up")'`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if output != "" && output != "json" && output != "yaml" {
+				return fmt.Errorf("--output %q: must be json, yaml or empty", output)
+			}
+			if allContexts {
+				raw, err := root.kube.ClientConfig().RawConfig()
+				if err != nil {
+					return fmt.Errorf("loading kubeconfig: %w", err)
+				}
+				contexts = contexts[:0]
+				for name := range raw.Contexts {
+					contexts = append(contexts, name)
+				}
+				slices.Sort(contexts)
+			}
+			if len(contexts) == 0 {
+				if root.kube.Context == "" {
+					return fmt.Errorf("name the clusters: --contexts a,b,c or --all-contexts")
+				}
+				contexts = []string{root.kube.Context}
+			}
+			m := readMatrix(cmd.Context(), root.kube, contexts)
+			switch output {
+			case "json":
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				return enc.Encode(m)
+			case "yaml":
+				b, err := yaml.Marshal(m)
+				if err != nil {
+					return err
+				}
+				_, err = cmd.OutOrStdout().Write(b)
+				return err
+			}
+			if err := linkmatrix.WriteTable(cmd.OutOrStdout(), m); err != nil {
+				return err
+			}
+			if len(m.Errors) > 0 {
+				return fmt.Errorf("could not read %d of %d clusters", len(m.Errors), len(contexts))
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringSliceVar(&contexts, "contexts", nil, "kubeconfig contexts of the clusters to read (comma-separated)")
+	cmd.Flags().BoolVar(&allContexts, "all-contexts", false, "read every context of the kubeconfig")
+	cmd.Flags().StringVarP(&output, "output", "o", "", "output format: json or yaml (default: a table)")
+	return cmd
+}
+
+// readMatrix lists the Links of every context concurrently.
+func readMatrix(ctx context.Context, flags kube.Flags, contexts []string) linkmatrix.Matrix {
+	var (
+		mu    sync.Mutex
+		wg    sync.WaitGroup
+		links = map[string][]v1alpha1.Link{}
+		errs  = map[string]error{}
+	)
+	for _, name := range contexts {
+		name = strings.TrimSpace(name)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			f := flags
+			f.Context = name
+			var list v1alpha1.LinkList
+			c, err := f.Client()
+			if err == nil {
+				err = c.List(ctx, &list, client.InNamespace(v1alpha1.SystemNamespace))
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				errs[name] = err
+				return
+			}
+			links[name] = list.Items
+		}()
+	}
+	wg.Wait()
+	return linkmatrix.Build(links, errs)
+}

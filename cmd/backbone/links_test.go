@@ -1,0 +1,73 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/backbone-mesh/backbone/api/v1alpha1"
+	"github.com/backbone-mesh/backbone/internal/linkmatrix"
+	"github.com/backbone-mesh/backbone/internal/testenv"
+)
+
+func createProbedLink(t *testing.T, c *testenv.Cluster, target string, alive bool, p50 time.Duration) {
+	t.Helper()
+	ctx := context.Background()
+	l := &v1alpha1.Link{
+		ObjectMeta: metav1.ObjectMeta{Name: target, Namespace: v1alpha1.SystemNamespace},
+		Spec: v1alpha1.LinkSpec{
+			TargetClusterName: target,
+			CredentialsSecret: v1alpha1.SecretReference{Name: "link-" + target},
+			GatewayAddresses:  []v1alpha1.GatewayAddress{{Host: "10.0.0.1", Port: 4143}},
+			GatewayIdentity:   "spiffe://backbone.test/cluster/" + target,
+		},
+	}
+	if err := c.Client.Create(ctx, l); err != nil {
+		t.Fatal(err)
+	}
+	now := metav1.Now()
+	l.Status.Probe = &v1alpha1.LinkProbeStatus{Alive: alive, LastProbeTime: &now, LatencyP50: &metav1.Duration{Duration: p50}}
+	if err := c.Client.Status().Update(ctx, l); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestLinksReadsEveryContext runs `backbone links` against two real
+// clusters through one kubeconfig with a context per cluster.
+func TestLinksReadsEveryContext(t *testing.T) {
+	clusters := testenv.Start(t, "east", "west")
+	createProbedLink(t, clusters["west"], "east", true, 30*time.Millisecond)
+	createProbedLink(t, clusters["east"], "west", false, 60*time.Millisecond)
+	kubeconfig := testenv.MergedKubeconfig(t, clusters)
+
+	out, err := run(t, "--kubeconfig", kubeconfig, "links", "--all-contexts")
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	for _, want := range []string{"30 ms", "DEAD"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("table lacks %q:\n%s", want, out)
+		}
+	}
+
+	out, err = run(t, "--kubeconfig", kubeconfig, "links", "--contexts", "east,west", "-o", "json")
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	var m linkmatrix.Matrix
+	if err := json.Unmarshal([]byte(out), &m); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	if len(m.Links) != 2 || m.Links[1].Source != "west" || m.Links[1].Target != "east" || *m.Links[1].P50Millis != 30 {
+		t.Errorf("matrix: %+v", m.Links)
+	}
+
+	out, err = run(t, "--kubeconfig", kubeconfig, "links", "--contexts", "east,nowhere")
+	if err == nil || !strings.Contains(out, "nowhere: could not read links") {
+		t.Errorf("an unknown context must fail and be named; err=%v\n%s", err, out)
+	}
+}
