@@ -11,7 +11,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
-	"github.com/backbone-mesh/backbone/internal/testenv"
+	"github.com/backbone-mesh/backbone/internal/kube"
 )
 
 func run(t *testing.T, args ...string) (string, error) {
@@ -51,7 +51,7 @@ func writeKubeconfig(t *testing.T, contexts map[string]string) string {
 		configs[name] = &rest.Config{Host: server}
 	}
 	path := filepath.Join(t.TempDir(), "config")
-	if err := clientcmd.WriteToFile(*testenv.KubeconfigFor(configs), path); err != nil {
+	if err := clientcmd.WriteToFile(*kube.KubeconfigFor(configs, ""), path); err != nil {
 		t.Fatal(err)
 	}
 	return path

@@ -19,7 +19,6 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
-	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
@@ -177,7 +176,7 @@ func startCluster(tmp, binDir, name string) (*Cluster, error) {
 		return nil, err
 	}
 	c.Kubeconfig = filepath.Join(tmp, name+".kubeconfig")
-	if err := clientcmd.WriteToFile(*KubeconfigFor(map[string]*rest.Config{name: cfg}), c.Kubeconfig); err != nil {
+	if err := clientcmd.WriteToFile(*kube.KubeconfigFor(map[string]*rest.Config{name: cfg}, name), c.Kubeconfig); err != nil {
 		_ = env.Stop()
 		return nil, err
 	}
@@ -191,28 +190,6 @@ func startCluster(tmp, binDir, name string) (*Cluster, error) {
 // Stop stops the control plane.
 func (c *Cluster) Stop() error { return c.env.Stop() }
 
-// KubeconfigFor builds a kubeconfig with one context per named config,
-// credentials inline; the first name (sorted) is the current context.
-func KubeconfigFor(configs map[string]*rest.Config) *clientcmdapi.Config {
-	kc := clientcmdapi.NewConfig()
-	for name, cfg := range configs {
-		kc.Clusters[name] = &clientcmdapi.Cluster{
-			Server:                   cfg.Host,
-			CertificateAuthorityData: cfg.CAData,
-		}
-		kc.AuthInfos[name] = &clientcmdapi.AuthInfo{
-			ClientCertificateData: cfg.CertData,
-			ClientKeyData:         cfg.KeyData,
-			Token:                 cfg.BearerToken,
-		}
-		kc.Contexts[name] = &clientcmdapi.Context{Cluster: name, AuthInfo: name}
-		if kc.CurrentContext == "" || name < kc.CurrentContext {
-			kc.CurrentContext = name
-		}
-	}
-	return kc
-}
-
 // MergedKubeconfig writes one kubeconfig with a context per cluster and
 // returns its path.
 func MergedKubeconfig(t testing.TB, clusters map[string]*Cluster) string {
@@ -222,7 +199,7 @@ func MergedKubeconfig(t testing.TB, clusters map[string]*Cluster) string {
 		configs[name] = c.Config
 	}
 	path := filepath.Join(t.TempDir(), "kubeconfig")
-	if err := clientcmd.WriteToFile(*KubeconfigFor(configs), path); err != nil {
+	if err := clientcmd.WriteToFile(*kube.KubeconfigFor(configs, ""), path); err != nil {
 		t.Fatal(err)
 	}
 	return path
