@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strings"
 )
@@ -55,6 +56,7 @@ func (netnsNetwork) Command(argv []string) []string {
 	return append([]string{"ip", "netns", "exec", netnsName}, argv...)
 }
 func (netnsNetwork) Teardown() error {
+	_ = os.RemoveAll(filepath.Join("/etc/netns", netnsName))
 	_ = run("ip", "link", "del", vethHost)
 	return run("ip", "netns", "del", netnsName)
 }
