@@ -7,12 +7,18 @@ LDFLAGS := -X github.com/backbone-mesh/backbone/internal/version.Version=$(VERSI
 STATICCHECK_VERSION := v0.8.2
 CONTROLLER_GEN := $(BIN)/controller-gen
 
-.PHONY: all build test test-unit cluster-binaries generate verify-generated lint fmt vet tidy clean
+.PHONY: all build sandbox sandbox-down test test-unit cluster-binaries generate verify-generated lint fmt vet tidy clean
 
 all: build
 
 build: ## Build bin/backbone.
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/backbone ./cmd/backbone
+
+sandbox: build ## The quick start: a whole multi-cluster backbone on this machine.
+	$(BIN)/backbone sandbox up
+
+sandbox-down:
+	$(BIN)/backbone sandbox down
 
 cluster-binaries: ## Build (once, cached by version) the kube-apiserver and etcd the tests run.
 	@hack/cluster-binaries.sh >/dev/null
