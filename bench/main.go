@@ -1,0 +1,216 @@
+// Command bench measures backbone's cross-cluster path against the peers
+// platform teams run today — a pair of nginx stream proxies and a pair of
+// HAProxy proxies with mTLS between them — in the same run, on loopback,
+// and writes a table of ratios and absolute figures. See
+// docs/benchmarks.md.
+//
+//	go run ./bench -out bench/results.md
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log"
+	"net"
+	"os"
+	"os/exec"
+	"runtime"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/backbone-mesh/backbone/internal/faultproxy"
+)
+
+type options struct {
+	out       string
+	repeat    int
+	duration  time.Duration
+	rates     []int
+	peers     []string
+	wanOneWay time.Duration
+	bulkBytes int64
+}
+
+// path is one way from the client to the backend.
+type path struct {
+	name     string
+	httpAddr string // where the client sends HTTP
+	bulkAddr string // where bulk streams go (to the sink)
+	wanAddr  string // HTTP, with the WAN-like latency between the two sides
+	pids     []int  // the proxy processes, for CPU accounting
+	stop     func()
+}
+
+func main() {
+	var o options
+	var rates, peers string
+	flag.StringVar(&o.out, "out", "bench/results.md", "file to write the results to")
+	flag.IntVar(&o.repeat, "repeat", 3, "runs per measurement; medians are reported")
+	flag.DurationVar(&o.duration, "duration", 5*time.Second, "length of each fixed-rate and saturation run")
+	flag.StringVar(&rates, "rates", "1000,10000", "fixed request rates (req/s)")
+	flag.StringVar(&peers, "peers", "nginx,haproxy", "peers to compare with (nginx, haproxy)")
+	flag.DurationVar(&o.wanOneWay, "wan-latency", 30*time.Millisecond, "one-way latency between the clusters for the new-connection test")
+	flag.Int64Var(&o.bulkBytes, "bulk-bytes", 1<<30, "bytes of the single-stream bulk transfer")
+	flag.Parse()
+	for _, r := range strings.Split(rates, ",") {
+		var n int
+		if _, err := fmt.Sscan(r, &n); err != nil || n <= 0 {
+			log.Fatalf("-rates: %q is not a positive number", r)
+		}
+		o.rates = append(o.rates, n)
+	}
+	o.peers = strings.Split(peers, ",")
+	if err := run(context.Background(), o); err != nil {
+		log.Fatal(err)
+	}
+}
+
+func listen() net.Listener {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		log.Fatal(err)
+	}
+	return l
+}
+
+func freeAddr() string {
+	l := listen()
+	defer func() { _ = l.Close() }()
+	return l.Addr().String()
+}
+
+func run(ctx context.Context, o options) error {
+	dir, err := os.MkdirTemp("", "backbone-bench-")
+	if err != nil {
+		return err
+	}
+	defer func() { _ = os.RemoveAll(dir) }()
+	if err := peerPKI(dir); err != nil {
+		return err
+	}
+	httpL, sinkL := listen(), listen()
+	srv := httpBackend(httpL)
+	defer func() { _ = srv.Close() }()
+	sinkBackend(sinkL)
+	defer func() { _ = sinkL.Close() }()
+
+	paths := []*path{{name: "direct", httpAddr: httpL.Addr().String(), bulkAddr: sinkL.Addr().String(), stop: func() {}}}
+	for _, kind := range o.peers {
+		p, err := peerPath(kind, dir, httpL.Addr().String(), sinkL.Addr().String(), o.wanOneWay)
+		if err != nil {
+			return err
+		}
+		defer p.stop()
+		paths = append(paths, p)
+	}
+	bb, err := backbonePath(ctx, dir, httpL.Addr().String(), sinkL.Addr().String(), o.wanOneWay)
+	if err != nil {
+		return fmt.Errorf("setting up backbone's path: %w", err)
+	}
+	if bb != nil {
+		defer bb.stop()
+		paths = append(paths, bb)
+	}
+	for _, p := range paths {
+		var err error
+		for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+			if err = get(nil, "http://"+p.httpAddr+"/"); err == nil {
+				break
+			}
+		}
+		if err != nil {
+			return fmt.Errorf("%s path does not answer: %w", p.name, err)
+		}
+	}
+
+	r := &report{machine: machine(), opts: o}
+	for _, p := range paths {
+		log.Printf("measuring %s", p.name)
+		r.add(measure(ctx, p, o))
+	}
+	return r.write(o.out)
+}
+
+// peerPath starts one pair of proxies for HTTP and one for bulk, plus the
+// WAN-latency variant for the new-connection test.
+func peerPath(kind, dir, httpBackend, sinkBackend string, wan time.Duration) (*path, error) {
+	var pairs []*pair
+	var proxies []*faultproxy.Proxy
+	mk := func(backend string, latency time.Duration) (string, error) {
+		west, east := freeAddr(), freeAddr()
+		via := east
+		if latency > 0 {
+			fp, err := faultproxy.New("127.0.0.1:0", east)
+			if err != nil {
+				return "", err
+			}
+			fp.SetLatency(latency)
+			proxies = append(proxies, fp)
+			via = fp.Addr()
+		}
+		p, err := startPair(kind, dir, west, east, via, backend)
+		if err != nil {
+			return "", err
+		}
+		pairs = append(pairs, p)
+		return west, nil
+	}
+	httpAddr, err := mk(httpBackend, 0)
+	if err != nil {
+		return nil, err
+	}
+	bulkAddr, err := mk(sinkBackend, 0)
+	if err != nil {
+		return nil, err
+	}
+	wanAddr, err := mk(httpBackend, wan)
+	if err != nil {
+		return nil, err
+	}
+	var pids []int
+	for _, p := range pairs {
+		pids = append(pids, p.pids()...)
+	}
+	return &path{
+		name: kind + " pair", httpAddr: httpAddr, bulkAddr: bulkAddr, wanAddr: wanAddr,
+		pids: pids,
+		stop: func() {
+			for _, p := range pairs {
+				p.stop()
+			}
+			for _, fp := range proxies {
+				_ = fp.Close()
+			}
+		},
+	}, nil
+}
+
+func machine() string {
+	cpu := "unknown CPU"
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(line, "model name") {
+				cpu = strings.TrimSpace(strings.SplitN(line, ":", 2)[1])
+				break
+			}
+		}
+	}
+	versions := []string{runtime.Version()}
+	for _, c := range [][]string{{"nginx", "-v"}, {"haproxy", "-v"}} {
+		if out, err := exec.Command(c[0], c[1:]...).CombinedOutput(); err == nil {
+			versions = append(versions, strings.SplitN(strings.TrimSpace(string(out)), "\n", 2)[0])
+		}
+	}
+	return fmt.Sprintf("%d CPUs (%s), %s/%s; %s", runtime.NumCPU(), cpu, runtime.GOOS, runtime.GOARCH, strings.Join(versions, "; "))
+}
+
+func median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	return s[len(s)/2]
+}

@@ -1,0 +1,179 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log"
+	"os"
+	"strings"
+	"time"
+)
+
+type rateResult struct {
+	rate           int
+	p50, p99, p999 time.Duration
+	errors         int64
+}
+
+type result struct {
+	name          string
+	rates         []rateResult
+	saturationRPS float64
+	cpuPer100k    float64
+	newConn       time.Duration
+	bulkMBps      float64
+	bulkCPU       float64
+	parallelMBps  float64
+	parallelCPU   float64
+}
+
+func durMedian(ds []time.Duration) time.Duration {
+	xs := make([]float64, len(ds))
+	for i, d := range ds {
+		xs[i] = float64(d)
+	}
+	return time.Duration(median(xs))
+}
+
+func measure(ctx context.Context, p *path, o options) result {
+	r := result{name: p.name}
+	url := "http://" + p.httpAddr + "/"
+	for _, rate := range o.rates {
+		var p50s, p99s, p999s []time.Duration
+		var errs int64
+		for range o.repeat {
+			lats, e, _ := fixedRate(ctx, url, rate, 64, o.duration)
+			errs += e
+			p50s = append(p50s, lats.percentile(0.5))
+			p99s = append(p99s, lats.percentile(0.99))
+			p999s = append(p999s, lats.percentile(0.999))
+		}
+		r.rates = append(r.rates, rateResult{rate: rate, p50: durMedian(p50s), p99: durMedian(p99s), p999: durMedian(p999s), errors: errs})
+	}
+
+	var rps, cpu []float64
+	for range o.repeat {
+		var got float64
+		c, _ := measureCPU(p.pids, func() { got, _ = saturate(ctx, url, 64, o.duration) })
+		rps = append(rps, got)
+		if got > 0 {
+			cpu = append(cpu, c/(got*o.duration.Seconds())*100000)
+		}
+	}
+	r.saturationRPS, r.cpuPer100k = median(rps), median(cpu)
+
+	if p.wanAddr != "" {
+		var ds []time.Duration
+		for range 5 * o.repeat {
+			d, err := firstByte(p.wanAddr, "bench")
+			if err != nil {
+				log.Printf("%s: new connection: %v", p.name, err)
+				continue
+			}
+			ds = append(ds, d)
+		}
+		r.newConn = durMedian(ds)
+	}
+
+	var one, oneCPU, par, parCPU []float64
+	for range o.repeat {
+		var mbps float64
+		var err error
+		c, _ := measureCPU(p.pids, func() { mbps, err = bulk(p.bulkAddr, o.bulkBytes, 1) })
+		if err != nil {
+			log.Printf("%s: bulk: %v", p.name, err)
+		}
+		one, oneCPU = append(one, mbps), append(oneCPU, c)
+		c, _ = measureCPU(p.pids, func() { mbps, err = bulk(p.bulkAddr, o.bulkBytes, 64) })
+		if err != nil {
+			log.Printf("%s: parallel bulk: %v", p.name, err)
+		}
+		par, parCPU = append(par, mbps), append(parCPU, c)
+	}
+	r.bulkMBps, r.bulkCPU = median(one), median(oneCPU)
+	r.parallelMBps, r.parallelCPU = median(par), median(parCPU)
+	return r
+}
+
+type report struct {
+	machine string
+	opts    options
+	results []result
+}
+
+func (r *report) add(res result) { r.results = append(r.results, res) }
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.3f", float64(d)/1e6) }
+
+func ratio(a, b float64) string {
+	if b == 0 {
+		return "–"
+	}
+	return fmt.Sprintf("%.2f×", a/b)
+}
+
+func (r *report) write(path string) error {
+	var b strings.Builder
+	fmt.Fprintf(&b, "# backbone benchmark results\n\nMachine: %s  \nRun: %s, %d repeats of %s, medians reported.\n\n", r.machine, time.Now().UTC().Format(time.RFC3339), r.opts.repeat, r.opts.duration)
+	var direct *result
+	for i := range r.results {
+		if r.results[i].name == "direct" {
+			direct = &r.results[i]
+		}
+	}
+	for ri, rate := range r.opts.rates {
+		fmt.Fprintf(&b, "## Latency at %d req/s (1 KiB responses, keep-alive, 64 connections)\n\n| path | p50 ms | p99 ms | p99.9 ms | added p50 | added p99 | added p99.9 | errors |\n|---|---|---|---|---|---|---|---|\n", rate)
+		for _, res := range r.results {
+			rr := res.rates[ri]
+			added := func(d, base time.Duration) string {
+				if direct == nil || res.name == "direct" {
+					return "–"
+				}
+				return ms(d - base)
+			}
+			var d rateResult
+			if direct != nil {
+				d = direct.rates[ri]
+			}
+			fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %d |\n", res.name, ms(rr.p50), ms(rr.p99), ms(rr.p999), added(rr.p50, d.p50), added(rr.p99, d.p99), added(rr.p999, d.p999), rr.errors)
+		}
+		b.WriteString("\n")
+	}
+	b.WriteString("## Saturation, new connections across a WAN-like link, bulk\n\n")
+	fmt.Fprintf(&b, "| path | req/s at saturation | proxy CPU s per 100k req | connect→first byte, %s one way | 1 stream MB/s | CPU s | 64 streams MB/s | CPU s |\n|---|---|---|---|---|---|---|---|\n", r.opts.wanOneWay)
+	for _, res := range r.results {
+		nc := "–"
+		if res.newConn > 0 {
+			nc = ms(res.newConn) + " ms"
+		}
+		fmt.Fprintf(&b, "| %s | %.0f | %.2f | %s | %.0f | %.2f | %.0f | %.2f |\n", res.name, res.saturationRPS, res.cpuPer100k, nc, res.bulkMBps, res.bulkCPU, res.parallelMBps, res.parallelCPU)
+	}
+	var bb *result
+	for i := range r.results {
+		if r.results[i].name == "backbone" {
+			bb = &r.results[i]
+		}
+	}
+	if bb != nil {
+		b.WriteString("\n## Ratios: backbone / peer (lower is better for latency and CPU, higher for throughput)\n\n| peer | added p99 @ first rate | req/s per CPU s | new connection | 1-stream MB/s |\n|---|---|---|---|---|\n")
+		for _, res := range r.results {
+			if res.name == "backbone" || res.name == "direct" || direct == nil {
+				continue
+			}
+			addedBB := float64(bb.rates[0].p99 - direct.rates[0].p99)
+			addedPeer := float64(res.rates[0].p99 - direct.rates[0].p99)
+			eff := func(x result) float64 {
+				if x.cpuPer100k == 0 {
+					return 0
+				}
+				return 100000 / x.cpuPer100k
+			}
+			fmt.Fprintf(&b, "| %s | %s | %s | %s | %s |\n", res.name, ratio(addedBB, addedPeer), ratio(eff(*bb), eff(res)), ratio(float64(bb.newConn), float64(res.newConn)), ratio(bb.bulkMBps, res.bulkMBps))
+		}
+	}
+	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
+		return err
+	}
+	fmt.Print(b.String())
+	return nil
+}
