@@ -1,0 +1,241 @@
+package origin
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// Protocol is how the gateway talks to a target.
+type Protocol string
+
+// The protocols of an EgressTarget.
+const (
+	HTTPS Protocol = "https"
+	TLS   Protocol = "tls"
+	TCP   Protocol = "tcp"
+)
+
+// Target is one egress target as the gateway sees it.
+type Target struct {
+	// Name identifies the target in logs and metrics (the EgressTarget).
+	Name     string
+	DNSName  string
+	Port     int32
+	Protocol Protocol
+	// CABundle (PEM) replaces the system roots when set.
+	CABundle []byte
+	// ProbePath is requested by Probe.
+	ProbePath string
+}
+
+func (t Target) address() string {
+	return net.JoinHostPort(t.DNSName, strconv.Itoa(int(t.Port)))
+}
+
+func (t Target) tlsConfig() (*tls.Config, error) {
+	cfg := &tls.Config{ServerName: t.DNSName, MinVersion: tls.VersionTLS12}
+	if len(t.CABundle) > 0 {
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(t.CABundle) {
+			return nil, fmt.Errorf("egress target %s: caBundle holds no PEM certificate", t.Name)
+		}
+		cfg.RootCAs = pool
+	}
+	return cfg, nil
+}
+
+// Originator serves connections destined to egress targets.
+type Originator struct {
+	Dialer *Dialer
+	Log    *slog.Logger
+
+	mu         sync.Mutex
+	transports map[string]*http.Transport // by target identity, reused
+}
+
+// New returns an Originator with a safe dialer.
+func New(log *slog.Logger) *Originator {
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Originator{Dialer: &Dialer{}, Log: log, transports: map[string]*http.Transport{}}
+}
+
+func (o *Originator) transport(t Target) (*http.Transport, error) {
+	key := fmt.Sprintf("%s|%s|%d|%x", t.Name, t.DNSName, t.Port, t.CABundle)
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if tr, ok := o.transports[key]; ok {
+		return tr, nil
+	}
+	cfg, err := t.tlsConfig()
+	if err != nil {
+		return nil, err
+	}
+	tr := &http.Transport{
+		DialContext:            o.Dialer.DialContext,
+		TLSClientConfig:        cfg,
+		ForceAttemptHTTP2:      true,
+		MaxIdleConnsPerHost:    64,
+		IdleConnTimeout:        90 * time.Second,
+		TLSHandshakeTimeout:    10 * time.Second,
+		ResponseHeaderTimeout:  60 * time.Second,
+		MaxResponseHeaderBytes: 1 << 20,
+	}
+	o.transports[key] = tr
+	return tr, nil
+}
+
+// Serve handles one client connection (a tunnel stream, or a local
+// application's connection) for target t, until either side closes.
+func (o *Originator) Serve(ctx context.Context, client net.Conn, t Target) error {
+	switch t.Protocol {
+	case HTTPS, "":
+		return o.serveHTTPS(ctx, client, t)
+	case TLS, TCP:
+		upstream, err := o.dial(ctx, t)
+		if err != nil {
+			_ = client.Close()
+			return err
+		}
+		splice(client, upstream)
+		return nil
+	default:
+		_ = client.Close()
+		return fmt.Errorf("egress target %s: unknown protocol %q", t.Name, t.Protocol)
+	}
+}
+
+func (o *Originator) dial(ctx context.Context, t Target) (net.Conn, error) {
+	conn, err := o.Dialer.DialContext(ctx, "tcp", t.address())
+	if err != nil {
+		return nil, fmt.Errorf("egress target %s: dialing %s: %w", t.Name, t.address(), err)
+	}
+	if t.Protocol == TCP {
+		return conn, nil
+	}
+	cfg, err := t.tlsConfig()
+	if err != nil {
+		_ = conn.Close()
+		return nil, err
+	}
+	tc := tls.Client(conn, cfg)
+	hctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := tc.HandshakeContext(hctx); err != nil {
+		_ = conn.Close()
+		return nil, fmt.Errorf("egress target %s: TLS handshake with %s: %w", t.Name, t.address(), err)
+	}
+	return tc, nil
+}
+
+// serveHTTPS reads plain HTTP/1.1 requests from the client and forwards
+// each to https://<dnsName>:<port> with Host set to the target's name.
+func (o *Originator) serveHTTPS(ctx context.Context, client net.Conn, t Target) error {
+	tr, err := o.transport(t)
+	if err != nil {
+		_ = client.Close()
+		return err
+	}
+	proxy := &httputil.ReverseProxy{
+		Rewrite: func(r *httputil.ProxyRequest) {
+			r.Out.URL.Scheme = "https"
+			r.Out.URL.Host = t.address()
+			r.Out.Host = t.DNSName
+			if t.Port != 443 {
+				r.Out.Host = t.address()
+			}
+			r.Out.Header.Del("Forwarded")
+		},
+		Transport: tr,
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			o.Log.Warn("egress request failed", "target", t.Name, "err", err)
+			status := http.StatusBadGateway
+			if errors.Is(err, ErrForbiddenAddress) {
+				status = http.StatusForbidden
+			}
+			http.Error(w, fmt.Sprintf("backbone egress %s: %v", t.Name, err), status)
+		},
+	}
+	srv := &http.Server{
+		Handler:           proxy,
+		ReadHeaderTimeout: 30 * time.Second,
+		IdleTimeout:       5 * time.Minute,
+		MaxHeaderBytes:    1 << 20,
+		BaseContext:       func(net.Listener) context.Context { return ctx },
+		ErrorLog:          slog.NewLogLogger(o.Log.Handler(), slog.LevelDebug),
+	}
+	l := newOneConnListener(client)
+	err = srv.Serve(l)
+	<-l.closed // the connection's handler finished
+	if errors.Is(err, errListenerDone) {
+		return nil
+	}
+	return err
+}
+
+// Probe measures a TLS handshake plus a HEAD of the probe path (a TCP
+// connect for tcp targets): the egress probe.
+func (o *Originator) Probe(ctx context.Context, t Target) (time.Duration, error) {
+	start := time.Now()
+	if t.Protocol == TCP || t.Protocol == TLS {
+		c, err := o.dial(ctx, t)
+		if err != nil {
+			return 0, err
+		}
+		_ = c.Close()
+		return time.Since(start), nil
+	}
+	tr, err := o.transport(t)
+	if err != nil {
+		return 0, err
+	}
+	path := t.ProbePath
+	if path == "" {
+		path = "/"
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodHead, "https://"+t.address()+path, nil)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := tr.RoundTrip(req)
+	if err != nil {
+		return 0, err
+	}
+	_ = resp.Body.Close()
+	if resp.StatusCode >= 500 {
+		return time.Since(start), fmt.Errorf("egress target %s: probe %s answered %s", t.Name, path, resp.Status)
+	}
+	return time.Since(start), nil
+}
+
+// splice copies both ways, propagating half-close, until both are done.
+func splice(a, b net.Conn) {
+	var wg sync.WaitGroup
+	wg.Add(2)
+	cp := func(dst, src net.Conn) {
+		defer wg.Done()
+		_, _ = io.Copy(dst, src)
+		if cw, ok := dst.(interface{ CloseWrite() error }); ok {
+			_ = cw.CloseWrite()
+		} else {
+			_ = dst.Close()
+		}
+	}
+	go cp(a, b)
+	go cp(b, a)
+	wg.Wait()
+	_ = a.Close()
+	_ = b.Close()
+}

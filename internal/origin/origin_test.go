@@ -1,0 +1,170 @@
+package origin
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/backbone-mesh/backbone/internal/testenv"
+)
+
+func TestMain(m *testing.M) { testenv.RunInNetns(m) }
+
+func TestForbidden(t *testing.T) {
+	tests := map[string]struct {
+		addr      string
+		forbidden bool
+	}{
+		"loopback is refused":                        {"127.0.0.1", true},
+		"IPv6 loopback is refused":                   {"::1", true},
+		"an IPv4-mapped loopback is refused":         {"::ffff:127.0.0.1", true},
+		"the link-local metadata address is refused": {"169.254.169.254", true},
+		"AWS's IPv6 metadata address is refused":     {"fd00:ec2::254", true},
+		"the unspecified address is refused":         {"0.0.0.0", true},
+		"multicast is refused":                       {"224.0.0.1", true},
+		"a private address is allowed":               {"10.1.2.3", false},
+		"a public address is allowed":                {"20.50.2.1", false},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			if got := Forbidden(netip.MustParseAddr(tc.addr)) != ""; got != tc.forbidden {
+				t.Errorf("Forbidden(%s) = %v, want %v", tc.addr, got, tc.forbidden)
+			}
+		})
+	}
+}
+
+// target starts an HTTPS server with its own CA on a namespace address,
+// named credit.example.com, that echoes the Host and SNI it saw.
+func target(t *testing.T) (*httptest.Server, Target, *Originator) {
+	t.Helper()
+	l := testenv.ListenNetns(t, 3)
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, "host="+r.Host+" sni="+r.TLS.ServerName+" path="+r.URL.Path)
+	}))
+	srv.Listener = l
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	ip := netip.MustParseAddr(testenv.NetnsAddr(3))
+	port := srv.Listener.Addr().(*net.TCPAddr).Port
+	caPEM := pemOf(srv.Certificate().Raw)
+	o := New(nil)
+	o.Dialer.LookupNetIP = func(_ context.Context, host string) ([]netip.Addr, error) {
+		if host == "credit.example.com" {
+			return []netip.Addr{ip}, nil
+		}
+		return nil, errors.New("no such host")
+	}
+	return srv, Target{Name: "credit", DNSName: "credit.example.com", Port: int32(port), Protocol: HTTPS, CABundle: caPEM}, o
+}
+
+// serve connects a client to the originator through a socket pair.
+func serve(t *testing.T, o *Originator, tg Target) net.Conn {
+	t.Helper()
+	client, gateway := net.Pipe()
+	go func() { _ = o.Serve(context.Background(), gateway, tg) }()
+	t.Cleanup(func() { _ = client.Close() })
+	return client
+}
+
+func roundTrip(t *testing.T, c net.Conn, host string) (*http.Response, string) {
+	t.Helper()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(c, "GET /score HTTP/1.1\r\nHost: "+host+"\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	return resp, string(body)
+}
+
+func TestHTTPSTargetGetsHostAndSNIOfItsDNSName(t *testing.T) {
+	testenv.RequireNetns(t)
+	_, tg, o := target(t)
+	resp, body := roundTrip(t, serve(t, o, tg), "credit-score-east.backbone-egress.svc.cluster.local")
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("%s: %s", resp.Status, body)
+	}
+	want := "host=credit.example.com:" + strings.Split(tg.address(), ":")[1] + " sni=credit.example.com path=/score"
+	if body != want {
+		t.Errorf("target saw %q, want %q", body, want)
+	}
+	if d, err := o.Probe(context.Background(), tg); err != nil || d <= 0 {
+		t.Errorf("probe: %v %v", d, err)
+	}
+}
+
+func TestTargetWithAnotherCAIsRefused(t *testing.T) {
+	testenv.RequireNetns(t)
+	_, tg, o := target(t)
+	tg.CABundle = otherCA(t)
+	resp, body := roundTrip(t, serve(t, o, tg), "x")
+	if resp.StatusCode != http.StatusBadGateway || !strings.Contains(body, "certificate") {
+		t.Errorf("want 502 naming the certificate, got %s: %s", resp.Status, body)
+	}
+}
+
+func TestForbiddenAnswersAreNeverDialled(t *testing.T) {
+	for _, answer := range []string{"127.0.0.1", "169.254.169.254", "::1"} {
+		t.Run(answer, func(t *testing.T) {
+			o := New(nil)
+			o.Dialer.LookupNetIP = func(context.Context, string) ([]netip.Addr, error) {
+				return []netip.Addr{netip.MustParseAddr(answer)}, nil
+			}
+			tg := Target{Name: "evil", DNSName: "evil.example.test", Port: 443, Protocol: HTTPS}
+			resp, body := roundTrip(t, serve(t, o, tg), "x")
+			if resp.StatusCode != http.StatusForbidden || !strings.Contains(body, "forbidden address") {
+				t.Errorf("want 403 forbidden address, got %s: %s", resp.Status, body)
+			}
+			if _, err := o.Probe(context.Background(), tg); !errors.Is(err, ErrForbiddenAddress) {
+				t.Errorf("probe: want ErrForbiddenAddress, got %v", err)
+			}
+		})
+	}
+}
+
+func TestTCPTargetPassesBytesAndHalfClose(t *testing.T) {
+	testenv.RequireNetns(t)
+	l := testenv.ListenNetns(t, 4)
+	go func() {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		defer func() { _ = c.Close() }()
+		b, _ := io.ReadAll(c) // until the client's half-close arrives
+		_, _ = c.Write([]byte(strings.ToUpper(string(b))))
+	}()
+	tg := Target{Name: "db", DNSName: testenv.NetnsAddr(4), Port: int32(l.Addr().(*net.TCPAddr).Port), Protocol: TCP}
+	o := New(nil)
+	clientL := testenv.ListenNetns(t, 5)
+	go func() {
+		c, err := clientL.Accept()
+		if err == nil {
+			_ = o.Serve(context.Background(), c, tg)
+		}
+	}()
+	c, err := net.Dial("tcp", clientL.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = c.Close() }()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	_, _ = c.Write([]byte("select 1"))
+	_ = c.(*net.TCPConn).CloseWrite()
+	got, err := io.ReadAll(c)
+	if err != nil || string(got) != "SELECT 1" {
+		t.Fatalf("got %q, %v", got, err)
+	}
+}
