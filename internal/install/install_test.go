@@ -1,0 +1,189 @@
+package install
+
+import (
+	"context"
+	"flag"
+	"os"
+	"path/filepath"
+	"testing"
+
+	authorizationv1 "k8s.io/api/authorization/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/backbone-mesh/backbone/internal/testenv"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files under testdata/")
+
+func eastAWS(t *testing.T) Values {
+	t.Helper()
+	v := DefaultValues()
+	v.ClusterName = "east"
+	v.TrustDomain = "bank.example"
+	v.Cloud = "aws"
+	v.Image.Tag = "v0.1.0"
+	if err := v.Set([]string{"metrics.serviceMonitor=true", "crds.serviceExport=true"}); err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+// TestRenderMatchesGolden pins the exact bytes users commit to git; run
+// with -update after an intended change and review the diff.
+func TestRenderMatchesGolden(t *testing.T) {
+	got, err := Render(eastAWS(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	golden := filepath.Join("testdata", "east-aws.yaml")
+	if *update {
+		if err := os.WriteFile(golden, got, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(golden)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(got) != string(want) {
+		t.Errorf("install output differs from %s (rerun with -update if intended)", golden)
+	}
+	again, _ := Render(eastAWS(t))
+	if string(again) != string(got) {
+		t.Error("two renders differ")
+	}
+}
+
+func TestSet(t *testing.T) {
+	tests := map[string]struct {
+		set     []string
+		check   func(Values) bool
+		wantErr bool
+	}{
+		"an integer value sets an integer field": {
+			set: []string{"gateway.replicas=3"}, check: func(v Values) bool { return v.Gateway.Replicas == 3 },
+		},
+		"a numeric-looking value stays a string where the field is a string": {
+			set: []string{"image.tag=1.2"}, check: func(v Values) bool { return v.Image.Tag == "1.2" },
+		},
+		"escaped dots keep an annotation name whole": {
+			set:   []string{`gateway.serviceAnnotations.example\.com/team=net`},
+			check: func(v Values) bool { return v.Gateway.ServiceAnnotations["example.com/team"] == "net" },
+		},
+		"braces make a list": {
+			set:   []string{"gateway.loadBalancerSourceRanges={10.0.0.0/8,192.168.0.0/16}"},
+			check: func(v Values) bool { return len(v.Gateway.LoadBalancerSourceRanges) == 2 },
+		},
+		"an unknown key is an error, not ignored": {set: []string{"gatway.replicas=3"}, wantErr: true},
+		"a bool field refuses a non-bool":         {set: []string{"crds.install=maybe"}, wantErr: true},
+		"an assignment without = is an error":     {set: []string{"gateway.replicas"}, wantErr: true},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			v := DefaultValues()
+			err := v.Set(tc.set)
+			if (err != nil) != tc.wantErr {
+				t.Fatalf("err = %v, wantErr %v", err, tc.wantErr)
+			}
+			if err == nil && !tc.check(v) {
+				t.Errorf("values after %v: %+v", tc.set, v)
+			}
+		})
+	}
+}
+
+func TestValidateRefusesUnusableValues(t *testing.T) {
+	for name, mutate := range map[string]func(*Values){
+		"no cluster name":      func(v *Values) { v.ClusterName = "" },
+		"unknown cloud":        func(v *Values) { v.Cloud = "oracle" },
+		"zero gateways":        func(v *Values) { v.Gateway.Replicas = 0 },
+		"invalid trust domain": func(v *Values) { v.TrustDomain = "Bank Example" },
+	} {
+		v := eastAWS(t)
+		mutate(&v)
+		if _, err := Objects(v); err == nil {
+			t.Errorf("%s: want an error", name)
+		}
+	}
+}
+
+// TestApplyTwiceConverges applies the install to a real API server with
+// server-side apply, then again: the second apply must change nothing.
+func TestApplyTwiceConverges(t *testing.T) {
+	ctx := context.Background()
+	c := testenv.Start(t, "east")["east"]
+	v := eastAWS(t)
+	v.Metrics.ServiceMonitor = false // its CRD is the prometheus-operator's, absent here
+	objs, err := Objects(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := Apply(ctx, c.Client, objs); err != nil {
+		t.Fatal(err)
+	}
+	before := resourceVersions(t, c.Client, objs)
+	if err := Apply(ctx, c.Client, objs); err != nil {
+		t.Fatal(err)
+	}
+	after := resourceVersions(t, c.Client, objs)
+	for key, rv := range before {
+		if after[key] != rv {
+			t.Errorf("%s changed on the second apply: resourceVersion %s -> %s", key, rv, after[key])
+		}
+	}
+
+	// Least privilege, as the API server decides it.
+	access := []struct {
+		sa, verb, group, resource, namespace string
+		allowed                              bool
+	}{
+		{ControllerName, "create", "", "services", "payments", true},
+		{ControllerName, "delete", "discovery.k8s.io", "endpointslices", "payments", true},
+		{ControllerName, "patch", "backbone.dev", "links/status", "backbone-system", true},
+		{ControllerName, "update", "coordination.k8s.io", "leases", "backbone-system", true},
+		{ControllerName, "get", "", "secrets", "backbone-system", true},
+		{ControllerName, "get", "", "secrets", "payments", false},
+		{ControllerName, "update", "backbone.dev", "links", "backbone-system", false},
+		{ControllerName, "create", "", "namespaces", "", false},
+		{ControllerName, "update", "coordination.k8s.io", "leases", "kube-system", false},
+		{GatewayName, "list", "", "services", "", true},
+		{GatewayName, "watch", "backbone.dev", "egresstargets", "", true},
+		{GatewayName, "get", "", "secrets", "backbone-system", false},
+		{GatewayName, "create", "", "services", "payments", false},
+		{LinkReaderServiceAccount, "watch", "multicluster.x-k8s.io", "serviceexports", "", true},
+		{LinkReaderServiceAccount, "get", "", "secrets", "backbone-system", false},
+		{LinkReaderServiceAccount, "get", "", "pods", "payments", false},
+	}
+	for _, a := range access {
+		sar := &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{
+			User:   "system:serviceaccount:backbone-system:" + a.sa,
+			Groups: []string{"system:serviceaccounts", "system:serviceaccounts:backbone-system", "system:authenticated"},
+			ResourceAttributes: &authorizationv1.ResourceAttributes{
+				Verb: a.verb, Group: a.group, Resource: a.resource, Namespace: a.namespace,
+			},
+		}}
+		res, err := c.Clientset.AuthorizationV1().SubjectAccessReviews().Create(ctx, sar, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Status.Allowed != a.allowed {
+			t.Errorf("%s %s %s/%s in %q: allowed=%v, want %v", a.sa, a.verb, a.group, a.resource, a.namespace, res.Status.Allowed, a.allowed)
+		}
+	}
+}
+
+func resourceVersions(t *testing.T, c client.Client, objs []*unstructured.Unstructured) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	for _, o := range objs {
+		live := &unstructured.Unstructured{}
+		live.SetGroupVersionKind(o.GroupVersionKind())
+		if err := c.Get(context.Background(), client.ObjectKeyFromObject(o), live); err != nil {
+			t.Fatal(err)
+		}
+		out[o.GetKind()+"/"+client.ObjectKeyFromObject(o).String()] = live.GetResourceVersion()
+	}
+	return out
+}

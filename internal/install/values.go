@@ -1,0 +1,228 @@
+package install
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/backbone-mesh/backbone/internal/identity"
+)
+
+// Values configure the install manifests. The JSON names are the Helm
+// chart's values keys, so `backbone install --set k=v` and
+// `helm install --set k=v` take the same keys.
+type Values struct {
+	// ClusterName is this cluster's name: mirrors elsewhere are called
+	// <service>-<clusterName>, and the gateway's identity ends in it.
+	ClusterName string `json:"clusterName"`
+	// TrustDomain of the gateway identities, spiffe://<trustDomain>/cluster/<clusterName>.
+	TrustDomain string      `json:"trustDomain"`
+	Image       ImageValues `json:"image"`
+	// Cloud selects the gateway Service annotations: "", aws, azure or gcp.
+	Cloud      string           `json:"cloud"`
+	CRDs       CRDValues        `json:"crds"`
+	Controller ControllerValues `json:"controller"`
+	Gateway    GatewayValues    `json:"gateway"`
+	Metrics    MetricsValues    `json:"metrics"`
+}
+
+// ImageValues name the backbone image; controller and gateway share it.
+type ImageValues struct {
+	Repository string `json:"repository"`
+	Tag        string `json:"tag"`
+	PullPolicy string `json:"pullPolicy"`
+}
+
+// CRDValues choose which CustomResourceDefinitions are installed.
+type CRDValues struct {
+	// Install backbone's own CRDs (off when a platform team manages CRDs apart).
+	Install bool `json:"install"`
+	// ServiceExport installs the MCS API ServiceExport CRD, for clusters that
+	// have no MCS implementation of their own.
+	ServiceExport bool `json:"serviceExport"`
+}
+
+// Resources are a container's requests and memory limit. No CPU limit:
+// throttling a data plane hurts latency more than it protects neighbours.
+type Resources struct {
+	CPURequest    string `json:"cpuRequest"`
+	MemoryRequest string `json:"memoryRequest"`
+	MemoryLimit   string `json:"memoryLimit"`
+}
+
+// ControllerValues configure `backbone controller`.
+type ControllerValues struct {
+	Replicas  int32     `json:"replicas"`
+	Resources Resources `json:"resources"`
+	// CreateNamespaces grants the controller namespace creation, needed only
+	// by Links with spec.createNamespaces.
+	CreateNamespaces bool `json:"createNamespaces"`
+}
+
+// GatewayValues configure `backbone gateway` and its Service.
+type GatewayValues struct {
+	Replicas  int32     `json:"replicas"`
+	Resources Resources `json:"resources"`
+	// InboundPort is the mTLS port peers dial.
+	InboundPort int32 `json:"inboundPort"`
+	// IdentitySecret is the TLS Secret (tls.crt, tls.key, ca.crt) holding the
+	// gateway identity, from `backbone certs` or cert-manager.
+	IdentitySecret string `json:"identitySecret"`
+	// ServiceAnnotations are added to the LoadBalancer Service, over the
+	// cloud's defaults.
+	ServiceAnnotations map[string]string `json:"serviceAnnotations"`
+	// LoadBalancerSourceRanges restrict who may reach the gateway.
+	LoadBalancerSourceRanges []string `json:"loadBalancerSourceRanges"`
+}
+
+// MetricsValues configure scraping.
+type MetricsValues struct {
+	// ServiceMonitor renders a prometheus-operator ServiceMonitor (its CRD
+	// must exist in the cluster).
+	ServiceMonitor bool `json:"serviceMonitor"`
+}
+
+// AdminPort serves /metrics, /healthz and /readyz in both components.
+const AdminPort = 9090
+
+// DefaultValues are the chart's values.yaml.
+func DefaultValues() Values {
+	return Values{
+		TrustDomain: "backbone.local",
+		Image:       ImageValues{Repository: "ghcr.io/backbone-mesh/backbone", Tag: "latest", PullPolicy: "IfNotPresent"},
+		CRDs:        CRDValues{Install: true},
+		Controller: ControllerValues{
+			Replicas:  2,
+			Resources: Resources{CPURequest: "50m", MemoryRequest: "128Mi", MemoryLimit: "512Mi"},
+		},
+		Gateway: GatewayValues{
+			Replicas:       2,
+			Resources:      Resources{CPURequest: "200m", MemoryRequest: "128Mi", MemoryLimit: "1Gi"},
+			InboundPort:    4143,
+			IdentitySecret: "backbone-gateway-identity",
+		},
+	}
+}
+
+// Validate reports the first value that cannot make a working install.
+func (v Values) Validate() error {
+	if v.ClusterName == "" {
+		return fmt.Errorf("clusterName is required (--cluster-name): mirrors and the gateway identity are named after it")
+	}
+	if _, err := identity.New(v.TrustDomain, v.ClusterName); err != nil {
+		return err
+	}
+	switch v.Cloud {
+	case "", "aws", "azure", "gcp":
+	default:
+		return fmt.Errorf("cloud %q: must be aws, azure, gcp or empty", v.Cloud)
+	}
+	if v.Image.Repository == "" || v.Image.Tag == "" {
+		return fmt.Errorf("image.repository and image.tag are required")
+	}
+	if v.Controller.Replicas < 1 || v.Gateway.Replicas < 1 {
+		return fmt.Errorf("controller.replicas and gateway.replicas must be at least 1")
+	}
+	if v.Gateway.InboundPort < 1 || v.Gateway.InboundPort > 65535 {
+		return fmt.Errorf("gateway.inboundPort %d: must be 1-65535", v.Gateway.InboundPort)
+	}
+	return nil
+}
+
+// Set applies Helm-style "a.b.c=value" assignments. The value's type follows
+// the default's type at that key (so image.tag=1.2 stays a string); keys
+// with dots, such as annotation names, escape them as "\.". An unknown key
+// is an error rather than silently ignored.
+func (v *Values) Set(assignments []string) error {
+	raw, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	var tree map[string]any
+	if err := json.Unmarshal(raw, &tree); err != nil {
+		return err
+	}
+	for _, a := range assignments {
+		key, value, ok := strings.Cut(a, "=")
+		if !ok || key == "" {
+			return fmt.Errorf("--set %q: want key=value", a)
+		}
+		if err := setPath(tree, splitKey(key), value); err != nil {
+			return fmt.Errorf("--set %q: %w", a, err)
+		}
+	}
+	raw, err = json.Marshal(tree)
+	if err != nil {
+		return err
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	var out Values
+	if err := dec.Decode(&out); err != nil {
+		return fmt.Errorf("--set: %w", err)
+	}
+	*v = out
+	return nil
+}
+
+func splitKey(key string) []string {
+	var parts []string
+	var cur strings.Builder
+	for i := 0; i < len(key); i++ {
+		switch {
+		case key[i] == '\\' && i+1 < len(key) && key[i+1] == '.':
+			cur.WriteByte('.')
+			i++
+		case key[i] == '.':
+			parts = append(parts, cur.String())
+			cur.Reset()
+		default:
+			cur.WriteByte(key[i])
+		}
+	}
+	return append(parts, cur.String())
+}
+
+func setPath(tree map[string]any, path []string, value string) error {
+	for _, p := range path[:len(path)-1] {
+		next, ok := tree[p].(map[string]any)
+		if !ok {
+			if tree[p] != nil {
+				return fmt.Errorf("%q is not a map", p)
+			}
+			next = map[string]any{}
+			tree[p] = next
+		}
+		tree = next
+	}
+	last := path[len(path)-1]
+	switch tree[last].(type) {
+	case bool:
+		b, err := strconv.ParseBool(value)
+		if err != nil {
+			return fmt.Errorf("%q wants true or false", last)
+		}
+		tree[last] = b
+	case float64:
+		n, err := strconv.ParseInt(value, 10, 32)
+		if err != nil {
+			return fmt.Errorf("%q wants an integer", last)
+		}
+		tree[last] = n
+	case []any:
+		// Helm's list syntax: {a,b}.
+		items := strings.Split(strings.TrimSuffix(strings.TrimPrefix(value, "{"), "}"), ",")
+		tree[last] = items
+	case nil:
+		if strings.HasPrefix(value, "{") && strings.HasSuffix(value, "}") {
+			tree[last] = strings.Split(value[1:len(value)-1], ",")
+		} else {
+			tree[last] = value
+		}
+	default:
+		tree[last] = value
+	}
+	return nil
+}

@@ -1,0 +1,217 @@
+package install
+
+import (
+	"fmt"
+	"maps"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	backbonev1alpha1 "github.com/backbone-mesh/backbone/api/v1alpha1"
+	"github.com/backbone-mesh/backbone/internal/identity"
+)
+
+// IdentityMountPath is where the gateway finds tls.crt, tls.key and ca.crt.
+const IdentityMountPath = "/var/run/backbone/identity"
+
+// MetricsServiceName selects both components' admin ports for scraping.
+const MetricsServiceName = "backbone-metrics"
+
+func namespace() *corev1.Namespace {
+	ns := &corev1.Namespace{TypeMeta: typeMeta("v1", "Namespace"), ObjectMeta: meta(backbonev1alpha1.SystemNamespace, "", "system")}
+	return ns
+}
+
+func controllerDeployment(v Values) *appsv1.Deployment {
+	args := []string{
+		"controller",
+		"--cluster-name=" + v.ClusterName,
+		"--trust-domain=" + v.TrustDomain,
+		"--leader-elect",
+		fmt.Sprintf("--admin-address=:%d", AdminPort),
+	}
+	return deployment(ControllerName, "controller", v.Controller.Replicas, podSpec(v, ControllerName, args, v.Controller.Resources, nil, nil))
+}
+
+func gatewayDeployment(v Values) *appsv1.Deployment {
+	args := []string{
+		"gateway",
+		"--cluster-name=" + v.ClusterName,
+		"--trust-domain=" + v.TrustDomain,
+		"--identity-dir=" + IdentityMountPath,
+		fmt.Sprintf("--inbound-address=:%d", v.Gateway.InboundPort),
+		fmt.Sprintf("--admin-address=:%d", AdminPort),
+	}
+	ports := []corev1.ContainerPort{{Name: backbonev1alpha1.GatewayInboundPortName, ContainerPort: v.Gateway.InboundPort, Protocol: corev1.ProtocolTCP}}
+	spec := podSpec(v, GatewayName, args, v.Gateway.Resources, ports, &corev1.Volume{
+		Name:         "identity",
+		VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{SecretName: v.Gateway.IdentitySecret, DefaultMode: new(int32(0o440))}},
+	})
+	// Spread replicas over nodes so one node failure leaves a gateway.
+	spec.Affinity = &corev1.Affinity{PodAntiAffinity: &corev1.PodAntiAffinity{
+		PreferredDuringSchedulingIgnoredDuringExecution: []corev1.WeightedPodAffinityTerm{{
+			Weight: 100,
+			PodAffinityTerm: corev1.PodAffinityTerm{
+				LabelSelector: &metav1.LabelSelector{MatchLabels: selectorLabels("gateway")},
+				TopologyKey:   corev1.LabelHostname,
+			},
+		}},
+	}}
+	return deployment(GatewayName, "gateway", v.Gateway.Replicas, spec)
+}
+
+func deployment(name, component string, replicas int32, spec corev1.PodSpec) *appsv1.Deployment {
+	return &appsv1.Deployment{
+		TypeMeta:   typeMeta("apps/v1", "Deployment"),
+		ObjectMeta: meta(name, backbonev1alpha1.SystemNamespace, component),
+		Spec: appsv1.DeploymentSpec{
+			Replicas: new(replicas),
+			Selector: &metav1.LabelSelector{MatchLabels: selectorLabels(component)},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: labels(component)},
+				Spec:       spec,
+			},
+		},
+	}
+}
+
+func podSpec(v Values, sa string, args []string, res Resources, ports []corev1.ContainerPort, volume *corev1.Volume) corev1.PodSpec {
+	probe := func(path string) *corev1.Probe {
+		return &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: path, Port: intstr.FromString("admin")}}}
+	}
+	c := corev1.Container{
+		Name:            componentOf(sa),
+		Image:           v.Image.Repository + ":" + v.Image.Tag,
+		ImagePullPolicy: corev1.PullPolicy(v.Image.PullPolicy),
+		Args:            args,
+		Env: []corev1.EnvVar{{Name: "POD_NAMESPACE", ValueFrom: &corev1.EnvVarSource{
+			FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.namespace"},
+		}}},
+		Ports:          append(ports, corev1.ContainerPort{Name: "admin", ContainerPort: AdminPort, Protocol: corev1.ProtocolTCP}),
+		LivenessProbe:  probe("/healthz"),
+		ReadinessProbe: probe("/readyz"),
+		Resources: corev1.ResourceRequirements{
+			Requests: corev1.ResourceList{
+				corev1.ResourceCPU:    resource.MustParse(res.CPURequest),
+				corev1.ResourceMemory: resource.MustParse(res.MemoryRequest),
+			},
+			Limits: corev1.ResourceList{corev1.ResourceMemory: resource.MustParse(res.MemoryLimit)},
+		},
+		SecurityContext: &corev1.SecurityContext{
+			AllowPrivilegeEscalation: new(false),
+			ReadOnlyRootFilesystem:   new(true),
+			Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
+		},
+	}
+	spec := corev1.PodSpec{
+		ServiceAccountName: sa,
+		SecurityContext: &corev1.PodSecurityContext{
+			RunAsNonRoot:   new(true),
+			SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
+		},
+		Containers: []corev1.Container{c},
+	}
+	if volume != nil {
+		spec.Volumes = []corev1.Volume{*volume}
+		spec.Containers[0].VolumeMounts = []corev1.VolumeMount{{Name: volume.Name, MountPath: IdentityMountPath, ReadOnly: true}}
+	}
+	return spec
+}
+
+func gatewayPDB(Values) *policyv1.PodDisruptionBudget {
+	return &policyv1.PodDisruptionBudget{
+		TypeMeta:   typeMeta("policy/v1", "PodDisruptionBudget"),
+		ObjectMeta: meta(GatewayName, backbonev1alpha1.SystemNamespace, "gateway"),
+		Spec: policyv1.PodDisruptionBudgetSpec{
+			MinAvailable: new(intstr.FromInt32(1)),
+			Selector:     &metav1.LabelSelector{MatchLabels: selectorLabels("gateway")},
+		},
+	}
+}
+
+// cloudAnnotations make each cloud's load balancer a plain L4 pass-through:
+// the gateway terminates mTLS itself.
+var cloudAnnotations = map[string]map[string]string{
+	"aws": {
+		// AWS Load Balancer Controller: an NLB targeting pod IPs.
+		"service.beta.kubernetes.io/aws-load-balancer-type":            "external",
+		"service.beta.kubernetes.io/aws-load-balancer-nlb-target-type": "ip",
+		"service.beta.kubernetes.io/aws-load-balancer-scheme":          "internet-facing",
+		"service.beta.kubernetes.io/aws-load-balancer-attributes":      "load_balancing.cross_zone.enabled=true",
+	},
+	"azure": {
+		"service.beta.kubernetes.io/azure-load-balancer-health-probe-protocol": "tcp",
+	},
+	"gcp": {
+		// A backend-service-based external passthrough Network Load Balancer.
+		"cloud.google.com/l4-rbs": "enabled",
+	},
+}
+
+func gatewayService(v Values) *corev1.Service {
+	id, _ := identity.New(v.TrustDomain, v.ClusterName) // validated before
+	annotations := map[string]string{backbonev1alpha1.GatewayIdentityAnnotation: id.String()}
+	maps.Copy(annotations, cloudAnnotations[v.Cloud])
+	maps.Copy(annotations, v.Gateway.ServiceAnnotations)
+	svc := &corev1.Service{
+		TypeMeta:   typeMeta("v1", "Service"),
+		ObjectMeta: meta(backbonev1alpha1.GatewayServiceName, backbonev1alpha1.SystemNamespace, "gateway"),
+		Spec: corev1.ServiceSpec{
+			Type:     corev1.ServiceTypeLoadBalancer,
+			Selector: selectorLabels("gateway"),
+			Ports: []corev1.ServicePort{{
+				Name: backbonev1alpha1.GatewayInboundPortName, Port: v.Gateway.InboundPort,
+				TargetPort: intstr.FromString(backbonev1alpha1.GatewayInboundPortName), Protocol: corev1.ProtocolTCP,
+			}},
+			LoadBalancerSourceRanges: v.Gateway.LoadBalancerSourceRanges,
+		},
+	}
+	svc.Annotations = annotations
+	return svc
+}
+
+func metricsService(Values) *corev1.Service {
+	return &corev1.Service{
+		TypeMeta:   typeMeta("v1", "Service"),
+		ObjectMeta: meta(MetricsServiceName, backbonev1alpha1.SystemNamespace, "metrics"),
+		Spec: corev1.ServiceSpec{
+			Type:     corev1.ServiceTypeClusterIP,
+			Selector: map[string]string{"app.kubernetes.io/part-of": "backbone"},
+			Ports: []corev1.ServicePort{{
+				Name: "admin", Port: AdminPort, TargetPort: intstr.FromString("admin"), Protocol: corev1.ProtocolTCP,
+			}},
+		},
+	}
+}
+
+// serviceMonitor is unstructured: backbone does not depend on the
+// prometheus-operator's Go types for one object.
+func serviceMonitor(Values) *unstructured.Unstructured {
+	sm := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "monitoring.coreos.com/v1",
+		"kind":       "ServiceMonitor",
+		"metadata": map[string]any{
+			"name":      "backbone",
+			"namespace": backbonev1alpha1.SystemNamespace,
+			"labels":    toAny(labels("metrics")),
+		},
+		"spec": map[string]any{
+			"selector":  map[string]any{"matchLabels": toAny(labels("metrics"))},
+			"endpoints": []any{map[string]any{"port": "admin", "path": "/metrics", "interval": "30s"}},
+		},
+	}}
+	return sm
+}
+
+func toAny(m map[string]string) map[string]any {
+	out := make(map[string]any, len(m))
+	for k, v := range m {
+		out[k] = v
+	}
+	return out
+}
