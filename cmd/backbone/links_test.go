@@ -44,7 +44,7 @@ func TestLinksReadsEveryContext(t *testing.T) {
 	createProbedLink(t, clusters["east"], "west", false, 60*time.Millisecond)
 	kubeconfig := testenv.MergedKubeconfig(t, clusters)
 
-	out, err := run(t, "--kubeconfig", kubeconfig, "links", "--all-contexts")
+	out, _, err := run(t, "--kubeconfig", kubeconfig, "links", "--all-contexts")
 	if err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}
@@ -54,7 +54,7 @@ func TestLinksReadsEveryContext(t *testing.T) {
 		}
 	}
 
-	out, err = run(t, "--kubeconfig", kubeconfig, "links", "--contexts", "east,west", "-o", "json")
+	out, _, err = run(t, "--kubeconfig", kubeconfig, "links", "--contexts", "east,west", "-o", "json")
 	if err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}
@@ -66,7 +66,7 @@ func TestLinksReadsEveryContext(t *testing.T) {
 		t.Errorf("matrix: %+v", m.Links)
 	}
 
-	out, err = run(t, "--kubeconfig", kubeconfig, "links", "--contexts", "east,nowhere")
+	out, _, err = run(t, "--kubeconfig", kubeconfig, "links", "--contexts", "east,nowhere")
 	if err == nil || !strings.Contains(out, "nowhere: could not read links") {
 		t.Errorf("an unknown context must fail and be named; err=%v\n%s", err, out)
 	}

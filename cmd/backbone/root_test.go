@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"encoding/json"
 	"os"
 	"path/filepath"
@@ -14,19 +13,8 @@ import (
 	"github.com/backbone-mesh/backbone/internal/kube"
 )
 
-func run(t *testing.T, args ...string) (string, error) {
-	t.Helper()
-	cmd := newRootCmd()
-	var out bytes.Buffer
-	cmd.SetOut(&out)
-	cmd.SetErr(&out)
-	cmd.SetArgs(args)
-	err := cmd.Execute()
-	return out.String(), err
-}
-
 func TestVersionJSON(t *testing.T) {
-	out, err := run(t, "version", "-o", "json")
+	out, _, err := run(t, "version", "-o", "json")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -39,7 +27,7 @@ func TestVersionJSON(t *testing.T) {
 			t.Errorf("field %q missing or empty in %s", field, out)
 		}
 	}
-	if _, err := run(t, "version", "-o", "xml"); err == nil || !strings.Contains(err.Error(), "--output") {
+	if _, _, err := run(t, "version", "-o", "xml"); err == nil || !strings.Contains(err.Error(), "--output") {
 		t.Errorf("want an error naming --output for -o xml, got %v", err)
 	}
 }
