@@ -59,16 +59,6 @@ func (ps *procs) start(name string, argv []string, env ...string) (*proc, error)
 	return p, nil
 }
 
-// exited reports whether the process ended, and how.
-func (p *proc) exited() (bool, error) {
-	select {
-	case <-p.done:
-		return true, p.err
-	default:
-		return false, nil
-	}
-}
-
 // stopAll sends SIGTERM to every process, newest first, and SIGKILL to
 // those still running after grace.
 func (ps *procs) stopAll(grace time.Duration) {
