@@ -54,3 +54,8 @@ tidy:
 
 clean:
 	rm -rf $(BIN)
+
+IMAGE ?= ghcr.io/backbone-mesh/backbone:$(VERSION)
+.PHONY: image
+image: ## Build the container image (static binary, distroless nonroot); CI pushes it.
+	docker build --build-arg VERSION=$(VERSION) -t $(IMAGE) .

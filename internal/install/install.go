@@ -76,7 +76,10 @@ func Objects(v Values) ([]*unstructured.Unstructured, error) {
 		}
 		out = append(out, se)
 	}
-	typed := []runtime.Object{namespace()}
+	var typed []runtime.Object
+	if v.CreateNamespace {
+		typed = append(typed, namespace())
+	}
 	for _, sa := range serviceAccounts(v) {
 		typed = append(typed, sa)
 	}
@@ -114,6 +117,13 @@ func ToUnstructured(o runtime.Object) (*unstructured.Unstructured, error) {
 	unstructured.RemoveNestedField(m, "metadata", "creationTimestamp")
 	unstructured.RemoveNestedField(m, "spec", "template", "metadata", "creationTimestamp")
 	unstructured.RemoveNestedField(m, "status")
+	// Empty structs a person would not write (Deployment strategy,
+	// Namespace spec).
+	for _, path := range [][]string{{"spec", "strategy"}, {"spec"}} {
+		if v, ok, _ := unstructured.NestedMap(m, path...); ok && len(v) == 0 {
+			unstructured.RemoveNestedField(m, path...)
+		}
+	}
 	return u, nil
 }
 

@@ -18,8 +18,11 @@ type Values struct {
 	// <service>-<clusterName>, and the gateway's identity ends in it.
 	ClusterName string `json:"clusterName"`
 	// TrustDomain of the gateway identities, spiffe://<trustDomain>/cluster/<clusterName>.
-	TrustDomain string      `json:"trustDomain"`
-	Image       ImageValues `json:"image"`
+	TrustDomain string `json:"trustDomain"`
+	// CreateNamespace renders the backbone-system Namespace. Turn it off
+	// when the namespace is made elsewhere (helm --create-namespace).
+	CreateNamespace bool        `json:"createNamespace"`
+	Image           ImageValues `json:"image"`
 	// Cloud selects the gateway Service annotations: "", aws, azure or gcp.
 	Cloud      string           `json:"cloud"`
 	CRDs       CRDValues        `json:"crds"`
@@ -90,9 +93,10 @@ const AdminPort = 9090
 // DefaultValues are the chart's values.yaml.
 func DefaultValues() Values {
 	return Values{
-		TrustDomain: "backbone.local",
-		Image:       ImageValues{Repository: "ghcr.io/backbone-mesh/backbone", Tag: "latest", PullPolicy: "IfNotPresent"},
-		CRDs:        CRDValues{Install: true},
+		TrustDomain:     "backbone.local",
+		CreateNamespace: true,
+		Image:           ImageValues{Repository: "ghcr.io/backbone-mesh/backbone", Tag: "latest", PullPolicy: "IfNotPresent"},
+		CRDs:            CRDValues{Install: true},
 		Controller: ControllerValues{
 			Replicas:  2,
 			Resources: Resources{CPURequest: "50m", MemoryRequest: "128Mi", MemoryLimit: "512Mi"},
