@@ -1,0 +1,103 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/backbone-mesh/backbone/internal/certs"
+	"github.com/backbone-mesh/backbone/internal/identity"
+)
+
+func init() { subcommands = append(subcommands, newCertsCmd) }
+
+func newCertsCmd(*rootOptions) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "certs",
+		Short: "Create a trust anchor and gateway identities",
+		Long: `Gateways authenticate each other with X.509 certificates whose only URI SAN
+is spiffe://<trust-domain>/cluster/<name>, signed by a trust anchor every
+cluster trusts. These commands create both; cert-manager can issue the same
+identities instead (see docs/certs.md).`,
+	}
+	cmd.AddCommand(newCertsAnchorCmd(), newCertsIssueCmd())
+	return cmd
+}
+
+func newCertsAnchorCmd() *cobra.Command {
+	var trustDomain, out string
+	var validity time.Duration
+	cmd := &cobra.Command{
+		Use:   "trust-anchor",
+		Short: "Create a trust anchor (an ECDSA P-256 root) for a trust domain",
+		Example: `  backbone certs trust-anchor --trust-domain bank.example --out anchor/
+  # keep anchor/ca.key offline; distribute anchor/ca.crt as every gateway's ca.crt`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if _, err := os.Stat(filepath.Join(out, certs.AnchorKeyFile)); err == nil {
+				return fmt.Errorf("%s already holds a trust anchor; refusing to overwrite it", out)
+			}
+			a, err := certs.NewAnchor(trustDomain, validity)
+			if err != nil {
+				return fmt.Errorf("--trust-domain: %w", err)
+			}
+			if err := a.Save(out); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.ErrOrStderr(), "trust anchor for %s written to %s (expires %s)\n", trustDomain, out, a.Cert.NotAfter.UTC().Format(time.DateOnly))
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&trustDomain, "trust-domain", "", "SPIFFE trust domain, e.g. bank.example")
+	cmd.Flags().StringVar(&out, "out", "", "directory to write ca.crt and ca.key into")
+	cmd.Flags().DurationVar(&validity, "validity", 10*365*24*time.Hour, "how long the anchor is valid")
+	_ = cmd.MarkFlagRequired("trust-domain")
+	_ = cmd.MarkFlagRequired("out")
+	return cmd
+}
+
+func newCertsIssueCmd() *cobra.Command {
+	var caDir, cluster, out, bundle string
+	var validity time.Duration
+	cmd := &cobra.Command{
+		Use:   "issue",
+		Short: "Issue a cluster's gateway identity (tls.crt, tls.key, ca.crt)",
+		Example: `  backbone certs issue --ca-dir anchor/ --cluster-name east --out east-identity/
+  kubectl --context east -n backbone-system create secret generic backbone-gateway-identity --from-file=east-identity/`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			a, err := certs.LoadAnchor(caDir)
+			if err != nil {
+				return fmt.Errorf("--ca-dir: %w", err)
+			}
+			certPEM, keyPEM, err := a.Issue(cluster, validity)
+			if err != nil {
+				return fmt.Errorf("--cluster-name: %w", err)
+			}
+			bundlePEM := a.CertPEM()
+			if bundle != "" {
+				if bundlePEM, err = os.ReadFile(bundle); err != nil {
+					return fmt.Errorf("--bundle: %w", err)
+				}
+			}
+			if err := certs.WriteIdentity(out, certPEM, keyPEM, bundlePEM); err != nil {
+				return err
+			}
+			id, _ := identity.New(a.TrustDomain, cluster)
+			fmt.Fprintf(cmd.ErrOrStderr(), "identity %s written to %s\n", id, out)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&caDir, "ca-dir", "", "trust anchor directory (from certs trust-anchor)")
+	cmd.Flags().StringVar(&cluster, "cluster-name", "", "the cluster whose gateway the identity is for")
+	cmd.Flags().StringVar(&out, "out", "", "directory to write tls.crt, tls.key and ca.crt into")
+	cmd.Flags().StringVar(&bundle, "bundle", "", "trust bundle to write as ca.crt instead of the anchor alone (several roots during a rotation)")
+	cmd.Flags().DurationVar(&validity, "validity", 90*24*time.Hour, "how long the identity is valid")
+	for _, f := range []string{"ca-dir", "cluster-name", "out"} {
+		_ = cmd.MarkFlagRequired(f)
+	}
+	return cmd
+}

@@ -1,0 +1,71 @@
+package main
+
+import (
+	"context"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/backbone-mesh/backbone/internal/gateway"
+)
+
+func init() { subcommands = append(subcommands, newGatewayCmd) }
+
+func newGatewayCmd(root *rootOptions) *cobra.Command {
+	opts := gateway.Options{}
+	var logLevel string
+	cmd := &cobra.Command{
+		Use:   "gateway",
+		Short: "Run a cluster's gateway: the mTLS tunnel endpoint and the mirrors' listeners",
+		Long: `The gateway is the data plane of one cluster. Peer gateways tunnel into its
+inbound port (TLS 1.3, client certificates, HTTP/2 CONNECT) to reach the
+services this cluster exports; it listens on the port allocated to every
+mirrored service and tunnels each connection to the remote cluster's
+gateway over a pooled connection. SIGTERM drains it gracefully.`,
+		Example: `  backbone gateway --cluster-name west --identity-dir /var/run/backbone/identity \
+    --outbound-bind-ip "$POD_IP"`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log := newLogger(logLevel)
+			cfg, err := root.kube.RESTConfig()
+			if err != nil {
+				return err
+			}
+			cfg.QPS, cfg.Burst = 50, 100
+			g, err := gateway.New(cfg, opts, log)
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return g.Run(ctx)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&opts.ClusterName, "cluster-name", "", "this cluster's name (must match the identity)")
+	f.StringVar(&opts.IdentityDir, "identity-dir", "/var/run/backbone/identity", "directory with tls.crt, tls.key and ca.crt; reloaded when they change")
+	f.StringVar(&opts.InboundAddress, "inbound-address", ":4143", "address of the mTLS tunnel endpoint")
+	f.StringVar(&opts.OutboundBindIP, "outbound-bind-ip", "", "IP the mirrors' listeners bind to (the pod IP; empty: all)")
+	f.StringVar(&opts.AdminAddress, "admin-address", ":9990", "address of /healthz, /readyz and /metrics")
+	f.DurationVar(&opts.DrainTimeout, "drain-timeout", 30*time.Second, "how long streams in flight may take to finish after SIGTERM")
+	f.DurationVar(&opts.DialTimeout, "dial-timeout", 5*time.Second, "timeout of dials to peer gateways and backends")
+	f.DurationVar(&opts.HeaderTimeout, "header-timeout", 10*time.Second, "time a peer has to complete its handshake and request headers")
+	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	_ = cmd.MarkFlagRequired("cluster-name")
+	return cmd
+}
+
+// newLogger returns a JSON slog logger on stderr, made the default.
+func newLogger(level string) *slog.Logger {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		l = slog.LevelInfo
+	}
+	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: l}))
+	slog.SetDefault(log)
+	return log
+}

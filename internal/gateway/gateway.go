@@ -1,0 +1,259 @@
+// Package gateway is backbone's data plane: the process every cluster runs
+// to carry traffic between clusters. Inbound, it terminates mTLS tunnels
+// from peer gateways and connects each to the exported service (or egress
+// target) it names, after checking the caller's identity. Outbound, it
+// listens on the port allocated to every mirrored service port and turns
+// each application connection into one stream of a pooled mTLS HTTP/2
+// connection to the remote cluster's gateway.
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"k8s.io/client-go/rest"
+	toolscache "k8s.io/client-go/tools/cache"
+
+	"github.com/backbone-mesh/backbone/internal/identity"
+	"github.com/backbone-mesh/backbone/internal/origin"
+)
+
+// Options configure a gateway.
+type Options struct {
+	ClusterName    string
+	IdentityDir    string
+	InboundAddress string
+	OutboundBindIP string
+	AdminAddress   string
+	DrainTimeout   time.Duration
+	DialTimeout    time.Duration
+	HeaderTimeout  time.Duration
+	// Resync re-reads the mirrors even without events (default 30s).
+	Resync time.Duration
+}
+
+// Gateway is one running gateway.
+type Gateway struct {
+	opts     Options
+	log      *slog.Logger
+	identity *identity.Files
+	view     *view
+	pool     *Pool
+	origin   *origin.Originator
+	metrics  *metrics
+	registry *prometheus.Registry
+	drain    *drainTracker
+	draining atomic.Bool
+	ready    atomic.Bool
+
+	lmu             sync.Mutex
+	listeners       map[int32]*listener
+	egressListeners map[int32]*egressListener
+	inboundAddr     net.Addr
+	adminAddr       net.Addr
+}
+
+// New loads the identity and prepares a gateway for cfg's cluster.
+func New(cfg *rest.Config, opts Options, log *slog.Logger) (*Gateway, error) {
+	if opts.ClusterName == "" {
+		return nil, errors.New("--cluster-name is required")
+	}
+	if opts.DialTimeout == 0 {
+		opts.DialTimeout = 5 * time.Second
+	}
+	if opts.HeaderTimeout == 0 {
+		opts.HeaderTimeout = 10 * time.Second
+	}
+	if opts.Resync == 0 {
+		opts.Resync = 30 * time.Second
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	id, err := identity.Load(opts.IdentityDir)
+	if err != nil {
+		return nil, err
+	}
+	if id.ID().Cluster != opts.ClusterName {
+		return nil, fmt.Errorf("the identity in %s is %s, not cluster %s", opts.IdentityDir, id.ID(), opts.ClusterName)
+	}
+	v, err := newView(cfg)
+	if err != nil {
+		return nil, err
+	}
+	reg := prometheus.NewRegistry()
+	m := newMetrics(reg)
+	g := &Gateway{
+		opts: opts, log: log, identity: id, view: v, metrics: m, registry: reg,
+		pool:            NewPool(id, opts.DialTimeout, log, m),
+		origin:          origin.New(log),
+		drain:           newDrainTracker(),
+		listeners:       map[int32]*listener{},
+		egressListeners: map[int32]*egressListener{},
+	}
+	return g, nil
+}
+
+// InboundAddr is where the inbound server listens (after Run started).
+func (g *Gateway) InboundAddr() net.Addr {
+	g.lmu.Lock()
+	defer g.lmu.Unlock()
+	return g.inboundAddr
+}
+
+// Run serves until ctx ends, then drains: readiness turns false, listeners
+// stop accepting, and streams in flight get up to DrainTimeout to finish.
+func (g *Gateway) Run(ctx context.Context) error {
+	stop := make(chan struct{})
+	defer close(stop)
+	go g.identity.Watch(stop, 2*time.Second, func(err error) {
+		g.log.Error("reloading the identity; keeping the previous one", "err", err)
+	})
+
+	adminL, err := net.Listen("tcp", g.opts.AdminAddress)
+	if err != nil {
+		return fmt.Errorf("--admin-address: %w", err)
+	}
+	admin := &http.Server{Handler: g.adminHandler(), ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = admin.Serve(adminL) }()
+	defer func() { _ = admin.Close() }()
+
+	inL, err := net.Listen("tcp", g.opts.InboundAddress)
+	if err != nil {
+		return fmt.Errorf("--inbound-address: %w", err)
+	}
+	g.lmu.Lock()
+	g.inboundAddr, g.adminAddr = inL.Addr(), adminL.Addr()
+	g.lmu.Unlock()
+
+	// The watches outlive ctx so draining streams can still be resolved.
+	viewCtx, stopView := context.WithCancel(context.Background())
+	defer stopView()
+	if err := g.view.start(viewCtx); err != nil {
+		return err
+	}
+	inbound, err := newInboundServer(g)
+	if err != nil {
+		return err
+	}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- inbound.serveListener(inL) }()
+
+	// Outbound connections live on a context that ends only after draining.
+	streams, stopStreams := context.WithCancel(context.Background())
+	defer stopStreams()
+	changed := make(chan struct{}, 1)
+	notify := func() {
+		select {
+		case changed <- struct{}{}:
+		default:
+		}
+	}
+	if err := g.watchChanges(viewCtx, notify); err != nil {
+		return err
+	}
+	if err := g.syncListeners(streams); err != nil {
+		g.log.Warn("opening mirror listeners", "err", err)
+	}
+	g.ready.Store(true)
+	g.log.Info("gateway ready", "cluster", g.opts.ClusterName, "identity", g.identity.ID().String(), "inbound", inL.Addr().String(), "admin", adminL.Addr().String())
+
+	resync := time.NewTicker(g.opts.Resync)
+	defer resync.Stop()
+loop:
+	for {
+		select {
+		case <-ctx.Done():
+			break loop
+		case err := <-serveErr:
+			return fmt.Errorf("inbound server: %w", err)
+		case <-changed:
+		case <-resync.C:
+		}
+		if err := g.syncListeners(streams); err != nil {
+			g.log.Warn("syncing mirror listeners", "err", err)
+		}
+	}
+	return g.shutdown(inbound, stopStreams)
+}
+
+func (g *Gateway) shutdown(inbound *inboundServer, stopStreams context.CancelFunc) error {
+	g.log.Info("draining", "timeout", g.opts.DrainTimeout, "streams", g.drain.count())
+	g.draining.Store(true)
+	g.ready.Store(false)
+	g.lmu.Lock()
+	for port, l := range g.listeners {
+		_ = l.l.Close()
+		delete(g.listeners, port)
+	}
+	for port, l := range g.egressListeners {
+		_ = l.l.Close()
+		delete(g.egressListeners, port)
+	}
+	g.lmu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), g.opts.DrainTimeout)
+	defer cancel()
+	// Shutdown sends GOAWAY to peers and waits for their streams.
+	shutdownErr := inbound.srv.Shutdown(ctx)
+	drained := g.drain.wait(time.Until(deadlineOf(ctx)))
+	stopStreams()
+	g.pool.Close()
+	if !drained || errors.Is(shutdownErr, context.DeadlineExceeded) {
+		g.log.Warn("drain timeout: closing the streams still open", "streams", g.drain.count())
+		_ = inbound.srv.Close()
+	}
+	g.log.Info("gateway stopped")
+	return nil
+}
+
+func deadlineOf(ctx context.Context) time.Time {
+	d, _ := ctx.Deadline()
+	return d
+}
+
+// watchChanges calls notify whenever something the listeners depend on
+// changes.
+func (g *Gateway) watchChanges(ctx context.Context, notify func()) error {
+	h := toolscache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { notify() },
+		UpdateFunc: func(any, any) { notify() },
+		DeleteFunc: func(any) { notify() },
+	}
+	for _, obj := range g.watchedKinds() {
+		inf, err := g.view.cache.GetInformer(ctx, obj)
+		if err != nil {
+			return err
+		}
+		if _, err := inf.AddEventHandler(h); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (g *Gateway) adminHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !g.ready.Load() {
+			http.Error(w, "not ready", http.StatusServiceUnavailable)
+			return
+		}
+		if err := g.identity.LastError(); err != nil {
+			http.Error(w, "identity: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.Handle("/metrics", promhttp.HandlerFor(g.registry, promhttp.HandlerOpts{}))
+	return mux
+}

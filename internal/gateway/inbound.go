@@ -1,0 +1,209 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/backbone-mesh/backbone/internal/identity"
+	"github.com/backbone-mesh/backbone/internal/origin"
+)
+
+// Flow-control windows for long fat links: a 30 ms × 1 Gbit/s path holds
+// ~3.75 MB in flight, so one stream gets 8 MiB and a connection 256 MiB.
+const (
+	streamWindow     = 8 << 20
+	connectionWindow = 256 << 20
+	// maxStreamsPerConn bounds what one peer connection may open; the
+	// client side opens more connections when it needs more streams.
+	maxStreamsPerConn = 1000
+)
+
+// h2Config is the HTTP/2 configuration of both ends of a tunnel
+// connection.
+func h2Config() *http.HTTP2Config {
+	return &http.HTTP2Config{
+		MaxConcurrentStreams:          maxStreamsPerConn,
+		StrictMaxConcurrentRequests:   true,
+		MaxReceiveBufferPerStream:     streamWindow,
+		MaxReceiveBufferPerConnection: connectionWindow,
+		MaxReadFrameSize:              1 << 20,
+		SendPingTimeout:               30 * time.Second,
+		PingTimeout:                   15 * time.Second,
+	}
+}
+
+// inboundServer is the mTLS endpoint peer gateways tunnel into.
+type inboundServer struct {
+	g   *Gateway
+	srv *http.Server
+}
+
+func newInboundServer(g *Gateway) (*inboundServer, error) {
+	s := &inboundServer{g: g}
+	// Only HTTP/2: a peer that does not negotiate h2 is not a gateway.
+	var protocols http.Protocols
+	protocols.SetHTTP2(true)
+	s.srv = &http.Server{
+		Handler:           http.HandlerFunc(s.serve),
+		TLSConfig:         g.identity.ServerTLS("h2"),
+		Protocols:         &protocols,
+		HTTP2:             h2Config(),
+		ReadHeaderTimeout: g.opts.HeaderTimeout,
+		IdleTimeout:       5 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(g.log.Handler().WithAttrs([]slog.Attr{slog.String("component", "inbound")}), slog.LevelDebug),
+	}
+	return s, nil
+}
+
+func (s *inboundServer) serveListener(l net.Listener) error {
+	// Handshakes are bounded: a client that opens a connection and stalls
+	// is cut off by the header timeout.
+	err := s.srv.ServeTLS(l, "", "")
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+func (s *inboundServer) deny(w http.ResponseWriter, caller, reason, msg string, status int) {
+	s.g.metrics.denied.WithLabelValues(reason).Inc()
+	s.g.log.Warn("tunnel refused", "caller", caller, "reason", reason, "detail", msg)
+	http.Error(w, msg, status)
+}
+
+func (s *inboundServer) serve(w http.ResponseWriter, r *http.Request) {
+	if r.TLS == nil || r.ProtoMajor != 2 {
+		s.deny(w, "", deniedProtocol, "HTTP/2 over mTLS only", http.StatusForbidden)
+		return
+	}
+	peer, err := identity.PeerID(*r.TLS)
+	if err != nil { // verified in the handshake already; belt and braces
+		s.deny(w, "", deniedProtocol, "no peer identity", http.StatusForbidden)
+		return
+	}
+	caller := peer.Cluster
+	switch {
+	case r.Method == http.MethodGet && r.URL.Path == "/ready":
+		w.Header().Set("Content-Type", "text/plain")
+		_, _ = fmt.Fprintln(w, s.g.opts.ClusterName)
+		return
+	case r.Method != http.MethodConnect:
+		s.deny(w, caller, deniedMethod, "CONNECT only", http.StatusMethodNotAllowed)
+		return
+	}
+	a, err := ParseAuthority(r.Host)
+	if err != nil {
+		s.deny(w, caller, deniedAuthority, "bad authority", http.StatusForbidden)
+		return
+	}
+	ctx := r.Context()
+	svc, err := s.g.view.authorize(ctx, a, caller)
+	switch {
+	case errors.Is(err, errNotFound):
+		s.deny(w, caller, deniedNotFound, a.String()+": not found", http.StatusForbidden)
+		return
+	case errors.Is(err, errNotExported):
+		s.deny(w, caller, deniedNotExported, a.String()+": not exported", http.StatusForbidden)
+		return
+	case errors.Is(err, errNotAllowed):
+		s.deny(w, caller, deniedNotAllowed, a.String()+": "+caller+" may not reach it", http.StatusForbidden)
+		return
+	case err != nil:
+		http.Error(w, "lookup failed", http.StatusServiceUnavailable)
+		return
+	}
+	if target, ok, err := s.g.egressTarget(ctx, svc); ok || err != nil {
+		if err != nil {
+			s.deny(w, caller, deniedNotFound, err.Error(), http.StatusForbidden)
+			return
+		}
+		s.originate(w, r, caller, target)
+		return
+	}
+	backendAddr, err := s.g.view.backend(ctx, svc, a)
+	if err != nil {
+		s.g.metrics.dialErrors.WithLabelValues(caller, "backend").Inc()
+		http.Error(w, err.Error(), http.StatusServiceUnavailable)
+		return
+	}
+	dctx, cancel := context.WithTimeout(ctx, s.g.opts.DialTimeout)
+	backend, err := (&net.Dialer{}).DialContext(dctx, "tcp", backendAddr)
+	cancel()
+	if err != nil {
+		s.g.metrics.dialErrors.WithLabelValues(caller, "backend").Inc()
+		s.g.log.Warn("dialing backend", "caller", caller, "target", a.String(), "backend", backendAddr, "err", err)
+		http.Error(w, "backend unreachable", http.StatusBadGateway)
+		return
+	}
+	s.tunnel(w, r, caller, backend)
+}
+
+// tunnel joins the stream and the backend connection. Client EOF (the end
+// of the request stream) half-closes the backend; backend EOF ends the
+// response stream.
+func (s *inboundServer) tunnel(w http.ResponseWriter, r *http.Request, caller string, backend net.Conn) {
+	m := s.g.metrics
+	start := time.Now()
+	m.activeStreams.WithLabelValues(inbound, caller).Inc()
+	defer m.activeStreams.WithLabelValues(inbound, caller).Dec()
+	defer func() { m.duration.WithLabelValues(inbound, caller).Observe(time.Since(start).Seconds()) }()
+	release := s.g.drain.add()
+	defer release()
+	defer func() { _ = backend.Close() }()
+
+	rc := http.NewResponseController(w)
+	w.WriteHeader(http.StatusOK)
+	if err := rc.Flush(); err != nil {
+		m.streams.WithLabelValues(inbound, caller, "error").Inc()
+		return
+	}
+	up := make(chan error, 1)
+	go func() {
+		n, err := copyBuffered(backend, r.Body)
+		m.bytes.WithLabelValues(inbound, caller, "received").Add(float64(n))
+		closeWrite(backend)
+		up <- err
+	}()
+	n, downErr := copyBuffered(flushWriter{w: w, rc: rc}, backend)
+	m.bytes.WithLabelValues(inbound, caller, "sent").Add(float64(n))
+	result := "ok"
+	if !isClosed(downErr) {
+		result = "error"
+	}
+	select {
+	case err := <-up:
+		if !isClosed(err) {
+			result = "error"
+		}
+	default:
+		// The backend finished first; returning ends the response stream
+		// and resets what the peer still sends.
+	}
+	m.streams.WithLabelValues(inbound, caller, result).Inc()
+}
+
+// originate serves a tunnel to an egress target through the originator.
+func (s *inboundServer) originate(w http.ResponseWriter, r *http.Request, caller string, t origin.Target) {
+	rc := http.NewResponseController(w)
+	w.WriteHeader(http.StatusOK)
+	if err := rc.Flush(); err != nil {
+		return
+	}
+	release := s.g.drain.add()
+	defer release()
+	s.g.metrics.activeStreams.WithLabelValues(inbound, caller).Inc()
+	defer s.g.metrics.activeStreams.WithLabelValues(inbound, caller).Dec()
+	conn := newStreamConn(r.Body, flushWriter{w: w, rc: rc})
+	if err := s.g.origin.Serve(r.Context(), conn, t); err != nil {
+		s.g.log.Warn("egress", "caller", caller, "target", t.Name, "err", err)
+		s.g.metrics.streams.WithLabelValues(inbound, caller, "error").Inc()
+		return
+	}
+	s.g.metrics.streams.WithLabelValues(inbound, caller, "ok").Inc()
+}

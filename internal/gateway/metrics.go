@@ -1,0 +1,77 @@
+package gateway
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/backbone-mesh/backbone/internal/version"
+)
+
+// Directions of traffic through the gateway.
+const (
+	inbound  = "inbound"
+	outbound = "outbound"
+)
+
+// metrics are the gateway's series. peer_cluster comes only from verified
+// identities or from Links, never from what a peer asks for, so a peer
+// sending random authorities cannot create series; denials are counted by
+// a fixed set of reasons.
+type metrics struct {
+	streams       *prometheus.CounterVec
+	activeStreams *prometheus.GaugeVec
+	bytes         *prometheus.CounterVec
+	duration      *prometheus.HistogramVec
+	connections   *prometheus.CounterVec
+	dialErrors    *prometheus.CounterVec
+	denied        *prometheus.CounterVec
+	listeners     prometheus.Gauge
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		streams: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "backbone_gateway_streams_total", Help: "Tunnel streams by direction, peer cluster and result.",
+		}, []string{"direction", "peer_cluster", "result"}),
+		activeStreams: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "backbone_gateway_streams_active", Help: "Tunnel streams open now.",
+		}, []string{"direction", "peer_cluster"}),
+		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "backbone_gateway_bytes_total", Help: "Bytes carried by tunnels, by direction of the tunnel and of the bytes (sent towards the peer or received from it).",
+		}, []string{"direction", "peer_cluster", "flow"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "backbone_gateway_stream_duration_seconds", Help: "Lifetime of tunnel streams.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 4, 12),
+		}, []string{"direction", "peer_cluster"}),
+		connections: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "backbone_gateway_peer_connections_total", Help: "mTLS connections to (outbound) or from (inbound) peer gateways.",
+		}, []string{"direction", "peer_cluster"}),
+		dialErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "backbone_gateway_dial_errors_total", Help: "Failed dials of peer gateways or backends, by reason (connect, tls, identity, backend).",
+		}, []string{"peer_cluster", "reason"}),
+		denied: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "backbone_gateway_denied_total", Help: "Refused inbound requests, by reason.",
+		}, []string{"reason"}),
+		listeners: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "backbone_gateway_outbound_listeners", Help: "Ports the gateway listens on for mirrored services.",
+		}),
+	}
+	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "backbone_build_info", Help: "Build of the running backbone.",
+	}, []string{"version", "commit", "go_version"})
+	info := version.Get()
+	build.WithLabelValues(info.Version, info.GitCommit, info.GoVersion).Set(1)
+	reg.MustRegister(m.streams, m.activeStreams, m.bytes, m.duration, m.connections, m.dialErrors, m.denied, m.listeners, build,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// Denial reasons: a fixed set.
+const (
+	deniedMethod      = "method"
+	deniedAuthority   = "bad_authority"
+	deniedNotFound    = "not_found"
+	deniedNotExported = "not_exported"
+	deniedNotAllowed  = "not_allowed"
+	deniedProtocol    = "protocol"
+)

@@ -1,0 +1,188 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"net"
+	"strconv"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/backbone-mesh/backbone/api/v1alpha1"
+)
+
+// route is what one outbound port leads to.
+type route struct {
+	cluster   string
+	authority string
+}
+
+// desiredRoutes reads the mirrors' EndpointSlices: every port of a slice
+// managed by backbone is a gateway port allocated to a mirror Service port,
+// and leads to the remote service that mirror stands for.
+func (g *Gateway) desiredRoutes(ctx context.Context) (map[int32]route, error) {
+	var slices discoveryv1.EndpointSliceList
+	if err := g.view.cache.List(ctx, &slices, client.MatchingLabels{discoveryv1.LabelManagedBy: v1alpha1.EndpointSliceManagedBy}); err != nil {
+		return nil, err
+	}
+	routes := map[int32]route{}
+	for _, sl := range slices.Items {
+		svcName := sl.Labels[discoveryv1.LabelServiceName]
+		var svc corev1.Service
+		if err := g.view.cache.Get(ctx, types.NamespacedName{Namespace: sl.Namespace, Name: svcName}, &svc); err != nil {
+			continue
+		}
+		cluster := svc.Labels[v1alpha1.MirroredFromLabel]
+		remote := svc.Annotations[v1alpha1.RemoteNameAnnotation]
+		if cluster == "" || remote == "" {
+			continue
+		}
+		for _, p := range sl.Ports {
+			if p.Port == nil {
+				continue
+			}
+			for _, sp := range svc.Spec.Ports {
+				if sp.Name != ptrOr(p.Name, "") {
+					continue
+				}
+				a := Authority{Hostname: svc.Annotations[v1alpha1.RemoteHostnameAnnotation], Service: remote, Namespace: svc.Namespace, Port: sp.Port}
+				routes[*p.Port] = route{cluster: cluster, authority: a.String()}
+			}
+		}
+	}
+	return routes, nil
+}
+
+// listener is one outbound port.
+type listener struct {
+	l     net.Listener
+	mu    sync.RWMutex
+	route route
+}
+
+func (l *listener) current() route {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	return l.route
+}
+
+// syncListeners opens a listener for every new route, retargets changed
+// ones and closes those gone (connections already open are left to end).
+func (g *Gateway) syncListeners(ctx context.Context) error {
+	var links v1alpha1.LinkList
+	if err := g.view.cache.List(ctx, &links, client.InNamespace(v1alpha1.SystemNamespace)); err != nil {
+		return err
+	}
+	g.pool.Update(links.Items)
+	if err := g.syncEgressListeners(ctx); err != nil {
+		g.log.Warn("egress listeners", "err", err)
+	}
+
+	routes, err := g.desiredRoutes(ctx)
+	if err != nil {
+		return err
+	}
+	g.lmu.Lock()
+	defer g.lmu.Unlock()
+	if g.draining.Load() {
+		return nil
+	}
+	var errs []error
+	for port, r := range routes {
+		if l, ok := g.listeners[port]; ok {
+			l.mu.Lock()
+			l.route = r
+			l.mu.Unlock()
+			continue
+		}
+		addr := net.JoinHostPort(g.opts.OutboundBindIP, strconv.Itoa(int(port)))
+		nl, err := net.Listen("tcp", addr)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		l := &listener{l: nl, route: r}
+		g.listeners[port] = l
+		g.log.Info("listening for mirror", "address", addr, "peer_cluster", r.cluster, "target", r.authority)
+		go g.acceptOutbound(ctx, l)
+	}
+	for port, l := range g.listeners {
+		if _, ok := routes[port]; !ok {
+			_ = l.l.Close()
+			delete(g.listeners, port)
+			g.log.Info("closed mirror port", "port", port)
+		}
+	}
+	g.metrics.listeners.Set(float64(len(g.listeners)))
+	return errors.Join(errs...)
+}
+
+func (g *Gateway) acceptOutbound(ctx context.Context, l *listener) {
+	for {
+		c, err := l.l.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			g.log.Warn("accept", "err", err)
+			time.Sleep(50 * time.Millisecond)
+			continue
+		}
+		go g.serveOutbound(ctx, c, l.current())
+	}
+}
+
+// serveOutbound turns one application connection into one tunnel stream.
+func (g *Gateway) serveOutbound(ctx context.Context, app net.Conn, r route) {
+	m := g.metrics
+	release := g.drain.add()
+	defer release()
+	defer func() { _ = app.Close() }()
+	start := time.Now()
+	octx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	up, down, err := g.pool.Open(octx, r.cluster, r.authority)
+	if err != nil {
+		m.streams.WithLabelValues(outbound, r.cluster, "refused").Inc()
+		g.log.Warn("tunnel failed", "peer_cluster", r.cluster, "target", r.authority, "err", err)
+		if tc, ok := app.(*net.TCPConn); ok {
+			_ = tc.SetLinger(0) // reset: the application sees a failed connection, not an empty answer
+		}
+		return
+	}
+	m.activeStreams.WithLabelValues(outbound, r.cluster).Inc()
+	defer m.activeStreams.WithLabelValues(outbound, r.cluster).Dec()
+	defer func() { m.duration.WithLabelValues(outbound, r.cluster).Observe(time.Since(start).Seconds()) }()
+
+	sent := make(chan error, 1)
+	go func() {
+		n, err := copyBuffered(up, app)
+		m.bytes.WithLabelValues(outbound, r.cluster, "sent").Add(float64(n))
+		if isClosed(err) {
+			_ = up.Close() // END_STREAM: the application half-closed
+		} else {
+			_ = up.CloseWithError(err)
+		}
+		sent <- err
+	}()
+	n, err := copyBuffered(app, down)
+	m.bytes.WithLabelValues(outbound, r.cluster, "received").Add(float64(n))
+	_ = down.Close()
+	result := "ok"
+	if !isClosed(err) {
+		result = "error"
+		cancel()
+		_ = app.Close()
+	} else {
+		closeWrite(app) // the remote side is done sending
+	}
+	if e := <-sent; !isClosed(e) {
+		result = "error"
+	}
+	m.streams.WithLabelValues(outbound, r.cluster, result).Inc()
+}

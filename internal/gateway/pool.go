@@ -1,0 +1,422 @@
+package gateway
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/backbone-mesh/backbone/api/v1alpha1"
+	"github.com/backbone-mesh/backbone/internal/identity"
+)
+
+// Pool holds long-lived mTLS HTTP/2 connections to the gateways of linked
+// clusters. Every tunnel is one stream on one of them, so a new
+// application connection costs one round trip to the peer (the CONNECT),
+// not a TCP and TLS handshake across the WAN.
+type Pool struct {
+	identity    *identity.Files
+	dialTimeout time.Duration
+	log         *slog.Logger
+	metrics     *metrics
+
+	mu    sync.Mutex
+	peers map[string]*peer // by cluster
+}
+
+// peer is one linked cluster: its gateway addresses and their connections.
+type peer struct {
+	cluster  string
+	expected identity.ID
+	addrs    []string
+
+	transport *http.Transport
+
+	mu      sync.Mutex
+	conns   map[string][]*http.ClientConn
+	backoff map[string]backoffState
+	next    int
+	dialing map[string]*sync.Mutex
+}
+
+type backoffState struct {
+	until time.Time
+	delay time.Duration
+}
+
+const (
+	minBackoff = 100 * time.Millisecond
+	maxBackoff = 10 * time.Second
+)
+
+// NewPool returns an empty pool dialing with the identity.
+func NewPool(id *identity.Files, dialTimeout time.Duration, log *slog.Logger, m *metrics) *Pool {
+	if m == nil {
+		m = newMetrics(nopRegisterer{})
+	}
+	return &Pool{
+		identity:    id,
+		dialTimeout: dialTimeout,
+		log:         log,
+		metrics:     m,
+		peers:       map[string]*peer{},
+	}
+}
+
+// Update sets the peers from the Links: new clusters are added, changed
+// addresses or identities replace the old ones, gone clusters are closed.
+func (p *Pool) Update(links []v1alpha1.Link) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	seen := map[string]bool{}
+	for _, l := range links {
+		cluster := l.Spec.TargetClusterName
+		expected, err := identity.Parse(l.Spec.GatewayIdentity)
+		if err != nil {
+			p.log.Warn("link has a bad gateway identity", "link", l.Name, "err", err)
+			continue
+		}
+		var addrs []string
+		for _, a := range l.Spec.GatewayAddresses {
+			addrs = append(addrs, net.JoinHostPort(a.Host, strconv.Itoa(int(a.Port))))
+		}
+		seen[cluster] = true
+		if old, ok := p.peers[cluster]; ok && old.expected == expected && equal(old.addrs, addrs) {
+			continue
+		} else if ok {
+			old.closeAll()
+		}
+		pr := &peer{
+			cluster: cluster, expected: expected, addrs: addrs,
+			conns: map[string][]*http.ClientConn{}, backoff: map[string]backoffState{}, dialing: map[string]*sync.Mutex{},
+			next: rand.IntN(max(len(addrs), 1)),
+		}
+		pr.transport = p.transportFor(pr)
+		p.peers[cluster] = pr
+	}
+	for cluster, pr := range p.peers {
+		if !seen[cluster] {
+			pr.closeAll()
+			delete(p.peers, cluster)
+		}
+	}
+}
+
+func equal(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func (pr *peer) closeAll() {
+	pr.mu.Lock()
+	defer pr.mu.Unlock()
+	for _, cs := range pr.conns {
+		for _, cc := range cs {
+			go closeWhenIdle(cc)
+		}
+	}
+	pr.conns = map[string][]*http.ClientConn{}
+}
+
+func (p *Pool) peer(cluster string) (*peer, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	pr, ok := p.peers[cluster]
+	if !ok {
+		return nil, fmt.Errorf("no link to cluster %q", cluster)
+	}
+	return pr, nil
+}
+
+// conn returns a connection to the peer able to take one more stream:
+// addresses are tried round-robin from a random start, skipping those in
+// backoff after a failed dial.
+func (p *Pool) conn(ctx context.Context, pr *peer) (*http.ClientConn, string, error) {
+	pr.mu.Lock()
+	n := len(pr.addrs)
+	start := pr.next
+	pr.next = (pr.next + 1) % max(n, 1)
+	pr.mu.Unlock()
+	var errs []error
+	for i := range n {
+		addr := pr.addrs[(start+i)%n]
+		cc, err := p.connTo(ctx, pr, addr)
+		if err == nil {
+			return cc, addr, nil
+		}
+		errs = append(errs, err)
+	}
+	if len(errs) == 0 {
+		return nil, "", fmt.Errorf("cluster %s: no gateway addresses", pr.cluster)
+	}
+	return nil, "", errors.Join(errs...)
+}
+
+func (p *Pool) connTo(ctx context.Context, pr *peer, addr string) (*http.ClientConn, error) {
+	pr.mu.Lock()
+	for _, cc := range pr.conns[addr] {
+		if cc.Reserve() == nil {
+			pr.mu.Unlock()
+			return cc, nil
+		}
+	}
+	if b := pr.backoff[addr]; time.Now().Before(b.until) {
+		pr.mu.Unlock()
+		return nil, fmt.Errorf("%s: backing off after a failed dial", addr)
+	}
+	lock, ok := pr.dialing[addr]
+	if !ok {
+		lock = &sync.Mutex{}
+		pr.dialing[addr] = lock
+	}
+	pr.mu.Unlock()
+
+	// One dial per address at a time; others wait and reuse its result.
+	lock.Lock()
+	defer lock.Unlock()
+	pr.mu.Lock()
+	live := pr.conns[addr][:0]
+	for _, cc := range pr.conns[addr] {
+		if cc.Err() == nil {
+			live = append(live, cc)
+		}
+	}
+	pr.conns[addr] = live
+	for _, cc := range live {
+		if cc.Reserve() == nil {
+			pr.mu.Unlock()
+			return cc, nil
+		}
+	}
+	pr.mu.Unlock()
+
+	cc, err := p.dial(ctx, pr, addr)
+	pr.mu.Lock()
+	defer pr.mu.Unlock()
+	if err != nil {
+		b := pr.backoff[addr]
+		b.delay = min(max(b.delay*2, minBackoff), maxBackoff)
+		b.until = time.Now().Add(b.delay/2 + rand.N(b.delay/2+1))
+		pr.backoff[addr] = b
+		return nil, err
+	}
+	delete(pr.backoff, addr)
+	pr.conns[addr] = append(pr.conns[addr], cc)
+	if err := cc.Reserve(); err != nil {
+		return nil, err
+	}
+	return cc, nil
+}
+
+// transportFor builds the transport whose connections go to one peer:
+// HTTP/2 only, windows for long fat links, our identity, and the peer's
+// expected identity checked in the handshake.
+func (p *Pool) transportFor(pr *peer) *http.Transport {
+	var protocols http.Protocols
+	protocols.SetHTTP2(true)
+	return &http.Transport{
+		Protocols:              &protocols,
+		HTTP2:                  h2Config(),
+		MaxResponseHeaderBytes: 64 << 10,
+		DialTLSContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			raw, err := (&net.Dialer{KeepAlive: 30 * time.Second}).DialContext(ctx, network, addr)
+			if err != nil {
+				p.metrics.dialErrors.WithLabelValues(pr.cluster, "connect").Inc()
+				return nil, fmt.Errorf("dialing gateway of %s at %s: %w", pr.cluster, addr, err)
+			}
+			tc := tls.Client(raw, p.identity.ClientTLS(pr.expected, "h2"))
+			if err := tc.HandshakeContext(ctx); err != nil {
+				_ = raw.Close()
+				p.metrics.dialErrors.WithLabelValues(pr.cluster, "tls").Inc()
+				return nil, fmt.Errorf("TLS with gateway of %s at %s: %w", pr.cluster, addr, err)
+			}
+			if tc.ConnectionState().NegotiatedProtocol != "h2" {
+				_ = tc.Close()
+				p.metrics.dialErrors.WithLabelValues(pr.cluster, "tls").Inc()
+				return nil, fmt.Errorf("gateway of %s at %s did not negotiate h2", pr.cluster, addr)
+			}
+			return tc, nil
+		},
+	}
+}
+
+func (p *Pool) dial(ctx context.Context, pr *peer, addr string) (*http.ClientConn, error) {
+	ctx, cancel := context.WithTimeout(ctx, p.dialTimeout)
+	defer cancel()
+	cc, err := pr.transport.NewClientConn(ctx, "https", addr)
+	if err != nil {
+		return nil, err
+	}
+	p.metrics.connections.WithLabelValues(outbound, pr.cluster).Inc()
+	p.log.Info("connected to peer gateway", "peer_cluster", pr.cluster, "address", addr)
+	return cc, nil
+}
+
+// markBroken drops a connection whose stream failed at the transport.
+func (pr *peer) markBroken(addr string, cc *http.ClientConn) {
+	pr.mu.Lock()
+	defer pr.mu.Unlock()
+	list := pr.conns[addr]
+	for i, c := range list {
+		if c == cc {
+			pr.conns[addr] = append(list[:i:i], list[i+1:]...)
+			_ = cc.Close()
+			return
+		}
+	}
+}
+
+// Open starts a tunnel stream to authority in cluster. On a broken
+// connection it tries the next one, which is safe because nothing of the
+// application's data has been sent before the peer accepted the CONNECT.
+//
+// ctx bounds the stream's whole life; waiting for the peer's answer is
+// bounded by the dial timeout.
+func (p *Pool) Open(ctx context.Context, cluster, authority string) (*io.PipeWriter, io.ReadCloser, error) {
+	pr, err := p.peer(cluster)
+	if err != nil {
+		return nil, nil, err
+	}
+	var lastErr error
+	for attempt := 0; attempt < max(2, len(pr.addrs)+1); attempt++ {
+		cc, addr, err := p.conn(ctx, pr)
+		if err != nil {
+			return nil, nil, err
+		}
+		pr_, pw := io.Pipe()
+		req := &http.Request{
+			Method: http.MethodConnect,
+			URL:    &url.URL{Host: authority},
+			Host:   authority,
+			Header: http.Header{},
+			Body:   pr_,
+		}
+		sctx, cancel := context.WithCancel(ctx)
+		req = req.WithContext(sctx)
+		timer := time.AfterFunc(p.dialTimeout, cancel)
+		resp, err := cc.RoundTrip(req)
+		if !timer.Stop() && err == nil {
+			err = context.DeadlineExceeded // answered just as the timer fired
+			_ = resp.Body.Close()
+		}
+		if err != nil {
+			cancel()
+			_ = pw.Close()
+			lastErr = err
+			if ctx.Err() != nil {
+				return nil, nil, err
+			}
+			pr.markBroken(addr, cc)
+			continue
+		}
+		if resp.StatusCode != http.StatusOK {
+			msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+			_ = resp.Body.Close()
+			_ = pw.Close()
+			cancel()
+			return nil, nil, &RefusedError{Status: resp.StatusCode, Message: string(msg)}
+		}
+		return pw, &cancelOnClose{ReadCloser: resp.Body, cancel: cancel}, nil
+	}
+	return nil, nil, lastErr
+}
+
+// RefusedError is the peer gateway's answer when it refuses a tunnel.
+type RefusedError struct {
+	Status  int
+	Message string
+}
+
+func (e *RefusedError) Error() string {
+	return fmt.Sprintf("peer refused the tunnel: %d %s", e.Status, e.Message)
+}
+
+// Probe sends GET /ready over a pooled connection to the cluster's gateway
+// and returns the round trip: the link probe measures the path traffic
+// takes.
+func (p *Pool) Probe(ctx context.Context, cluster string) (time.Duration, error) {
+	pr, err := p.peer(cluster)
+	if err != nil {
+		return 0, err
+	}
+	cc, addr, err := p.conn(ctx, pr)
+	if err != nil {
+		return 0, err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+addr+"/ready", nil)
+	if err != nil {
+		return 0, err
+	}
+	start := time.Now()
+	resp, err := cc.RoundTrip(req)
+	if err != nil {
+		if ctx.Err() == nil {
+			pr.markBroken(addr, cc)
+		}
+		return 0, err
+	}
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 256))
+	_ = resp.Body.Close()
+	took := time.Since(start)
+	if resp.StatusCode != http.StatusOK {
+		return took, fmt.Errorf("gateway of %s answered %s", cluster, resp.Status)
+	}
+	if got := string(trimNewline(body)); got != cluster {
+		return took, fmt.Errorf("gateway at %s says it is %q, want %q", addr, got, cluster)
+	}
+	return took, nil
+}
+
+func trimNewline(b []byte) []byte {
+	for len(b) > 0 && (b[len(b)-1] == '\n' || b[len(b)-1] == '\r') {
+		b = b[:len(b)-1]
+	}
+	return b
+}
+
+// Close closes every connection.
+func (p *Pool) Close() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, pr := range p.peers {
+		pr.closeAll()
+	}
+}
+
+// cancelOnClose releases the stream's context when its body is closed.
+type cancelOnClose struct {
+	io.ReadCloser
+	cancel context.CancelFunc
+}
+
+func (c *cancelOnClose) Close() error {
+	err := c.ReadCloser.Close()
+	c.cancel()
+	return err
+}
+
+// closeWhenIdle closes a connection taken out of the pool once its streams
+// in flight have finished (or after an hour, whatever they do).
+func closeWhenIdle(cc *http.ClientConn) {
+	deadline := time.Now().Add(time.Hour)
+	for cc.InFlight() > 0 && cc.Err() == nil && time.Now().Before(deadline) {
+		time.Sleep(time.Second)
+	}
+	_ = cc.Close()
+}

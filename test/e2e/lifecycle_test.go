@@ -1,0 +1,151 @@
+package e2e
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/backbone-mesh/backbone/internal/certs"
+)
+
+// TestGatewayDrainsOnSIGTERM: two west gateway replicas behind the mirror;
+// one gets SIGTERM during a steady request stream. Clients pick an
+// endpoint and, as kube-proxy would once the endpoint is gone, go to the
+// other when a connection is refused. No request may fail.
+func TestGatewayDrainsOnSIGTERM(t *testing.T) {
+	p := setupGatewayPair(t)
+	second := startGateway(t, p.west, 3, p.pki.issue(t, "west"))
+	port := strings.Split(p.mirrorAddr["web"], ":")[1]
+	endpoints := []string{net.JoinHostPort(p.westGW.ip, port), net.JoinHostPort(second.ip, port)}
+	waitListening(t, endpoints[1])
+
+	var ok, failed atomic.Int64
+	var mu sync.Mutex
+	var failures []string
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for w := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			client := &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				var err error
+				for attempt := range 2 {
+					ep := endpoints[(w+i+attempt)%2]
+					var resp *http.Response
+					resp, err = client.Get("http://" + ep + "/?sleep=100ms")
+					if err != nil && isRefused(err) {
+						continue // endpoint gone: try the other, as kube-proxy would
+					}
+					if err == nil {
+						body, _ := io.ReadAll(resp.Body)
+						_ = resp.Body.Close()
+						if string(body) != "hello from east via HTTP/1.1" {
+							err = fmt.Errorf("body %q", body)
+						}
+					}
+					break
+				}
+				if err != nil {
+					failed.Add(1)
+					mu.Lock()
+					failures = append(failures, err.Error())
+					mu.Unlock()
+				} else {
+					ok.Add(1)
+				}
+			}
+		}()
+	}
+	time.Sleep(time.Second)
+	second.signal(syscall.SIGTERM)
+	second.wait(t, 30*time.Second)
+	if code := second.cmd.ProcessState.ExitCode(); code != 0 {
+		t.Errorf("the drained gateway exited with %d", code)
+	}
+	time.Sleep(500 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+	t.Logf("%d requests succeeded, %d failed", ok.Load(), failed.Load())
+	if failed.Load() > 0 {
+		t.Fatalf("%d requests failed during the rolling restart: %v", failed.Load(), failures)
+	}
+	if ok.Load() < 20 {
+		t.Fatalf("only %d requests ran", ok.Load())
+	}
+}
+
+func isRefused(err error) bool { return errors.Is(err, syscall.ECONNREFUSED) }
+
+// TestGatewayReloadsItsIdentity: the identity files are replaced while a
+// long stream runs; the stream survives and new connections get the new
+// certificate.
+func TestGatewayReloadsItsIdentity(t *testing.T) {
+	p := setupGatewayPair(t)
+	var protocols http.Protocols
+	protocols.SetUnencryptedHTTP2(true)
+	tr := &http.Transport{Protocols: &protocols}
+	defer tr.CloseIdleConnections()
+	pr, pw := io.Pipe()
+	req, _ := http.NewRequest(http.MethodPost, "http://"+p.mirrorAddr["h2"]+"/stream", pr)
+	resp, err := tr.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = resp.Body.Close() }()
+	exchange := func(word string) {
+		t.Helper()
+		if _, err := pw.Write([]byte(word)); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 64)
+		n, err := io.ReadAtLeast(resp.Body, buf, len(word))
+		if err != nil || string(buf[:n]) != strings.ToUpper(word) {
+			t.Fatalf("sent %q, got %q (%v)", word, buf[:n], err)
+		}
+	}
+	exchange("before")
+
+	servedSerial := func() *big.Int {
+		c := identityCert(t, p.pki.anchor, "west", time.Hour)
+		conn, err := tls.Dial("tcp", p.eastGW.inbound, &tls.Config{InsecureSkipVerify: true, Certificates: []tls.Certificate{*c}, NextProtos: []string{"h2"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = conn.Close() }()
+		return conn.ConnectionState().PeerCertificates[0].SerialNumber
+	}
+	old := servedSerial()
+	certPEM, keyPEM, err := p.pki.anchor.Issue("east", 2*time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := certs.WriteIdentity(p.eastGW.identityDir, certPEM, keyPEM, p.pki.anchor.CertPEM()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 30*time.Second, "the east gateway to serve its new certificate", func() bool { return servedSerial().Cmp(old) != 0 })
+	exchange("after") // the stream opened before the rotation still works
+	_ = pw.Close()
+
+	resp2, err := (&http.Client{Timeout: 10 * time.Second}).Get("http://" + p.mirrorAddr["web"] + "/")
+	if err != nil {
+		t.Fatalf("a new tunnel after the rotation: %v", err)
+	}
+	_ = resp2.Body.Close()
+}

@@ -1,0 +1,113 @@
+package e2e
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/backbone-mesh/backbone/internal/certs"
+)
+
+// peerClient is an HTTP/2 client presenting the given certificate (or
+// none) to a gateway's inbound port.
+func peerClient(cert *tls.Certificate, roots *x509.CertPool, maxVersion uint16) *http.Client {
+	cfg := &tls.Config{RootCAs: roots, InsecureSkipVerify: true, MinVersion: tls.VersionTLS12, MaxVersion: maxVersion, NextProtos: []string{"h2"}}
+	if cert != nil {
+		cfg.Certificates = []tls.Certificate{*cert}
+	}
+	var protocols http.Protocols
+	protocols.SetHTTP2(true)
+	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: cfg, Protocols: &protocols}}
+}
+
+func identityCert(t *testing.T, anchor *certs.Anchor, cluster string, validity time.Duration) *tls.Certificate {
+	t.Helper()
+	c, k, err := anchor.Issue(cluster, validity)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := tls.X509KeyPair(c, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &cert
+}
+
+func TestGatewayRefusesBadPeers(t *testing.T) {
+	p := setupGatewayPair(t)
+	ready := "https://" + p.eastGW.inbound + "/ready"
+
+	valid := identityCert(t, p.pki.anchor, "west", time.Hour)
+	resp, err := peerClient(valid, nil, 0).Get(ready)
+	if err != nil {
+		t.Fatalf("a valid identity must be served: %v", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	_ = resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || strings.TrimSpace(string(body)) != "east" {
+		t.Fatalf("GET /ready = %s %q", resp.Status, body)
+	}
+
+	otherAnchor, _ := certs.NewAnchor(trustDomain, time.Hour)
+	otherDomain, _ := certs.NewAnchor("evil.example", time.Hour)
+	refused := map[string]*http.Client{
+		"no client certificate":                   peerClient(nil, nil, 0),
+		"a certificate from another trust anchor": peerClient(identityCert(t, otherAnchor, "west", time.Hour), nil, 0),
+		"a certificate of another trust domain":   peerClient(identityCert(t, otherDomain, "west", time.Hour), nil, 0),
+		"an expired certificate":                  peerClient(identityCert(t, p.pki.anchor, "west", -time.Minute), nil, 0),
+		"TLS 1.2":                                 peerClient(valid, nil, tls.VersionTLS12),
+	}
+	for name, client := range refused {
+		t.Run("refuses "+name, func(t *testing.T) {
+			resp, err := client.Get(ready)
+			if err == nil {
+				_ = resp.Body.Close()
+				t.Fatalf("served with %s: %s", name, resp.Status)
+			}
+		})
+	}
+
+	t.Run("refuses plain HTTP on the inbound port", func(t *testing.T) {
+		resp, err := (&http.Client{Timeout: 10 * time.Second}).Get("http://" + p.eastGW.inbound + "/ready")
+		if err == nil {
+			body, _ := io.ReadAll(resp.Body)
+			_ = resp.Body.Close()
+			if resp.StatusCode == http.StatusOK || strings.Contains(string(body), "east") {
+				t.Fatalf("plain HTTP was served: %s %q", resp.Status, body)
+			}
+		}
+	})
+
+	t.Run("refuses a valid identity asking for a service that is not exported", func(t *testing.T) {
+		req, _ := http.NewRequest(http.MethodConnect, "https://"+p.eastGW.inbound, nil)
+		req.Host = "internal.demo.svc.cluster.local:80"
+		resp, err := peerClient(valid, nil, 0).Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = resp.Body.Close()
+		if resp.StatusCode != http.StatusForbidden {
+			t.Fatalf("status %s, want 403", resp.Status)
+		}
+	})
+
+	t.Run("cuts off a client that never finishes its handshake", func(t *testing.T) {
+		c, err := net.Dial("tcp", p.eastGW.inbound)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = c.Close() }()
+		_ = c.SetReadDeadline(time.Now().Add(60 * time.Second))
+		_, err = c.Read(make([]byte, 1)) // we send nothing at all
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatal("the gateway kept a silent connection open for a minute")
+		}
+	})
+}
