@@ -4,8 +4,8 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
-	"errors"
 	"fmt"
+	"github.com/backbone-mesh/backbone/internal/linkcreds"
 	"strings"
 	"time"
 
@@ -13,7 +13,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	backbonev1alpha1 "github.com/backbone-mesh/backbone/api/v1alpha1"
@@ -81,38 +80,15 @@ func checkLinkCredentials(ctx context.Context, c client.Client, o Options, l *ba
 	return pass(check, "valid, can list Services in "+target+expiry)
 }
 
-// safeRESTConfig accepts only what `backbone link` writes — a server, inline
-// CA data and a bearer token — because a kubeconfig from another cluster is
-// untrusted: exec plugins run programs and file paths read this machine.
+// safeRESTConfig is the controller's own credential check: what it
+// refuses, check refuses.
 func safeRESTConfig(raw []byte) (*rest.Config, string, error) {
-	kc, err := clientcmd.Load(raw)
+	cfg, token, err := linkcreds.Parse(raw)
 	if err != nil {
-		return nil, "", fmt.Errorf("kubeconfig does not parse: %w", err)
+		return nil, "", err
 	}
-	ctxName := kc.CurrentContext
-	kctx := kc.Contexts[ctxName]
-	if kctx == nil {
-		return nil, "", fmt.Errorf("kubeconfig has no current context")
-	}
-	cluster, user := kc.Clusters[kctx.Cluster], kc.AuthInfos[kctx.AuthInfo]
-	switch {
-	case cluster == nil || user == nil:
-		return nil, "", errors.New("kubeconfig's current context names a missing cluster or user")
-	case user.Exec != nil || user.AuthProvider != nil:
-		return nil, "", errors.New("kubeconfig uses an exec plugin or auth provider: refused, never run")
-	case user.TokenFile != "" || user.ClientCertificate != "" || user.ClientKey != "" || cluster.CertificateAuthority != "":
-		return nil, "", errors.New("kubeconfig refers to files: refused")
-	case user.Token == "":
-		return nil, "", errors.New("kubeconfig has no bearer token")
-	case len(cluster.CertificateAuthorityData) == 0:
-		return nil, "", errors.New("kubeconfig has no inline certificate-authority-data")
-	}
-	return &rest.Config{
-		Host:            cluster.Server,
-		BearerToken:     user.Token,
-		TLSClientConfig: rest.TLSClientConfig{CAData: cluster.CertificateAuthorityData},
-		UserAgent:       "backbone-check",
-	}, user.Token, nil
+	cfg.UserAgent = "backbone-check"
+	return cfg, token, nil
 }
 
 // tokenExpiry reads a JWT's exp claim without verifying the signature: it

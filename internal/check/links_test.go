@@ -61,11 +61,11 @@ func TestSafeRESTConfigRefusesWhatRunsOrReads(t *testing.T) {
 		},
 		"refuses a token file": {
 			kubeconfig: kubeconfigHead + "    certificate-authority-data: Y2E=\nusers:\n- name: reader\n  user: {tokenFile: /etc/shadow}\n",
-			wantErr:    "files",
+			wantErr:    "from a file",
 		},
 		"refuses a CA file": {
 			kubeconfig: kubeconfigHead + "    certificate-authority: /etc/ca.crt\nusers:\n- name: reader\n  user: {token: t}\n",
-			wantErr:    "files",
+			wantErr:    "from a file",
 		},
 		"refuses a missing CA": {
 			kubeconfig: kubeconfigHead + "users:\n- name: reader\n  user: {token: t}\n",
