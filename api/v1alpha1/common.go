@@ -74,3 +74,8 @@ const (
 // gateway listens on every such port and tunnels each connection to
 // "[<remote-hostname>.]<remote-name>.<namespace>.svc.cluster.local:<mirror
 // Service port>" in the cluster named by MirroredFromLabel.
+
+// HeadlessMirrorLabel marks the EndpointSlice of a headless mirror, whose
+// endpoints are per-pod mirrors' ClusterIPs rather than the gateway; the
+// gateway does not listen for it.
+const HeadlessMirrorLabel = "backbone.dev/headless-mirror"

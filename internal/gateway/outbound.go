@@ -32,6 +32,9 @@ func (g *Gateway) desiredRoutes(ctx context.Context) (map[int32]route, error) {
 	}
 	routes := map[int32]route{}
 	for _, sl := range slices.Items {
+		if sl.Labels[v1alpha1.HeadlessMirrorLabel] == "true" {
+			continue // its endpoints are per-pod mirrors, which have their own ports
+		}
 		svcName := sl.Labels[discoveryv1.LabelServiceName]
 		var svc corev1.Service
 		if err := g.view.cache.Get(ctx, types.NamespacedName{Namespace: sl.Namespace, Name: svcName}, &svc); err != nil {

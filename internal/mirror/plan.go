@@ -1,0 +1,359 @@
+// Package mirror keeps, in the local cluster, a mirror of every Service a
+// linked cluster exports: the Service <name>-<cluster> with no selector,
+// and an EndpointSlice pointing at the local gateway on a port allocated
+// to each service port. The reconciler reads remote and local state; the
+// pure function Calculate decides what to create, update and delete.
+package mirror
+
+import (
+	"fmt"
+	"maps"
+	"slices"
+	"sort"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/ptr"
+
+	"github.com/backbone-mesh/backbone/api/v1alpha1"
+)
+
+// RemoteService is one exported Service of the linked cluster.
+type RemoteService struct {
+	Service corev1.Service
+	// Hostnames of the pods behind a headless Service (StatefulSets).
+	Hostnames []string
+}
+
+// Input is everything Calculate needs.
+type Input struct {
+	Cluster string
+	Remote  []RemoteService
+	// Local holds the local Services that exist under the names the mirrors
+	// would take, and every mirror of Cluster.
+	Local map[types.NamespacedName]*corev1.Service
+	// LocalSlices holds the mirror EndpointSlices of Cluster by name.
+	LocalSlices map[types.NamespacedName]*discoveryv1.EndpointSlice
+	// Namespaces that exist locally.
+	Namespaces map[string]bool
+	// GatewayAddresses are the ready addresses of the local gateway.
+	GatewayAddresses []string
+	// Alive is false when the link probe declared the remote gateway dead:
+	// endpoints are then marked not ready, never removed.
+	Alive               bool
+	Ports               *Allocator
+	ExcludedLabels      map[string]bool
+	ExcludedAnnotations map[string]bool
+	CreateNamespaces    bool
+}
+
+// Plan is what to change locally.
+type Plan struct {
+	Namespaces     []string
+	CreateServices []*corev1.Service
+	UpdateServices []*corev1.Service
+	DeleteServices []*corev1.Service
+	CreateSlices   []*discoveryv1.EndpointSlice
+	UpdateSlices   []*discoveryv1.EndpointSlice
+	DeleteSlices   []*discoveryv1.EndpointSlice
+	// Problems are reported on the Link and as Events.
+	Problems []string
+	// Mirrors is how many mirror Services the Link keeps.
+	Mirrors int
+}
+
+// Empty reports whether the plan changes nothing.
+func (p *Plan) Empty() bool {
+	return len(p.Namespaces)+len(p.CreateServices)+len(p.UpdateServices)+len(p.DeleteServices)+
+		len(p.CreateSlices)+len(p.UpdateSlices)+len(p.DeleteSlices) == 0
+}
+
+// MirrorName is the name of the mirror of service from cluster.
+func MirrorName(service, cluster string) string { return service + "-" + cluster }
+
+// owned reports whether a local Service is a mirror of cluster that
+// backbone manages; nothing else is ever changed or deleted.
+func owned(svc *corev1.Service, cluster string) bool {
+	return svc.Labels[v1alpha1.ManagedByLabel] == v1alpha1.ManagedByValue && svc.Labels[v1alpha1.MirroredFromLabel] == cluster
+}
+
+// desired is one mirror Service with its EndpointSlice.
+type desired struct {
+	svc   *corev1.Service
+	slice *discoveryv1.EndpointSlice
+}
+
+// Calculate computes the plan. It is pure: same input, same plan.
+func Calculate(in Input) *Plan {
+	p := &Plan{}
+	want := map[types.NamespacedName]desired{}
+	newNamespaces := map[string]bool{}
+	remote := slices.Clone(in.Remote)
+	sort.Slice(remote, func(i, j int) bool {
+		a, b := remote[i].Service, remote[j].Service
+		return a.Namespace+"/"+a.Name < b.Namespace+"/"+b.Name
+	})
+	for _, r := range remote {
+		rs := r.Service
+		if !in.Namespaces[rs.Namespace] && !newNamespaces[rs.Namespace] {
+			if !in.CreateNamespaces {
+				p.Problems = append(p.Problems, fmt.Sprintf("%s/%s: namespace %s does not exist here (set spec.createNamespaces to create it)", rs.Namespace, rs.Name, rs.Namespace))
+				continue
+			}
+			newNamespaces[rs.Namespace] = true
+			p.Namespaces = append(p.Namespaces, rs.Namespace)
+		}
+		headless := rs.Spec.ClusterIP == corev1.ClusterIPNone
+		if headless && len(r.Hostnames) > 0 {
+			mirrorHeadless(p, in, r, want)
+			continue
+		}
+		addMirror(p, in, rs, "", headless, want)
+	}
+
+	// Creates and updates.
+	for _, key := range sortedKeys(want) {
+		d := want[key]
+		cur, exists := in.Local[key]
+		switch {
+		case !exists:
+			p.CreateServices = append(p.CreateServices, d.svc)
+		case isHeadless(cur) != isHeadless(d.svc):
+			// clusterIP is immutable: replace the mirror.
+			p.DeleteServices = append(p.DeleteServices, cur)
+			p.CreateServices = append(p.CreateServices, d.svc)
+		default:
+			if up := updatedService(cur, d.svc); up != nil {
+				p.UpdateServices = append(p.UpdateServices, up)
+			}
+		}
+		if d.slice == nil {
+			continue
+		}
+		if cur, ok := in.LocalSlices[key]; ok {
+			if up := updatedSlice(cur, d.slice); up != nil {
+				p.UpdateSlices = append(p.UpdateSlices, up)
+			}
+		} else {
+			p.CreateSlices = append(p.CreateSlices, d.slice)
+		}
+	}
+	p.Mirrors = len(want)
+
+	// Deletes: mirrors of this cluster no longer wanted.
+	for _, key := range sortedKeys(in.Local) {
+		svc := in.Local[key]
+		if _, ok := want[key]; ok || !owned(svc, in.Cluster) {
+			continue
+		}
+		p.DeleteServices = append(p.DeleteServices, svc)
+		for _, port := range svc.Spec.Ports {
+			in.Ports.Release(PortKey(svc.Namespace, svc.Name, port.Name))
+		}
+	}
+	for _, key := range sortedKeys(in.LocalSlices) {
+		if _, ok := want[key]; !ok {
+			p.DeleteSlices = append(p.DeleteSlices, in.LocalSlices[key])
+		}
+	}
+	if len(p.Problems) > 20 {
+		n := len(p.Problems)
+		p.Problems = append(p.Problems[:19], fmt.Sprintf("... and %d more", n-19))
+	}
+	return p
+}
+
+func isHeadless(s *corev1.Service) bool { return s.Spec.ClusterIP == corev1.ClusterIPNone }
+
+// addMirror adds the mirror of rs (or of one pod hostname of rs) whose
+// endpoints are the gateway on allocated ports. It returns the mirror's key
+// or false when it cannot exist.
+func addMirror(p *Plan, in Input, rs corev1.Service, hostname string, headless bool, want map[types.NamespacedName]desired) (types.NamespacedName, bool) {
+	name := MirrorName(rs.Name, in.Cluster)
+	if hostname != "" {
+		name = hostname + "-" + name
+	}
+	key := types.NamespacedName{Namespace: rs.Namespace, Name: name}
+	if len(name) > 63 {
+		p.Problems = append(p.Problems, fmt.Sprintf("%s/%s: mirror name %s is longer than 63 characters", rs.Namespace, rs.Name, name))
+		return key, false
+	}
+	if cur, ok := in.Local[key]; ok && !owned(cur, in.Cluster) {
+		p.Problems = append(p.Problems, fmt.Sprintf("%s/%s: a Service %s not managed by backbone already exists; it is left alone", rs.Namespace, rs.Name, key))
+		return key, false
+	}
+	svc := mirrorService(in, rs, name, hostname, headless)
+	slice := &discoveryv1.EndpointSlice{
+		ObjectMeta: metav1.ObjectMeta{
+			Name: name, Namespace: rs.Namespace,
+			Labels: map[string]string{
+				discoveryv1.LabelServiceName: name,
+				discoveryv1.LabelManagedBy:   v1alpha1.EndpointSliceManagedBy,
+				v1alpha1.MirroredFromLabel:   in.Cluster,
+			},
+		},
+		AddressType: discoveryv1.AddressTypeIPv4,
+	}
+	for _, addr := range in.GatewayAddresses {
+		slice.Endpoints = append(slice.Endpoints, discoveryv1.Endpoint{
+			Addresses:  []string{addr},
+			Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(in.Alive), Serving: ptr.To(in.Alive), Terminating: ptr.To(false)},
+		})
+	}
+	for _, sp := range svc.Spec.Ports {
+		port, err := in.Ports.Get(PortKey(rs.Namespace, name, sp.Name))
+		if err != nil {
+			p.Problems = append(p.Problems, fmt.Sprintf("%s/%s: %v", rs.Namespace, rs.Name, err))
+			return key, false
+		}
+		slice.Ports = append(slice.Ports, discoveryv1.EndpointPort{
+			Name: ptr.To(sp.Name), Port: ptr.To(port), Protocol: ptr.To(sp.Protocol), AppProtocol: sp.AppProtocol,
+		})
+	}
+	want[key] = desired{svc: svc, slice: slice}
+	return key, true
+}
+
+// mirrorHeadless mirrors a headless Service whose pods have hostnames: a
+// ClusterIP mirror per pod hostname (each on its own gateway ports), and a
+// headless mirror whose endpoints are those ClusterIPs with the hostnames,
+// so <pod>.<svc>-<cluster>.<ns>.svc resolves as it does in the remote
+// cluster. The per-pod ClusterIPs are known once the per-pod mirrors
+// exist, so the headless mirror's endpoints fill in on the next pass.
+func mirrorHeadless(p *Plan, in Input, r RemoteService, want map[types.NamespacedName]desired) {
+	rs := r.Service
+	name := MirrorName(rs.Name, in.Cluster)
+	key := types.NamespacedName{Namespace: rs.Namespace, Name: name}
+	if len(name) > 63 {
+		p.Problems = append(p.Problems, fmt.Sprintf("%s/%s: mirror name %s is longer than 63 characters", rs.Namespace, rs.Name, name))
+		return
+	}
+	if cur, ok := in.Local[key]; ok && !owned(cur, in.Cluster) {
+		p.Problems = append(p.Problems, fmt.Sprintf("%s/%s: a Service %s not managed by backbone already exists; it is left alone", rs.Namespace, rs.Name, key))
+		return
+	}
+	slice := &discoveryv1.EndpointSlice{
+		ObjectMeta: metav1.ObjectMeta{
+			Name: name, Namespace: rs.Namespace,
+			Labels: map[string]string{
+				discoveryv1.LabelServiceName: name,
+				discoveryv1.LabelManagedBy:   v1alpha1.EndpointSliceManagedBy,
+				v1alpha1.MirroredFromLabel:   in.Cluster,
+				v1alpha1.HeadlessMirrorLabel: "true",
+			},
+		},
+		AddressType: discoveryv1.AddressTypeIPv4,
+	}
+	for _, sp := range rs.Spec.Ports {
+		slice.Ports = append(slice.Ports, discoveryv1.EndpointPort{Name: ptr.To(sp.Name), Port: ptr.To(sp.Port), Protocol: ptr.To(protocolOf(sp)), AppProtocol: sp.AppProtocol})
+	}
+	hostnames := slices.Clone(r.Hostnames)
+	slices.Sort(hostnames)
+	for _, h := range slices.Compact(hostnames) {
+		podKey, ok := addMirror(p, in, rs, h, false, want)
+		if !ok {
+			continue
+		}
+		if cur, exists := in.Local[podKey]; exists && cur.Spec.ClusterIP != "" && cur.Spec.ClusterIP != corev1.ClusterIPNone {
+			slice.Endpoints = append(slice.Endpoints, discoveryv1.Endpoint{
+				Addresses:  []string{cur.Spec.ClusterIP},
+				Hostname:   ptr.To(h),
+				Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(in.Alive), Serving: ptr.To(in.Alive), Terminating: ptr.To(false)},
+			})
+		}
+	}
+	want[key] = desired{svc: mirrorService(in, rs, name, "", true), slice: slice}
+}
+
+func protocolOf(sp corev1.ServicePort) corev1.Protocol {
+	if sp.Protocol == "" {
+		return corev1.ProtocolTCP
+	}
+	return sp.Protocol
+}
+
+// mirrorService builds the mirror Service of rs.
+func mirrorService(in Input, rs corev1.Service, name, hostname string, headless bool) *corev1.Service {
+	labels := map[string]string{}
+	for k, v := range rs.Labels {
+		if !in.ExcludedLabels[k] && k != v1alpha1.ExportedLabel {
+			labels[k] = v
+		}
+	}
+	labels[v1alpha1.MirroredFromLabel] = in.Cluster
+	labels[v1alpha1.ManagedByLabel] = v1alpha1.ManagedByValue
+	annotations := map[string]string{}
+	for k, v := range rs.Annotations {
+		if !in.ExcludedAnnotations[k] && k != corev1.LastAppliedConfigAnnotation && !strings.HasPrefix(k, "backbone.dev/") {
+			annotations[k] = v
+		}
+	}
+	annotations[v1alpha1.RemoteNameAnnotation] = rs.Name
+	annotations[v1alpha1.RemoteResourceVersionAnnotation] = rs.ResourceVersion
+	if hostname != "" {
+		annotations[v1alpha1.RemoteHostnameAnnotation] = hostname
+	}
+	if v, ok := rs.Annotations[v1alpha1.AllowedClustersAnnotation]; ok {
+		annotations[v1alpha1.AllowedClustersAnnotation] = v
+	}
+	svc := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: rs.Namespace, Labels: labels, Annotations: annotations},
+		Spec:       corev1.ServiceSpec{Type: corev1.ServiceTypeClusterIP},
+	}
+	if headless {
+		svc.Spec.ClusterIP = corev1.ClusterIPNone
+	}
+	for _, sp := range rs.Spec.Ports {
+		svc.Spec.Ports = append(svc.Spec.Ports, corev1.ServicePort{
+			Name: sp.Name, Protocol: protocolOf(sp), AppProtocol: sp.AppProtocol, Port: sp.Port,
+		})
+	}
+	return svc
+}
+
+// updatedService returns cur with the desired labels, annotations and
+// ports, or nil when nothing differs. Fields the API server owns
+// (clusterIP, targetPort defaults) are kept.
+func updatedService(cur, want *corev1.Service) *corev1.Service {
+	ports := make([]corev1.ServicePort, len(want.Spec.Ports))
+	for i, wp := range want.Spec.Ports {
+		ports[i] = wp
+		for _, cp := range cur.Spec.Ports {
+			if cp.Name == wp.Name && cp.Port == wp.Port {
+				ports[i].TargetPort = cp.TargetPort
+			}
+		}
+		if ports[i].TargetPort.IntVal == 0 && ports[i].TargetPort.StrVal == "" {
+			ports[i].TargetPort.IntVal = wp.Port
+		}
+	}
+	if maps.Equal(cur.Labels, want.Labels) && maps.Equal(cur.Annotations, want.Annotations) && equality.Semantic.DeepEqual(cur.Spec.Ports, ports) {
+		return nil
+	}
+	up := cur.DeepCopy()
+	up.Labels, up.Annotations, up.Spec.Ports = want.Labels, want.Annotations, ports
+	return up
+}
+
+func updatedSlice(cur, want *discoveryv1.EndpointSlice) *discoveryv1.EndpointSlice {
+	if maps.Equal(cur.Labels, want.Labels) && equality.Semantic.DeepEqual(cur.Endpoints, want.Endpoints) &&
+		equality.Semantic.DeepEqual(cur.Ports, want.Ports) && cur.AddressType == want.AddressType {
+		return nil
+	}
+	up := cur.DeepCopy()
+	up.Labels, up.Endpoints, up.Ports, up.AddressType = want.Labels, want.Endpoints, want.Ports, want.AddressType
+	return up
+}
+
+func sortedKeys[V any](m map[types.NamespacedName]V) []types.NamespacedName {
+	keys := make([]types.NamespacedName, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Slice(keys, func(i, j int) bool { return keys[i].String() < keys[j].String() })
+	return keys
+}

@@ -1,0 +1,302 @@
+package mirror
+
+import (
+	"strings"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/backbone-mesh/backbone/api/v1alpha1"
+)
+
+func remoteSvc(ns, name string, ports ...corev1.ServicePort) corev1.Service {
+	return corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, ResourceVersion: "7",
+			Labels:      map[string]string{v1alpha1.ExportedLabel: "true", "app": name, "team": "payments"},
+			Annotations: map[string]string{"note": "hi", corev1.LastAppliedConfigAnnotation: "{}"}},
+		Spec: corev1.ServiceSpec{ClusterIP: "10.0.0.9", Ports: ports},
+	}
+}
+
+func httpPort(n int32) corev1.ServicePort { return corev1.ServicePort{Name: "http", Port: n} }
+
+// state applies a plan to the local state, as the API server would.
+type state struct {
+	local  map[types.NamespacedName]*corev1.Service
+	slices map[types.NamespacedName]*discoveryv1.EndpointSlice
+	ports  map[string]int32
+	ns     map[string]bool
+}
+
+func newState() *state {
+	return &state{local: map[types.NamespacedName]*corev1.Service{}, slices: map[types.NamespacedName]*discoveryv1.EndpointSlice{}, ports: map[string]int32{}, ns: map[string]bool{"shop": true, "data": true}}
+}
+
+func key(ns, name string) types.NamespacedName {
+	return types.NamespacedName{Namespace: ns, Name: name}
+}
+
+func (s *state) apply(p *Plan) {
+	for _, ns := range p.Namespaces {
+		s.ns[ns] = true
+	}
+	for _, svc := range p.DeleteServices {
+		delete(s.local, key(svc.Namespace, svc.Name))
+	}
+	for _, sl := range p.DeleteSlices {
+		delete(s.slices, key(sl.Namespace, sl.Name))
+	}
+	for _, svc := range append(p.CreateServices, p.UpdateServices...) {
+		c := svc.DeepCopy()
+		if c.Spec.ClusterIP == "" {
+			c.Spec.ClusterIP = "10.96.0." + string(rune('1'+len(s.local)%9))
+		}
+		for i := range c.Spec.Ports {
+			if c.Spec.Ports[i].TargetPort.IntVal == 0 && c.Spec.Ports[i].TargetPort.StrVal == "" {
+				c.Spec.Ports[i].TargetPort.IntVal = c.Spec.Ports[i].Port
+			}
+		}
+		s.local[key(c.Namespace, c.Name)] = c
+	}
+	for _, sl := range append(p.CreateSlices, p.UpdateSlices...) {
+		s.slices[key(sl.Namespace, sl.Name)] = sl.DeepCopy()
+		for _, port := range sl.Ports {
+			s.ports[PortKey(sl.Namespace, sl.Name, *port.Name)] = *port.Port
+		}
+	}
+}
+
+func (s *state) input(remote []RemoteService, mutate func(*Input)) Input {
+	in := Input{
+		Cluster: "east", Remote: remote, Local: s.local, LocalSlices: s.slices,
+		Namespaces: s.ns, GatewayAddresses: []string{"10.213.0.2"}, Alive: true,
+		Ports: NewAllocator(PortRange{20000, 20010}, s.ports),
+	}
+	if mutate != nil {
+		mutate(&in)
+	}
+	return in
+}
+
+func TestCalculate(t *testing.T) {
+	tests := map[string]struct {
+		before    []RemoteService // synced first, then
+		remote    []RemoteService
+		local     []*corev1.Service // extra local Services
+		mutate    func(*Input)
+		check     func(t *testing.T, p *Plan, s *state)
+		wantEmpty bool
+	}{
+		"a new export gets a mirror Service and EndpointSlice on an allocated gateway port": {
+			remote: []RemoteService{{Service: remoteSvc("shop", "cart", httpPort(8080))}},
+			check: func(t *testing.T, p *Plan, s *state) {
+				svc := s.local[key("shop", "cart-east")]
+				if svc == nil || svc.Labels[v1alpha1.MirroredFromLabel] != "east" || svc.Labels[v1alpha1.ManagedByLabel] != "backbone" {
+					t.Fatalf("mirror: %+v", svc)
+				}
+				if _, ok := svc.Labels[v1alpha1.ExportedLabel]; ok {
+					t.Error("the mirror re-exports itself")
+				}
+				if svc.Annotations[v1alpha1.RemoteNameAnnotation] != "cart" || svc.Annotations[v1alpha1.RemoteResourceVersionAnnotation] != "7" {
+					t.Errorf("annotations: %v", svc.Annotations)
+				}
+				if _, ok := svc.Annotations[corev1.LastAppliedConfigAnnotation]; ok {
+					t.Error("kubectl's last-applied annotation was copied")
+				}
+				sl := s.slices[key("shop", "cart-east")]
+				if sl == nil || *sl.Ports[0].Port != 20000 || sl.Endpoints[0].Addresses[0] != "10.213.0.2" || !*sl.Endpoints[0].Conditions.Ready {
+					t.Fatalf("slice: %+v", sl)
+				}
+			},
+		},
+		"an unchanged remote gives an empty plan": {
+			before:    []RemoteService{{Service: remoteSvc("shop", "cart", httpPort(8080))}},
+			remote:    []RemoteService{{Service: remoteSvc("shop", "cart", httpPort(8080))}},
+			wantEmpty: true,
+		},
+		"a port change updates the mirror and keeps the allocated port": {
+			before: []RemoteService{{Service: remoteSvc("shop", "cart", httpPort(8080))}},
+			remote: []RemoteService{{Service: remoteSvc("shop", "cart", httpPort(9090))}},
+			check: func(t *testing.T, p *Plan, s *state) {
+				if len(p.UpdateServices) != 1 || s.local[key("shop", "cart-east")].Spec.Ports[0].Port != 9090 {
+					t.Fatalf("plan %+v", p)
+				}
+				if got := *s.slices[key("shop", "cart-east")].Ports[0].Port; got != 20000 {
+					t.Errorf("gateway port moved to %d", got)
+				}
+			},
+		},
+		"a second port gets the next free gateway port": {
+			before: []RemoteService{{Service: remoteSvc("shop", "cart", httpPort(8080))}},
+			remote: []RemoteService{{Service: remoteSvc("shop", "cart", httpPort(8080), corev1.ServicePort{Name: "grpc", Port: 9000, AppProtocol: ptrTo("grpc")})}},
+			check: func(t *testing.T, p *Plan, s *state) {
+				sl := s.slices[key("shop", "cart-east")]
+				if len(sl.Ports) != 2 || *sl.Ports[1].Port != 20001 || *sl.Ports[1].AppProtocol != "grpc" {
+					t.Fatalf("ports %+v", sl.Ports)
+				}
+			},
+		},
+		"excluded labels and annotations are not copied": {
+			remote: []RemoteService{{Service: remoteSvc("shop", "cart", httpPort(8080))}},
+			mutate: func(in *Input) {
+				in.ExcludedLabels = map[string]bool{"team": true}
+				in.ExcludedAnnotations = map[string]bool{"note": true}
+			},
+			check: func(t *testing.T, p *Plan, s *state) {
+				svc := s.local[key("shop", "cart-east")]
+				if _, ok := svc.Labels["team"]; ok {
+					t.Error("excluded label copied")
+				}
+				if _, ok := svc.Annotations["note"]; ok {
+					t.Error("excluded annotation copied")
+				}
+				if svc.Labels["app"] != "cart" {
+					t.Error("other labels must be copied")
+				}
+			},
+		},
+		"an unexported service loses its mirror and frees its port": {
+			before: []RemoteService{{Service: remoteSvc("shop", "cart", httpPort(8080))}},
+			remote: nil,
+			check: func(t *testing.T, p *Plan, s *state) {
+				if len(p.DeleteServices) != 1 || len(p.DeleteSlices) != 1 || len(s.local) != 0 {
+					t.Fatalf("plan %+v", p)
+				}
+			},
+		},
+		"a local Service backbone does not own is never touched": {
+			wantEmpty: true,
+			remote:    []RemoteService{{Service: remoteSvc("shop", "cart", httpPort(8080))}},
+			local:     []*corev1.Service{{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "cart-east"}}},
+			check: func(t *testing.T, p *Plan, s *state) {
+				if len(p.CreateServices)+len(p.UpdateServices)+len(p.DeleteServices) != 0 {
+					t.Fatalf("the user's Service was changed: %+v", p)
+				}
+				if len(p.Problems) != 1 || !strings.Contains(p.Problems[0], "not managed by backbone") {
+					t.Errorf("problems %v", p.Problems)
+				}
+			},
+		},
+		"a mirror of another cluster is not deleted": {
+			remote: nil,
+			local: []*corev1.Service{{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "cart-west",
+				Labels: map[string]string{v1alpha1.ManagedByLabel: "backbone", v1alpha1.MirroredFromLabel: "west"}}}},
+			wantEmpty: true,
+		},
+		"a mirror name longer than 63 characters is reported, not created": {
+			wantEmpty: true,
+			remote:    []RemoteService{{Service: remoteSvc("shop", strings.Repeat("x", 60), httpPort(80))}},
+			check: func(t *testing.T, p *Plan, s *state) {
+				if len(p.CreateServices) != 0 || len(p.Problems) != 1 || !strings.Contains(p.Problems[0], "longer than 63") {
+					t.Fatalf("plan %+v", p)
+				}
+			},
+		},
+		"a missing namespace is reported": {
+			wantEmpty: true,
+			remote:    []RemoteService{{Service: remoteSvc("billing", "invoices", httpPort(80))}},
+			check: func(t *testing.T, p *Plan, s *state) {
+				if len(p.CreateServices) != 0 || len(p.Namespaces) != 0 || !strings.Contains(p.Problems[0], "namespace billing does not exist") {
+					t.Fatalf("plan %+v", p)
+				}
+			},
+		},
+		"a missing namespace is created when the Link allows it": {
+			remote: []RemoteService{{Service: remoteSvc("billing", "invoices", httpPort(80))}},
+			mutate: func(in *Input) { in.CreateNamespaces = true },
+			check: func(t *testing.T, p *Plan, s *state) {
+				if len(p.Namespaces) != 1 || p.Namespaces[0] != "billing" || len(p.CreateServices) != 1 {
+					t.Fatalf("plan %+v", p)
+				}
+			},
+		},
+		"a dead link marks endpoints not ready and deletes nothing": {
+			before: []RemoteService{{Service: remoteSvc("shop", "cart", httpPort(8080))}},
+			remote: []RemoteService{{Service: remoteSvc("shop", "cart", httpPort(8080))}},
+			mutate: func(in *Input) { in.Alive = false },
+			check: func(t *testing.T, p *Plan, s *state) {
+				if len(p.DeleteServices)+len(p.DeleteSlices) != 0 || len(p.UpdateSlices) != 1 {
+					t.Fatalf("plan %+v", p)
+				}
+				if *s.slices[key("shop", "cart-east")].Endpoints[0].Conditions.Ready {
+					t.Error("endpoint still ready")
+				}
+			},
+		},
+		"a headless service gets per-pod mirrors and a headless mirror pointing at them": {
+			wantEmpty: true,
+			before:    []RemoteService{{Service: headlessSvc(), Hostnames: []string{"db-1", "db-0"}}},
+			remote:    []RemoteService{{Service: headlessSvc(), Hostnames: []string{"db-1", "db-0"}}},
+			check: func(t *testing.T, p *Plan, s *state) {
+				pod := s.local[key("data", "db-0-db-east")]
+				if pod == nil || pod.Annotations[v1alpha1.RemoteHostnameAnnotation] != "db-0" || isHeadless(pod) {
+					t.Fatalf("per-pod mirror %+v", pod)
+				}
+				if s.slices[key("data", "db-0-db-east")] == nil || *s.slices[key("data", "db-1-db-east")].Ports[0].Port == *s.slices[key("data", "db-0-db-east")].Ports[0].Port {
+					t.Fatal("per-pod mirrors need their own gateway ports")
+				}
+				h := s.local[key("data", "db-east")]
+				if h == nil || !isHeadless(h) {
+					t.Fatalf("headless mirror %+v", h)
+				}
+				sl := s.slices[key("data", "db-east")]
+				if len(sl.Endpoints) != 2 || *sl.Endpoints[0].Hostname != "db-0" || sl.Endpoints[0].Addresses[0] != pod.Spec.ClusterIP {
+					t.Fatalf("headless endpoints %+v", sl.Endpoints)
+				}
+			},
+		},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			s := newState()
+			for _, l := range tc.local {
+				s.local[key(l.Namespace, l.Name)] = l
+			}
+			if tc.before != nil {
+				s.apply(Calculate(s.input(tc.before, nil)))
+				s.apply(Calculate(s.input(tc.before, nil))) // second pass: per-pod ClusterIPs
+			}
+			p := Calculate(s.input(tc.remote, tc.mutate))
+			if tc.wantEmpty != p.Empty() {
+				t.Fatalf("Empty() = %v, plan %+v", p.Empty(), p)
+			}
+			s.apply(p)
+			if tc.check != nil {
+				tc.check(t, p, s)
+			}
+			if again := Calculate(s.input(tc.remote, tc.mutate)); !again.Empty() && len(p.Problems) == 0 && !strings.Contains(name, "headless") {
+				t.Errorf("not converged after one apply: %+v", again)
+			}
+		})
+	}
+}
+
+func headlessSvc() corev1.Service {
+	s := remoteSvc("data", "db", corev1.ServicePort{Name: "pg", Port: 5432})
+	s.Spec.ClusterIP = corev1.ClusterIPNone
+	return s
+}
+
+func ptrTo[T any](v T) *T { return &v }
+
+func TestAllocatorIsStableAndUnique(t *testing.T) {
+	a := NewAllocator(PortRange{100, 102}, map[string]int32{"a": 101, "dup": 101})
+	if p, _ := a.Get("a"); p != 101 {
+		t.Fatalf("existing allocation moved to %d", p)
+	}
+	p1, _ := a.Get("b")
+	p2, _ := a.Get("c")
+	if p1 == 101 || p2 == 101 || p1 == p2 {
+		t.Fatalf("duplicate ports %d %d", p1, p2)
+	}
+	if _, err := a.Get("d"); err == nil {
+		t.Fatal("allocated beyond the range")
+	}
+	a.Release("b")
+	if p, err := a.Get("d"); err != nil || p != p1 {
+		t.Fatalf("released port not reused: %d %v", p, err)
+	}
+}
