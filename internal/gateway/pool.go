@@ -72,6 +72,31 @@ func NewPool(id *identity.Files, dialTimeout time.Duration, log *slog.Logger, m 
 	}
 }
 
+// Ensure adds or refreshes the peer of one Link, leaving the others.
+func (p *Pool) Ensure(link v1alpha1.Link) {
+	p.mu.Lock()
+	var links []v1alpha1.Link
+	for cluster := range p.peers {
+		if cluster != link.Spec.TargetClusterName {
+			links = append(links, p.linkOf(cluster))
+		}
+	}
+	p.mu.Unlock()
+	p.Update(append(links, link))
+}
+
+// linkOf rebuilds the Link-shaped description of a known peer.
+func (p *Pool) linkOf(cluster string) v1alpha1.Link {
+	pr := p.peers[cluster]
+	l := v1alpha1.Link{Spec: v1alpha1.LinkSpec{TargetClusterName: cluster, GatewayIdentity: pr.expected.String()}}
+	for _, a := range pr.addrs {
+		host, port, _ := net.SplitHostPort(a)
+		n, _ := strconv.Atoi(port)
+		l.Spec.GatewayAddresses = append(l.Spec.GatewayAddresses, v1alpha1.GatewayAddress{Host: host, Port: int32(n)})
+	}
+	return l
+}
+
 // Update sets the peers from the Links: new clusters are added, changed
 // addresses or identities replace the old ones, gone clusters are closed.
 func (p *Pool) Update(links []v1alpha1.Link) {

@@ -1,0 +1,378 @@
+package mirror_test
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	authenticationv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
+
+	"github.com/backbone-mesh/backbone/api/v1alpha1"
+	"github.com/backbone-mesh/backbone/internal/controller"
+	"github.com/backbone-mesh/backbone/internal/faultproxy"
+	"github.com/backbone-mesh/backbone/internal/kube"
+	"github.com/backbone-mesh/backbone/internal/mirror"
+	"github.com/backbone-mesh/backbone/internal/testenv"
+)
+
+var bg = context.Background()
+
+// linkReaderKubeconfig grants what a real install grants the link reader
+// (get/list/watch Services, EndpointSlices, ServiceExports) and returns a
+// kubeconfig with its token, reaching the API server through server.
+func linkReaderKubeconfig(t *testing.T, c *testenv.Cluster, server string) []byte {
+	t.Helper()
+	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "backbone-link-reader", Namespace: v1alpha1.SystemNamespace}}
+	role := &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: "backbone-link-reader"}, Rules: []rbacv1.PolicyRule{
+		{APIGroups: []string{""}, Resources: []string{"services"}, Verbs: []string{"get", "list", "watch"}},
+		{APIGroups: []string{"discovery.k8s.io"}, Resources: []string{"endpointslices"}, Verbs: []string{"get", "list", "watch"}},
+		{APIGroups: []string{"multicluster.x-k8s.io"}, Resources: []string{"serviceexports"}, Verbs: []string{"get", "list", "watch"}},
+	}}
+	binding := &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "backbone-link-reader"},
+		RoleRef:  rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: role.Name},
+		Subjects: []rbacv1.Subject{{Kind: "ServiceAccount", Name: sa.Name, Namespace: sa.Namespace}}}
+	for _, o := range []client.Object{sa, role, binding} {
+		if err := c.Client.Create(bg, o); err != nil && !apierrors.IsAlreadyExists(err) {
+			t.Fatal(err)
+		}
+	}
+	tr, err := c.Clientset.CoreV1().ServiceAccounts(sa.Namespace).CreateToken(bg, sa.Name, &authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: ptr.To[int64](3600)}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	kc := kube.KubeconfigFor(map[string]*rest.Config{c.Name: {Host: server, BearerToken: tr.Status.Token, TLSClientConfig: rest.TLSClientConfig{CAData: c.Config.CAData}}}, c.Name)
+	raw, err := clientcmd.Write(*kc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return raw
+}
+
+func createLink(t *testing.T, in *testenv.Cluster, target string, kubeconfig []byte) *v1alpha1.Link {
+	t.Helper()
+	secret := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "backbone-link-" + target, Namespace: v1alpha1.SystemNamespace},
+		Type: v1alpha1.RemoteKubeconfigSecretType, Data: map[string][]byte{v1alpha1.KubeconfigKey: kubeconfig}}
+	if err := in.Client.Create(bg, secret); err != nil {
+		t.Fatal(err)
+	}
+	link := &v1alpha1.Link{
+		ObjectMeta: metav1.ObjectMeta{Name: target, Namespace: v1alpha1.SystemNamespace},
+		Spec: v1alpha1.LinkSpec{
+			TargetClusterName: target, CredentialsSecret: v1alpha1.SecretReference{Name: secret.Name},
+			GatewayAddresses: []v1alpha1.GatewayAddress{{Host: "192.0.2.10", Port: 4143}},
+			GatewayIdentity:  "spiffe://test/cluster/" + target,
+			ExcludedLabels:   []string{"internal-only"},
+		},
+	}
+	if err := in.Client.Create(bg, link); err != nil {
+		t.Fatal(err)
+	}
+	return link
+}
+
+// registerGateway gives the cluster a gateway endpoint, which every
+// mirror's EndpointSlice copies.
+func registerGateway(t *testing.T, c *testenv.Cluster, ip string) {
+	t.Helper()
+	slice := &discoveryv1.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Name: "backbone-gateway-1", Namespace: v1alpha1.SystemNamespace, Labels: map[string]string{discoveryv1.LabelServiceName: v1alpha1.GatewayServiceName}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{ip}, Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(true)}}},
+	}
+	if err := c.Client.Create(bg, slice); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func runController(t *testing.T, c *testenv.Cluster) context.CancelFunc {
+	t.Helper()
+	ctx, cancel := context.WithCancel(bg)
+	done := make(chan error, 1)
+	go func() {
+		done <- controller.Run(ctx, c.Config, controller.Options{ClusterName: c.Name, Ports: mirror.PortRange{Low: 20000, High: 20999},
+			MetricsAddress: "0", HealthProbeAddress: "0", Resync: 2 * time.Second})
+	}()
+	stopped := false
+	stop := func() {
+		if !stopped {
+			stopped = true
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("controller: %v", err)
+			}
+		}
+	}
+	t.Cleanup(stop)
+	return stop
+}
+
+func service(ns, name string, labels map[string]string, ports ...int32) *corev1.Service {
+	s := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: labels}}
+	for i, p := range ports {
+		s.Spec.Ports = append(s.Spec.Ports, corev1.ServicePort{Name: fmt.Sprintf("p%d", i), Port: p})
+	}
+	return s
+}
+
+func eventually(t *testing.T, what string, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(45 * time.Second)
+	for !ok() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting until %s", what)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func get[T client.Object](c *testenv.Cluster, ns, name string, obj T) (T, bool) {
+	err := c.Client.Get(bg, types.NamespacedName{Namespace: ns, Name: name}, obj)
+	return obj, err == nil
+}
+
+func linkReady(c *testenv.Cluster, name string) *metav1.Condition {
+	l, ok := get(c, v1alpha1.SystemNamespace, name, &v1alpha1.Link{})
+	if !ok {
+		return nil
+	}
+	return meta.FindStatusCondition(l.Status.Conditions, v1alpha1.ConditionReady)
+}
+
+func exported() map[string]string { return map[string]string{v1alpha1.ExportedLabel: "true"} }
+
+func TestMirroringFollowsTheRemoteCluster(t *testing.T) {
+	clusters := testenv.Start(t, "east", "west")
+	east, west := clusters["east"], clusters["west"]
+	for _, c := range []*testenv.Cluster{east, west} {
+		if err := c.CreateNamespace("shop"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	registerGateway(t, west, "192.0.2.2")
+	apiURL, err := url.Parse(east.Config.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy, err := faultproxy.New("127.0.0.1:0", apiURL.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = proxy.Close() }()
+	createLink(t, west, "east", linkReaderKubeconfig(t, east, "https://"+proxy.Addr()))
+	stop := runController(t, west)
+	parent := t // controllers restarted in subtests live as long as the test
+
+	cart := service("shop", "cart", map[string]string{v1alpha1.ExportedLabel: "true", "app": "cart", "internal-only": "x"}, 8080)
+	if err := east.Client.Create(bg, cart); err != nil {
+		t.Fatal(err)
+	}
+	var mirrorSvc *corev1.Service
+	eventually(t, "cart-east is mirrored", func() bool {
+		var ok bool
+		mirrorSvc, ok = get(west, "shop", "cart-east", &corev1.Service{})
+		return ok
+	})
+	if mirrorSvc.Labels[v1alpha1.MirroredFromLabel] != "east" || mirrorSvc.Labels["app"] != "cart" || mirrorSvc.Labels["internal-only"] != "" {
+		t.Errorf("mirror labels %v", mirrorSvc.Labels)
+	}
+	var slice *discoveryv1.EndpointSlice
+	eventually(t, "the mirror's EndpointSlice points at the gateway", func() bool {
+		var ok bool
+		slice, ok = get(west, "shop", "cart-east", &discoveryv1.EndpointSlice{})
+		return ok && len(slice.Endpoints) == 1 && slice.Endpoints[0].Addresses[0] == "192.0.2.2"
+	})
+	port := *slice.Ports[0].Port
+	if port < 20000 || port > 20999 {
+		t.Errorf("allocated port %d outside the range", port)
+	}
+	eventually(t, "the Link is Ready", func() bool { c := linkReady(west, "east"); return c != nil && c.Status == metav1.ConditionTrue })
+
+	t.Run("a port change follows and keeps the gateway port", func(t *testing.T) {
+		cur, _ := get(east, "shop", "cart", &corev1.Service{})
+		cur.Spec.Ports[0].Port = 9090
+		if err := east.Client.Update(bg, cur); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "port 9090 mirrored", func() bool {
+			s, ok := get(west, "shop", "cart-east", &corev1.Service{})
+			return ok && s.Spec.Ports[0].Port == 9090
+		})
+		sl, _ := get(west, "shop", "cart-east", &discoveryv1.EndpointSlice{})
+		if *sl.Ports[0].Port != port {
+			t.Errorf("gateway port moved from %d to %d", port, *sl.Ports[0].Port)
+		}
+	})
+
+	t.Run("a ServiceExport exports a Service without the label", func(t *testing.T) {
+		if err := east.Client.Create(bg, service("shop", "orders", nil, 80)); err != nil {
+			t.Fatal(err)
+		}
+		if err := east.Client.Create(bg, &mcsv1beta1.ServiceExport{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "orders"}}); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "orders-east is mirrored", func() bool { _, ok := get(west, "shop", "orders-east", &corev1.Service{}); return ok })
+	})
+
+	t.Run("a conflict, a long name and a missing namespace are reported and nothing is overwritten", func(t *testing.T) {
+		mine := service("shop", "conflict-east", map[string]string{"owner": "me"}, 1234)
+		if err := west.Client.Create(bg, mine); err != nil {
+			t.Fatal(err)
+		}
+		if err := east.Client.Create(bg, service("shop", "conflict", exported(), 80)); err != nil {
+			t.Fatal(err)
+		}
+		if err := east.Client.Create(bg, service("shop", strings.Repeat("l", 60), exported(), 80)); err != nil {
+			t.Fatal(err)
+		}
+		if err := east.CreateNamespace("billing"); err != nil {
+			t.Fatal(err)
+		}
+		if err := east.Client.Create(bg, service("billing", "invoices", exported(), 80)); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "three problems are reported", func() bool {
+			l, _ := get(west, v1alpha1.SystemNamespace, "east", &v1alpha1.Link{})
+			return len(l.Status.Problems) == 3
+		})
+		got, _ := get(west, "shop", "conflict-east", &corev1.Service{})
+		if got.Labels["owner"] != "me" || got.Spec.Ports[0].Port != 1234 || got.ResourceVersion != mine.ResourceVersion {
+			t.Errorf("the user's Service was changed: %+v", got)
+		}
+		if c := linkReady(west, "east"); c == nil || c.Reason != mirror.ReasonSyncedWithProblems {
+			t.Errorf("Ready = %+v", c)
+		}
+		for _, cleanup := range []client.Object{service("shop", "conflict", nil), service("shop", strings.Repeat("l", 60), nil), service("billing", "invoices", nil)} {
+			_ = east.Client.Delete(bg, cleanup)
+		}
+	})
+
+	t.Run("a restarted controller rewrites nothing", func(t *testing.T) {
+		eventually(t, "problems cleared", func() bool {
+			l, _ := get(west, v1alpha1.SystemNamespace, "east", &v1alpha1.Link{})
+			return len(l.Status.Problems) == 0
+		})
+		before := snapshot(t, west)
+		stop()
+		stop = runController(parent, west)
+		time.Sleep(6 * time.Second) // a few resyncs
+		if after := snapshot(t, west); after != before {
+			t.Fatalf("mirrors changed across a restart:\nbefore %s\nafter  %s", before, after)
+		}
+	})
+
+	t.Run("an unreachable remote leaves the mirrors exactly as they were", func(t *testing.T) {
+		before := snapshot(t, west)
+		proxy.SetRefuse(true)
+		proxy.ResetAll()
+		eventually(t, "the Link reports the outage", func() bool {
+			c := linkReady(west, "east")
+			return c != nil && c.Reason == mirror.ReasonRemoteUnreachable
+		})
+		if err := east.Client.Create(bg, service("shop", "during-outage", exported(), 80)); err != nil {
+			t.Fatal(err)
+		}
+		if err := east.Client.Delete(bg, service("shop", "orders", nil)); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(5 * time.Second)
+		if after := snapshot(t, west); after != before {
+			t.Fatalf("mirrors changed while the remote was unreachable:\nbefore %s\nafter  %s", before, after)
+		}
+		proxy.SetRefuse(false)
+		eventually(t, "changes made during the outage converge", func() bool {
+			_, added := get(west, "shop", "during-outage-east", &corev1.Service{})
+			_, stale := get(west, "shop", "orders-east", &corev1.Service{})
+			return added && !stale
+		})
+	})
+
+	t.Run("unexporting removes the mirror", func(t *testing.T) {
+		cur, _ := get(east, "shop", "cart", &corev1.Service{})
+		delete(cur.Labels, v1alpha1.ExportedLabel)
+		if err := east.Client.Update(bg, cur); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "cart-east is gone", func() bool {
+			_, svc := get(west, "shop", "cart-east", &corev1.Service{})
+			_, sl := get(west, "shop", "cart-east", &discoveryv1.EndpointSlice{})
+			return !svc && !sl
+		})
+	})
+
+	t.Run("deleting the Link removes its mirrors and nothing else", func(t *testing.T) {
+		if err := west.Client.Delete(bg, &v1alpha1.Link{ObjectMeta: metav1.ObjectMeta{Namespace: v1alpha1.SystemNamespace, Name: "east"}}); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "the Link and its mirrors are gone", func() bool {
+			_, link := get(west, v1alpha1.SystemNamespace, "east", &v1alpha1.Link{})
+			_, m := get(west, "shop", "during-outage-east", &corev1.Service{})
+			return !link && !m
+		})
+		if _, ok := get(west, "shop", "conflict-east", &corev1.Service{}); !ok {
+			t.Error("the user's Service was deleted with the Link")
+		}
+	})
+}
+
+// snapshot is the identity of every mirror object: UIDs and
+// resourceVersions, so any write shows.
+func snapshot(t *testing.T, c *testenv.Cluster) string {
+	t.Helper()
+	var svcs corev1.ServiceList
+	var slices discoveryv1.EndpointSliceList
+	if err := c.Client.List(bg, &svcs, client.HasLabels{v1alpha1.MirroredFromLabel}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Client.List(bg, &slices, client.MatchingLabels{discoveryv1.LabelManagedBy: v1alpha1.EndpointSliceManagedBy}); err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	for _, s := range svcs.Items {
+		fmt.Fprintf(&b, "svc %s/%s %s %s; ", s.Namespace, s.Name, s.UID, s.ResourceVersion)
+	}
+	for _, s := range slices.Items {
+		fmt.Fprintf(&b, "slice %s/%s %s %s; ", s.Namespace, s.Name, s.UID, s.ResourceVersion)
+	}
+	return b.String()
+}
+
+// TestExecCredentialsAreNeverRun: a Link whose kubeconfig carries an exec
+// plugin is refused, and the plugin provably does not run.
+func TestExecCredentialsAreNeverRun(t *testing.T) {
+	west := testenv.Start(t, "west")["west"]
+	marker := filepath.Join(t.TempDir(), "plugin-ran")
+	kubeconfig := fmt.Sprintf(`apiVersion: v1
+kind: Config
+clusters: [{name: east, cluster: {server: "https://192.0.2.1:6443", certificate-authority-data: Y2E=}}]
+users: [{name: x, user: {exec: {apiVersion: client.authentication.k8s.io/v1, command: /bin/sh, args: ["-c", "touch %s"]}}}]
+contexts: [{name: east, context: {cluster: east, user: x}}]
+current-context: east
+`, marker)
+	createLink(t, west, "east", []byte(kubeconfig))
+	runController(t, west)
+	eventually(t, "the Link reports InsecureCredentials", func() bool {
+		c := linkReady(west, "east")
+		return c != nil && c.Reason == mirror.ReasonInsecureCredentials && c.Status == metav1.ConditionFalse
+	})
+	time.Sleep(3 * time.Second) // a resync more
+	if _, err := os.Stat(marker); !os.IsNotExist(err) {
+		t.Fatalf("the exec plugin ran (%s exists)", marker)
+	}
+}
