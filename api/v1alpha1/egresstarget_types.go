@@ -91,6 +91,7 @@ type EgressTargetStatus struct {
 // +kubebuilder:printcolumn:name="Host",type=string,JSONPath=`.spec.hostName`
 // +kubebuilder:printcolumn:name="DNS Name",type=string,JSONPath=`.spec.dnsName`
 // +kubebuilder:printcolumn:name="Squad",type=string,JSONPath=`.spec.squad`
+// +kubebuilder:printcolumn:name="Alive",type=boolean,JSONPath=`.status.alive`
 // +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type EgressTarget struct {

@@ -58,6 +58,10 @@ type IngressTargetStatus struct {
 	// Host actually served.
 	// +optional
 	Host string `json:"host,omitempty"`
+	// Address the ingress controller published for the host (an IP or a
+	// load balancer's name), once it has.
+	// +optional
+	Address string `json:"address,omitempty"`
 }
 
 // IngressTarget exposes a Service, possibly from another cluster, through
@@ -69,6 +73,7 @@ type IngressTargetStatus struct {
 // +kubebuilder:printcolumn:name="Service",type=string,JSONPath=`.spec.service`
 // +kubebuilder:printcolumn:name="Cluster",type=string,JSONPath=`.spec.cluster`
 // +kubebuilder:printcolumn:name="Host",type=string,JSONPath=`.status.host`
+// +kubebuilder:printcolumn:name="Address",type=string,JSONPath=`.status.address`,priority=1
 // +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type IngressTarget struct {

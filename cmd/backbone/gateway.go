@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -11,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/backbone-mesh/backbone/internal/gateway"
+	"github.com/backbone-mesh/backbone/internal/origin"
 )
 
 func init() { subcommands = append(subcommands, newGatewayCmd) }
@@ -18,6 +20,7 @@ func init() { subcommands = append(subcommands, newGatewayCmd) }
 func newGatewayCmd(root *rootOptions) *cobra.Command {
 	opts := gateway.Options{}
 	var logLevel string
+	var resolve []string
 	cmd := &cobra.Command{
 		Use:   "gateway",
 		Short: "Run a cluster's gateway: the mTLS tunnel endpoint and the mirrors' listeners",
@@ -31,6 +34,11 @@ gateway over a pooled connection. SIGTERM drains it gracefully.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log := newLogger(logLevel)
+			pins, err := origin.ParseResolve(resolve)
+			if err != nil {
+				return fmt.Errorf("--egress-resolve: %w", err)
+			}
+			opts.Resolve = pins
 			cfg, err := root.kube.RESTConfig()
 			if err != nil {
 				return err
@@ -55,6 +63,7 @@ gateway over a pooled connection. SIGTERM drains it gracefully.`,
 	f.DurationVar(&opts.DialTimeout, "dial-timeout", 5*time.Second, "timeout of dials to peer gateways and backends")
 	f.DurationVar(&opts.HeaderTimeout, "header-timeout", 10*time.Second, "time a peer has to complete its handshake and request headers")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	f.StringArrayVar(&resolve, "egress-resolve", nil, "NAME=ADDRESS[,ADDRESS...]: pin an egress target's name to addresses instead of DNS (repeatable; dial-time checks still apply)")
 	_ = cmd.MarkFlagRequired("cluster-name")
 	return cmd
 }

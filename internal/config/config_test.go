@@ -8,13 +8,13 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
-	"math/big"
-	"time"
 	"flag"
+	"math/big"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files")
@@ -369,7 +369,7 @@ func TestLoadNothingOnError(t *testing.T) {
 func TestLoadClusters(t *testing.T) {
 	dir := t.TempDir()
 	for content, want := range map[string]string{
-		"- east\n- west\n":                  "east,west",
+		"- east\n- west\n":                   "east,west",
 		"clusters: [east, west, platform]\n": "east,west,platform",
 	} {
 		p := filepath.Join(dir, "c.yaml")

@@ -15,14 +15,13 @@ import (
 
 	"github.com/backbone-mesh/backbone/api/v1alpha1"
 	"github.com/backbone-mesh/backbone/internal/origin"
+	"github.com/backbone-mesh/backbone/internal/targets"
 )
 
-// The egress contract with the EgressTarget reconciler: the Service that
-// stands for a target carries the target's name in egressTargetLabel and
-// the gateway port allocated to it in egressPortAnnotation.
+// The egress contract with the EgressTarget reconciler (package targets).
 const (
-	egressTargetLabel    = "backbone.dev/egress-target"
-	egressPortAnnotation = "backbone.dev/egress-port"
+	egressTargetLabel    = targets.EgressTargetLabel
+	egressPortAnnotation = targets.EgressPortAnnotation
 )
 
 func (g *Gateway) watchedKinds() []client.Object {
@@ -47,20 +46,7 @@ func (g *Gateway) egressTarget(ctx context.Context, svc *corev1.Service) (origin
 	return targetOf(&et), true, nil
 }
 
-func targetOf(et *v1alpha1.EgressTarget) origin.Target {
-	port := et.Spec.Port
-	if port == 0 {
-		port = 443
-	}
-	return origin.Target{
-		Name:      et.Namespace + "/" + et.Name,
-		DNSName:   et.Spec.DNSName,
-		Port:      port,
-		Protocol:  origin.Protocol(et.Spec.Protocol),
-		CABundle:  []byte(et.Spec.CABundle),
-		ProbePath: et.Spec.ProbePath,
-	}
-}
+func targetOf(et *v1alpha1.EgressTarget) origin.Target { return targets.TargetOf(et) }
 
 // egressListener serves local applications of this cluster that call an
 // egress target directly (its Service's endpoints are this gateway).
@@ -140,9 +126,16 @@ func (g *Gateway) acceptEgress(el *egressListener) {
 				_ = c.Close()
 				return
 			}
-			if err := g.origin.Serve(ctx, c, t); err != nil {
+			if err := g.origin.Serve(ctx, c, t, g.opts.ClusterName+" (local "+hostOf(c.RemoteAddr())+")"); err != nil {
 				g.log.Warn("egress", "target", t.Name, "err", err)
 			}
 		}()
 	}
+}
+
+func hostOf(a net.Addr) string {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		return ta.IP.String()
+	}
+	return a.String()
 }

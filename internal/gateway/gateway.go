@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -39,6 +40,15 @@ type Options struct {
 	HeaderTimeout  time.Duration
 	// Resync re-reads the mirrors even without events (default 30s).
 	Resync time.Duration
+	// Resolve pins egress target names to addresses (like curl's
+	// --resolve); the dial-time address checks still apply.
+	Resolve map[string][]netip.Addr
+}
+
+func newOriginator(log *slog.Logger, pins map[string][]netip.Addr) *origin.Originator {
+	o := origin.New(log)
+	o.Dialer.LookupNetIP = origin.StaticLookup(pins)
+	return o
 }
 
 // Gateway is one running gateway.
@@ -95,7 +105,7 @@ func New(cfg *rest.Config, opts Options, log *slog.Logger) (*Gateway, error) {
 	g := &Gateway{
 		opts: opts, log: log, identity: id, view: v, metrics: m, registry: reg,
 		pool:            NewPool(id, opts.DialTimeout, log, m),
-		origin:          origin.New(log),
+		origin:          newOriginator(log, opts.Resolve),
 		drain:           newDrainTracker(),
 		listeners:       map[int32]*listener{},
 		egressListeners: map[int32]*egressListener{},

@@ -200,7 +200,7 @@ func (s *inboundServer) originate(w http.ResponseWriter, r *http.Request, caller
 	s.g.metrics.activeStreams.WithLabelValues(inbound, caller).Inc()
 	defer s.g.metrics.activeStreams.WithLabelValues(inbound, caller).Dec()
 	conn := newStreamConn(r.Body, flushWriter{w: w, rc: rc})
-	if err := s.g.origin.Serve(r.Context(), conn, t); err != nil {
+	if err := s.g.origin.Serve(r.Context(), conn, t, caller); err != nil {
 		s.g.log.Warn("egress", "caller", caller, "target", t.Name, "err", err)
 		s.g.metrics.streams.WithLabelValues(inbound, caller, "error").Inc()
 		return

@@ -145,7 +145,11 @@ func TestApplyTwiceConverges(t *testing.T) {
 		{ControllerName, "update", "coordination.k8s.io", "leases", "backbone-system", true},
 		{ControllerName, "get", "", "secrets", "backbone-system", true},
 		{ControllerName, "get", "", "secrets", "payments", false},
-		{ControllerName, "update", "backbone.dev", "links", "backbone-system", false},
+		{ControllerName, "update", "backbone.dev", "links", "backbone-system", true}, // its finalizer
+		{ControllerName, "update", "backbone.dev", "egresstargets", "backbone-system", false},
+		{ControllerName, "update", "backbone.dev", "egresstargets/finalizers", "backbone-system", true},
+		{ControllerName, "create", "networking.k8s.io", "ingresses", "payments", true},
+		{ControllerName, "delete", "backbone.dev", "links", "backbone-system", false},
 		{ControllerName, "create", "", "namespaces", "", false},
 		{ControllerName, "update", "coordination.k8s.io", "leases", "kube-system", false},
 		{GatewayName, "list", "", "services", "", true},

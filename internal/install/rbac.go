@@ -61,9 +61,11 @@ func clusterRoles(v Values) []*rbacv1.ClusterRole {
 		{APIGroups: []string{""}, Resources: []string{"services"}, Verbs: write},
 		{APIGroups: []string{discoveryGroup}, Resources: []string{"endpointslices"}, Verbs: write},
 		{APIGroups: []string{""}, Resources: []string{"namespaces"}, Verbs: read},
-		{APIGroups: []string{backbonev1alpha1.GroupVersion.Group}, Resources: []string{"links", "egresstargets", "ingresstargets"}, Verbs: read},
+		{APIGroups: []string{backbonev1alpha1.GroupVersion.Group}, Resources: []string{"egresstargets"}, Verbs: read},
+		// Links and IngressTargets carry the controller's finalizers.
+		{APIGroups: []string{backbonev1alpha1.GroupVersion.Group}, Resources: []string{"links", "ingresstargets"}, Verbs: []string{"get", "list", "watch", "update", "patch"}},
 		{APIGroups: []string{backbonev1alpha1.GroupVersion.Group}, Resources: []string{"links/status", "egresstargets/status", "ingresstargets/status"}, Verbs: []string{"get", "update", "patch"}},
-		{APIGroups: []string{backbonev1alpha1.GroupVersion.Group}, Resources: []string{"links/finalizers"}, Verbs: []string{"update"}},
+		{APIGroups: []string{backbonev1alpha1.GroupVersion.Group}, Resources: []string{"links/finalizers", "egresstargets/finalizers", "ingresstargets/finalizers"}, Verbs: []string{"update"}},
 		{APIGroups: []string{mcsGroup}, Resources: []string{"serviceexports"}, Verbs: read},
 		{APIGroups: []string{mcsGroup}, Resources: []string{"serviceexports/status"}, Verbs: []string{"get", "update", "patch"}},
 		{APIGroups: []string{"networking.k8s.io"}, Resources: []string{"ingresses"}, Verbs: write},

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -120,4 +121,39 @@ func (d *Dialer) DialContext(ctx context.Context, network, address string) (net.
 		return nil, fmt.Errorf("%s: no addresses", host)
 	}
 	return nil, errors.Join(errs...)
+}
+
+// StaticLookup resolves the names in pins to their addresses (like curl's
+// --resolve) and every other name with DNS. The addresses are still
+// checked at dial time. A nil or empty map means DNS only.
+func StaticLookup(pins map[string][]netip.Addr) func(ctx context.Context, host string) ([]netip.Addr, error) {
+	if len(pins) == 0 {
+		return nil
+	}
+	return func(ctx context.Context, host string) ([]netip.Addr, error) {
+		if addrs, ok := pins[strings.ToLower(strings.TrimSuffix(host, "."))]; ok {
+			return addrs, nil
+		}
+		return net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+	}
+}
+
+// ParseResolve parses "name=addr[,addr...]" pins.
+func ParseResolve(specs []string) (map[string][]netip.Addr, error) {
+	out := map[string][]netip.Addr{}
+	for _, s := range specs {
+		name, list, ok := strings.Cut(s, "=")
+		if !ok || name == "" || list == "" {
+			return nil, fmt.Errorf("resolve %q: want NAME=ADDRESS[,ADDRESS...]", s)
+		}
+		for _, a := range strings.Split(list, ",") {
+			addr, err := netip.ParseAddr(strings.TrimSpace(a))
+			if err != nil {
+				return nil, fmt.Errorf("resolve %q: %v", s, err)
+			}
+			key := strings.ToLower(strings.TrimSuffix(name, "."))
+			out[key] = append(out[key], addr)
+		}
+	}
+	return out, nil
 }

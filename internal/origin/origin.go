@@ -37,6 +37,8 @@ type Target struct {
 	CABundle []byte
 	// ProbePath is requested by Probe.
 	ProbePath string
+	// Squad owns the target; it is written in the access log.
+	Squad string
 }
 
 func (t Target) address() string {
@@ -98,18 +100,24 @@ func (o *Originator) transport(t Target) (*http.Transport, error) {
 }
 
 // Serve handles one client connection (a tunnel stream, or a local
-// application's connection) for target t, until either side closes.
-func (o *Originator) Serve(ctx context.Context, client net.Conn, t Target) error {
+// application's connection) for target t, until either side closes. caller
+// names who is calling (a peer cluster's identity, or a local address) in
+// the access log: one line per request (https) or per connection (tls,
+// tcp).
+func (o *Originator) Serve(ctx context.Context, client net.Conn, t Target, caller string) error {
 	switch t.Protocol {
 	case HTTPS, "":
-		return o.serveHTTPS(ctx, client, t)
+		return o.serveHTTPS(ctx, client, t, caller)
 	case TLS, TCP:
+		start := time.Now()
 		upstream, err := o.dial(ctx, t)
 		if err != nil {
 			_ = client.Close()
+			o.access(caller, t, "CONNECT", "", 0, 0, 0, start, err)
 			return err
 		}
-		splice(client, upstream)
+		in, out := splice(client, upstream)
+		o.access(caller, t, "CONNECT", "", 0, in, out, start, nil)
 		return nil
 	default:
 		_ = client.Close()
@@ -142,7 +150,7 @@ func (o *Originator) dial(ctx context.Context, t Target) (net.Conn, error) {
 
 // serveHTTPS reads plain HTTP/1.1 requests from the client and forwards
 // each to https://<dnsName>:<port> with Host set to the target's name.
-func (o *Originator) serveHTTPS(ctx context.Context, client net.Conn, t Target) error {
+func (o *Originator) serveHTTPS(ctx context.Context, client net.Conn, t Target, caller string) error {
 	tr, err := o.transport(t)
 	if err != nil {
 		_ = client.Close()
@@ -169,7 +177,14 @@ func (o *Originator) serveHTTPS(ctx context.Context, client net.Conn, t Target) 
 		},
 	}
 	srv := &http.Server{
-		Handler:           proxy,
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			start := time.Now()
+			body := &countingReader{r: r.Body}
+			r.Body = body
+			rw := &recorder{ResponseWriter: w, status: http.StatusOK}
+			proxy.ServeHTTP(rw, r)
+			o.access(caller, t, r.Method, r.URL.Path, rw.status, body.n, rw.n, start, nil)
+		}),
 		ReadHeaderTimeout: 30 * time.Second,
 		IdleTimeout:       5 * time.Minute,
 		MaxHeaderBytes:    1 << 20,
@@ -220,22 +235,79 @@ func (o *Originator) Probe(ctx context.Context, t Target) (time.Duration, error)
 	return time.Since(start), nil
 }
 
-// splice copies both ways, propagating half-close, until both are done.
-func splice(a, b net.Conn) {
+// access writes one line of the egress audit trail.
+func (o *Originator) access(caller string, t Target, method, path string, status int, in, out int64, start time.Time, err error) {
+	attrs := []any{
+		"caller", caller, "squad", t.Squad, "target", t.Name, "dns_name", t.DNSName, "protocol", string(t.Protocol),
+		"method", method, "path", path, "status", status, "bytes_in", in, "bytes_out", out,
+		"duration_ms", float64(time.Since(start).Microseconds()) / 1000,
+	}
+	if err != nil {
+		attrs = append(attrs, "err", err.Error())
+	}
+	o.Log.Info("egress access", attrs...)
+}
+
+type countingReader struct {
+	r io.ReadCloser
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
+}
+
+func (c *countingReader) Close() error { return c.r.Close() }
+
+type recorder struct {
+	http.ResponseWriter
+	status int
+	n      int64
+	wrote  bool
+}
+
+func (r *recorder) WriteHeader(code int) {
+	if !r.wrote {
+		r.status, r.wrote = code, true
+	}
+	r.ResponseWriter.WriteHeader(code)
+}
+
+func (r *recorder) Write(p []byte) (int, error) {
+	r.wrote = true
+	n, err := r.ResponseWriter.Write(p)
+	r.n += int64(n)
+	return n, err
+}
+
+func (r *recorder) Flush() {
+	if f, ok := r.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
+
+// splice copies both ways, propagating half-close, until both are done,
+// and returns the bytes from a to b and from b to a.
+func splice(a, b net.Conn) (ab, ba int64) {
 	var wg sync.WaitGroup
 	wg.Add(2)
-	cp := func(dst, src net.Conn) {
+	cp := func(dst, src net.Conn, n *int64) {
 		defer wg.Done()
-		_, _ = io.Copy(dst, src)
+		*n, _ = io.Copy(dst, src)
 		if cw, ok := dst.(interface{ CloseWrite() error }); ok {
 			_ = cw.CloseWrite()
 		} else {
 			_ = dst.Close()
 		}
 	}
-	go cp(a, b)
-	go cp(b, a)
+	go cp(a, b, &ba)
+	go cp(b, a, &ab)
 	wg.Wait()
 	_ = a.Close()
 	_ = b.Close()
+	return ab, ba
 }

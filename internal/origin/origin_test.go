@@ -70,7 +70,7 @@ func target(t *testing.T) (*httptest.Server, Target, *Originator) {
 func serve(t *testing.T, o *Originator, tg Target) net.Conn {
 	t.Helper()
 	client, gateway := net.Pipe()
-	go func() { _ = o.Serve(context.Background(), gateway, tg) }()
+	go func() { _ = o.Serve(context.Background(), gateway, tg, "test") }()
 	t.Cleanup(func() { _ = client.Close() })
 	return client
 }
@@ -152,7 +152,7 @@ func TestTCPTargetPassesBytesAndHalfClose(t *testing.T) {
 	go func() {
 		c, err := clientL.Accept()
 		if err == nil {
-			_ = o.Serve(context.Background(), c, tg)
+			_ = o.Serve(context.Background(), c, tg, "test")
 		}
 	}()
 	c, err := net.Dial("tcp", clientL.Addr().String())

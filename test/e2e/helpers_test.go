@@ -78,9 +78,21 @@ func (p *pki) issue(t *testing.T, cluster string) string {
 // process is a backbone process started by a test.
 type process struct {
 	cmd  *exec.Cmd
-	log  *bytes.Buffer
+	log  *syncBuffer
 	done chan struct{}
 }
+
+// logBytes is a copy of what the process printed so far.
+func (p *process) logBytes() []byte {
+	p.log.mu.Lock()
+	defer p.log.mu.Unlock()
+	return bytes.Clone(p.log.Bytes())
+}
+
+const (
+	stopSignal = syscall.SIGSTOP
+	contSignal = syscall.SIGCONT
+)
 
 type syncBuffer struct {
 	mu sync.Mutex
@@ -102,7 +114,7 @@ func startProcess(t *testing.T, name string, args ...string) *process {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	p := &process{cmd: cmd, log: &log.Buffer, done: make(chan struct{})}
+	p := &process{cmd: cmd, log: &log, done: make(chan struct{})}
 	go func() { _ = cmd.Wait(); close(p.done) }()
 	t.Cleanup(func() {
 		_ = cmd.Process.Kill()

@@ -1,0 +1,74 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/backbone-mesh/backbone/internal/controller"
+	"github.com/backbone-mesh/backbone/internal/mirror"
+	"github.com/backbone-mesh/backbone/internal/origin"
+)
+
+func init() { subcommands = append(subcommands, newControllerCmd) }
+
+func newControllerCmd(root *rootOptions) *cobra.Command {
+	opts := controller.Options{}
+	var portRange, egressPortRange, logLevel, trustDomain string
+	var resolve []string
+	cmd := &cobra.Command{
+		Use:   "controller",
+		Short: "Run a cluster's control plane: mirrors, link probes, egress and ingress targets",
+		Long: `The controller mirrors the exported services of every linked cluster (a Link
+in backbone-system), allocates a gateway port to every mirrored service port,
+probes the linked gateways, and writes status, events and metrics.`,
+		Example: `  backbone controller --cluster-name west --leader-elect \
+    --identity-dir /var/run/backbone/identity`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			opts.Log = newLogger(logLevel)
+			r, err := mirror.ParsePortRange(portRange)
+			if err != nil {
+				return err
+			}
+			opts.Ports = r
+			if opts.EgressPorts, err = mirror.ParsePortRange(egressPortRange); err != nil {
+				return fmt.Errorf("--egress-port-range: %w", err)
+			}
+			if opts.Resolve, err = origin.ParseResolve(resolve); err != nil {
+				return fmt.Errorf("--egress-resolve: %w", err)
+			}
+			_ = trustDomain // the trust domain is read from the identity itself
+			cfg, err := root.kube.RESTConfig()
+			if err != nil {
+				return err
+			}
+			cfg.QPS, cfg.Burst = 100, 200
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return controller.Run(ctx, cfg, opts)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&opts.ClusterName, "cluster-name", "", "this cluster's name")
+	f.StringVar(&portRange, "gateway-port-range", "20000-29999", "gateway ports allocated to mirrored service ports")
+	f.BoolVar(&opts.LeaderElection, "leader-elect", false, "elect a leader among replicas (a Lease in backbone-system)")
+	f.StringVar(&opts.MetricsAddress, "metrics-address", ":9090", "address of /metrics (\"0\" disables)")
+	f.StringVar(&opts.HealthProbeAddress, "health-probe-address", ":9091", "address of /healthz and /readyz")
+	f.StringVar(&opts.IdentityDir, "identity-dir", "", "gateway identity (tls.crt, tls.key, ca.crt) the link probe dials peers with; empty disables probing")
+	f.StringVar(&trustDomain, "trust-domain", "", "accepted for compatibility; the trust domain comes from the identity")
+	f.DurationVar(&opts.Resync, "resync", 30*time.Second, "how often every Link is re-checked without events")
+	f.StringVar(&egressPortRange, "egress-port-range", "30000-30999", "gateway ports allocated to the egress targets this cluster serves")
+	f.StringVar(&opts.Ingress.Domain, "ingress-domain", "", "domain of the default ingress host <service>.<cluster>.<domain>")
+	f.StringVar(&opts.Ingress.ClassName, "ingress-class", "nginx", "ingressClassName of the Ingresses made for IngressTargets")
+	f.StringVar(&opts.Ingress.ClusterIssuer, "cluster-issuer", "letsencrypt", "cert-manager ClusterIssuer annotated on those Ingresses (empty: none)")
+	f.StringArrayVar(&resolve, "egress-resolve", nil, "NAME=ADDRESS[,ADDRESS...]: pin an egress target's name for the egress probe (repeatable)")
+	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	_ = cmd.MarkFlagRequired("cluster-name")
+	return cmd
+}

@@ -1,0 +1,138 @@
+// Package controller runs backbone's control plane in one cluster: a
+// controller-runtime manager with leader election, health and metrics
+// endpoints, and the reconcilers and runnables of each concern (mirroring,
+// the link probe, egress and ingress targets).
+package controller
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/go-logr/logr"
+	"k8s.io/client-go/rest"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
+	"sigs.k8s.io/controller-runtime/pkg/metrics"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	"github.com/backbone-mesh/backbone/api/v1alpha1"
+	"github.com/backbone-mesh/backbone/internal/gateway"
+	"github.com/backbone-mesh/backbone/internal/identity"
+	"github.com/backbone-mesh/backbone/internal/kube"
+	"github.com/backbone-mesh/backbone/internal/mirror"
+	"github.com/backbone-mesh/backbone/internal/origin"
+	"github.com/backbone-mesh/backbone/internal/probe"
+	"github.com/backbone-mesh/backbone/internal/targets"
+)
+
+// Options configure the controller.
+type Options struct {
+	ClusterName        string
+	Ports              mirror.PortRange
+	LeaderElection     bool
+	MetricsAddress     string
+	HealthProbeAddress string
+	// IdentityDir enables the link probe, which dials peer gateways with
+	// this identity over the same mTLS path traffic takes.
+	IdentityDir string
+	Resync      time.Duration
+	// EgressPorts is the gateway port range egress targets get ports from.
+	EgressPorts mirror.PortRange
+	// Ingress configures the Ingresses made for IngressTargets.
+	Ingress targets.IngressOptions
+	// Resolve pins egress target names to addresses for the egress probe
+	// (the gateway takes the same pins); nil uses DNS.
+	Resolve map[string][]netip.Addr
+	Log     *slog.Logger
+	// Extra reconcilers or runnables to add to the manager.
+	Extra []func(ctrl.Manager) error
+}
+
+// The series are registered once per process with controller-runtime's
+// registry (served on /metrics), however many times Run is called.
+var (
+	mirrorMetrics = sync.OnceValue(func() *mirror.Metrics { return mirror.NewMetrics(metrics.Registry) })
+	probeMetrics  = sync.OnceValue(func() *probe.Metrics { return probe.NewMetrics(metrics.Registry) })
+	egressMetrics = sync.OnceValue(func() *targets.EgressMetrics { return targets.NewEgressMetrics(metrics.Registry) })
+)
+
+// Run runs the controller until ctx ends.
+func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
+	if opts.ClusterName == "" {
+		return fmt.Errorf("--cluster-name is required")
+	}
+	if opts.Log == nil {
+		opts.Log = slog.Default()
+	}
+	ctrl.SetLogger(logr.FromSlogHandler(opts.Log.Handler()))
+	mgr, err := ctrl.NewManager(cfg, manager.Options{
+		Scheme:                  kube.Scheme,
+		LeaderElection:          opts.LeaderElection,
+		LeaderElectionID:        "backbone-controller",
+		LeaderElectionNamespace: v1alpha1.SystemNamespace,
+		// Leases are released on shutdown so the other replica takes over
+		// at once during a rolling restart.
+		LeaderElectionReleaseOnCancel: true,
+		Metrics:                       metricsserver.Options{BindAddress: opts.MetricsAddress},
+		HealthProbeBindAddress:        opts.HealthProbeAddress,
+	})
+	if err != nil {
+		return err
+	}
+	if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {
+		return err
+	}
+	if err := mgr.AddReadyzCheck("ping", healthz.Ping); err != nil {
+		return err
+	}
+	if err := mirror.Setup(mgr, mirror.Options{Ports: opts.Ports, Resync: opts.Resync, Metrics: mirrorMetrics(), Log: opts.Log}); err != nil {
+		return err
+	}
+	orig := origin.New(opts.Log)
+	orig.Dialer.LookupNetIP = origin.StaticLookup(opts.Resolve)
+	eopts := targets.EgressOptions{ClusterName: opts.ClusterName, Prober: orig.Probe, Metrics: egressMetrics(), Log: opts.Log}
+	if opts.EgressPorts.Low != 0 {
+		eopts.Ports.Low, eopts.Ports.High = opts.EgressPorts.Low, opts.EgressPorts.High
+	}
+	if err := targets.SetupEgress(mgr, eopts); err != nil {
+		return err
+	}
+	iopts := opts.Ingress
+	iopts.ClusterName, iopts.Log = opts.ClusterName, opts.Log
+	if err := targets.SetupIngress(mgr, iopts); err != nil {
+		return err
+	}
+	if opts.IdentityDir != "" {
+		id, err := identity.Load(opts.IdentityDir)
+		if err != nil {
+			return err
+		}
+		stop := make(chan struct{})
+		defer close(stop)
+		go id.Watch(stop, 2*time.Second, func(err error) { opts.Log.Error("reloading the identity", "err", err) })
+		pool := gateway.NewPool(id, 5*time.Second, opts.Log, nil)
+		defer pool.Close()
+		if err := mgr.Add(&probe.Runner{
+			Client: mgr.GetClient(), Namespace: v1alpha1.SystemNamespace, Cluster: opts.ClusterName,
+			Metrics: probeMetrics(), Log: opts.Log,
+			Probe: func(ctx context.Context, link *v1alpha1.Link) (time.Duration, error) {
+				pool.Ensure(*link)
+				return pool.Probe(ctx, link.Spec.TargetClusterName)
+			},
+		}); err != nil {
+			return err
+		}
+	}
+	for _, extra := range opts.Extra {
+		if err := extra(mgr); err != nil {
+			return err
+		}
+	}
+	opts.Log.Info("controller starting", "cluster", opts.ClusterName, "leader_election", opts.LeaderElection, "probe", opts.IdentityDir != "")
+	return mgr.Start(ctx)
+}

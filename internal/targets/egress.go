@@ -1,0 +1,353 @@
+// Package targets reconciles the squads' declarations: an EgressTarget
+// becomes, in its environment's cluster, an exported Service whose
+// endpoints are the local gateway (which originates TLS to the target), so
+// every linked cluster mirrors it as <hostName>-<environment>; an
+// IngressTarget becomes an Ingress with DNS and certificate annotations.
+package targets
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	"github.com/backbone-mesh/backbone/api/v1alpha1"
+	"github.com/backbone-mesh/backbone/internal/origin"
+)
+
+// The egress contract with the gateway: the Service standing for a target
+// carries the target's name in EgressTargetLabel and the gateway port
+// allocated to it in EgressPortAnnotation.
+const (
+	EgressTargetLabel    = "backbone.dev/egress-target"
+	EgressPortAnnotation = "backbone.dev/egress-port"
+)
+
+// EgressOptions configure the EgressTarget reconciler.
+type EgressOptions struct {
+	// ClusterName is this cluster: only targets whose environment it is
+	// are served here.
+	ClusterName string
+	// Ports is the gateway port range egress targets get ports from
+	// (default 30000-30999).
+	Ports struct{ Low, High int32 }
+	// ProbePeriod is how often each target is probed (default 10s).
+	ProbePeriod time.Duration
+	// Prober probes a target; nil disables probing (the target is then
+	// Ready once its Service exists).
+	Prober  func(ctx context.Context, t origin.Target) (time.Duration, error)
+	Metrics *EgressMetrics
+	Log     *slog.Logger
+}
+
+// EgressMetrics are the egress probe's series.
+type EgressMetrics struct {
+	Duration *prometheus.HistogramVec
+	Up       *prometheus.GaugeVec
+}
+
+// NewEgressMetrics registers the egress probe's series with reg.
+func NewEgressMetrics(reg prometheus.Registerer) *EgressMetrics {
+	m := &EgressMetrics{
+		Duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "backbone_egress_probe_duration_seconds",
+			Help:    "Time of a TLS handshake plus a request of the probe path to an egress target, from the gateway's cluster.",
+			Buckets: prometheus.ExponentialBucketsRange(0.001, 10, 40),
+		}, []string{"target"}),
+		Up: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "backbone_egress_up",
+			Help: "1 when the latest probe of the egress target succeeded.",
+		}, []string{"target"}),
+	}
+	reg.MustRegister(m.Duration, m.Up)
+	return m
+}
+
+// EgressReconciler keeps the Service and EndpointSlice of every EgressTarget
+// served by this cluster.
+type EgressReconciler struct {
+	client client.Client
+	opts   EgressOptions
+}
+
+// SetupEgress registers the EgressTarget reconciler with the manager.
+func SetupEgress(mgr ctrl.Manager, opts EgressOptions) error {
+	if opts.Ports.Low == 0 {
+		opts.Ports.Low, opts.Ports.High = 30000, 30999
+	}
+	if opts.ProbePeriod == 0 {
+		opts.ProbePeriod = 10 * time.Second
+	}
+	if opts.Log == nil {
+		opts.Log = slog.Default()
+	}
+	r := &EgressReconciler{client: mgr.GetClient(), opts: opts}
+	allTargets := handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []reconcile.Request {
+		if o.GetNamespace() != v1alpha1.SystemNamespace || o.GetLabels()[discoveryv1.LabelServiceName] != v1alpha1.GatewayServiceName {
+			return nil
+		}
+		var list v1alpha1.EgressTargetList
+		if err := r.client.List(ctx, &list); err != nil {
+			return nil
+		}
+		var out []reconcile.Request
+		for _, et := range list.Items {
+			out = append(out, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&et)})
+		}
+		return out
+	})
+	return ctrl.NewControllerManagedBy(mgr).
+		Named("egresstarget").
+		For(&v1alpha1.EgressTarget{}).
+		Owns(&corev1.Service{}).
+		Owns(&discoveryv1.EndpointSlice{}).
+		Watches(&discoveryv1.EndpointSlice{}, allTargets). // the gateway's endpoints
+		// One at a time: port allocation reads every target's port.
+		WithOptions(controller.Options{MaxConcurrentReconciles: 1, SkipNameValidation: ptr.To(true)}).
+		Complete(r)
+}
+
+// Reconcile serves one EgressTarget.
+func (r *EgressReconciler) Reconcile(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {
+	var et v1alpha1.EgressTarget
+	if err := r.client.Get(ctx, req.NamespacedName, &et); err != nil {
+		return reconcile.Result{}, client.IgnoreNotFound(err)
+	}
+	if !et.DeletionTimestamp.IsZero() {
+		return reconcile.Result{}, nil // owner references remove the Service and slice
+	}
+	if et.Spec.Environment != r.opts.ClusterName {
+		// Served by another cluster, which exports it; this one mirrors it.
+		return reconcile.Result{}, r.setStatus(ctx, &et, metav1.ConditionFalse, "OtherEnvironment",
+			fmt.Sprintf("served by the gateway of %s; here it is the mirror %s-%s", et.Spec.Environment, et.Spec.HostName, et.Spec.Environment), nil)
+	}
+	port, err := r.port(ctx, &et)
+	if err != nil {
+		return reconcile.Result{}, r.setStatus(ctx, &et, metav1.ConditionFalse, "NoGatewayPort", err.Error(), nil)
+	}
+	svc, err := r.service(ctx, &et, port)
+	var conflict *conflictError
+	if errors.As(err, &conflict) {
+		return reconcile.Result{}, r.setStatus(ctx, &et, metav1.ConditionFalse, "ServiceConflict", conflict.msg, nil)
+	}
+	if err != nil {
+		return reconcile.Result{}, err
+	}
+	gateways, err := gatewayAddresses(ctx, r.client)
+	if err != nil {
+		return reconcile.Result{}, err
+	}
+	if err := r.slice(ctx, &et, svc, port, gateways); err != nil {
+		return reconcile.Result{}, err
+	}
+	if len(gateways) == 0 {
+		return reconcile.Result{RequeueAfter: r.opts.ProbePeriod}, r.setStatus(ctx, &et, metav1.ConditionFalse, "NoGateway",
+			"the local gateway has no ready endpoints (Service backbone-system/backbone-gateway)", nil)
+	}
+	if r.opts.Prober == nil {
+		return reconcile.Result{}, r.setStatus(ctx, &et, metav1.ConditionTrue, "Serving",
+			fmt.Sprintf("Service %s/%s, gateway port %d", svc.Namespace, svc.Name, port), nil)
+	}
+	t := TargetOf(&et)
+	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	took, perr := r.opts.Prober(pctx, t)
+	cancel()
+	alive := perr == nil
+	if m := r.opts.Metrics; m != nil {
+		m.Up.WithLabelValues(t.Name).Set(map[bool]float64{true: 1, false: 0}[alive])
+		if alive {
+			m.Duration.WithLabelValues(t.Name).Observe(took.Seconds())
+		}
+	}
+	next := reconcile.Result{RequeueAfter: r.opts.ProbePeriod}
+	if !alive {
+		return next, r.setStatus(ctx, &et, metav1.ConditionFalse, "TargetUnreachable",
+			fmt.Sprintf("probe of %s:%d failed: %v", et.Spec.DNSName, t.Port, perr), ptr.To(false))
+	}
+	return next, r.setStatus(ctx, &et, metav1.ConditionTrue, "Serving",
+		fmt.Sprintf("Service %s/%s, gateway port %d; probe took %s", svc.Namespace, svc.Name, port, took.Round(time.Millisecond)), ptr.To(true))
+}
+
+type conflictError struct{ msg string }
+
+func (e *conflictError) Error() string { return e.msg }
+
+// TargetOf is what the gateway dials for an EgressTarget.
+func TargetOf(et *v1alpha1.EgressTarget) origin.Target {
+	port := et.Spec.Port
+	if port == 0 {
+		port = 443
+	}
+	return origin.Target{
+		Name: et.Namespace + "/" + et.Name, DNSName: et.Spec.DNSName, Port: port,
+		Protocol: origin.Protocol(et.Spec.Protocol), CABundle: []byte(et.Spec.CABundle), ProbePath: et.Spec.ProbePath, Squad: et.Spec.Squad,
+	}
+}
+
+// port returns the gateway port of the target's Service, allocating the
+// lowest free one in the range; allocations live on the Services.
+func (r *EgressReconciler) port(ctx context.Context, et *v1alpha1.EgressTarget) (int32, error) {
+	var svcs corev1.ServiceList
+	if err := r.client.List(ctx, &svcs, client.HasLabels{EgressTargetLabel}); err != nil {
+		return 0, err
+	}
+	used := map[int32]bool{}
+	for _, s := range svcs.Items {
+		p, err := strconv.Atoi(s.Annotations[EgressPortAnnotation])
+		if err != nil {
+			continue
+		}
+		if s.Namespace == et.Namespace && s.Name == et.Spec.HostName && s.Labels[EgressTargetLabel] == et.Name {
+			return int32(p), nil
+		}
+		used[int32(p)] = true
+	}
+	for p := r.opts.Ports.Low; p <= r.opts.Ports.High; p++ {
+		if !used[p] {
+			return p, nil
+		}
+	}
+	return 0, fmt.Errorf("no free egress gateway port in %d-%d", r.opts.Ports.Low, r.opts.Ports.High)
+}
+
+// servicePort is what callers dial: plain HTTP on 80 for https targets
+// (the gateway originates TLS), the target's own port otherwise.
+func servicePort(et *v1alpha1.EgressTarget) corev1.ServicePort {
+	switch et.Spec.Protocol {
+	case v1alpha1.EgressProtocolTLS, v1alpha1.EgressProtocolTCP:
+		port := et.Spec.Port
+		if port == 0 {
+			port = 443
+		}
+		return corev1.ServicePort{Name: string(et.Spec.Protocol), Protocol: corev1.ProtocolTCP, Port: port}
+	default:
+		return corev1.ServicePort{Name: "http", Protocol: corev1.ProtocolTCP, Port: 80, AppProtocol: ptr.To("http")}
+	}
+}
+
+func (r *EgressReconciler) service(ctx context.Context, et *v1alpha1.EgressTarget, port int32) (*corev1.Service, error) {
+	want := servicePort(et)
+	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: et.Namespace, Name: et.Spec.HostName}}
+	var existing corev1.Service
+	err := r.client.Get(ctx, client.ObjectKeyFromObject(svc), &existing)
+	if err == nil && !metav1.IsControlledBy(&existing, et) {
+		return nil, &conflictError{fmt.Sprintf("Service %s/%s exists and is not this target's; rename the target or remove the Service", existing.Namespace, existing.Name)}
+	}
+	if err != nil && !apierrors.IsNotFound(err) {
+		return nil, err
+	}
+	_, err = controllerutil.CreateOrUpdate(ctx, r.client, svc, func() error {
+		labels := map[string]string{
+			v1alpha1.ExportedLabel:  "true",
+			EgressTargetLabel:       et.Name,
+			v1alpha1.ManagedByLabel: v1alpha1.ManagedByValue,
+			v1alpha1.SquadLabel:     et.Spec.Squad,
+		}
+		if svc.Labels == nil {
+			svc.Labels = map[string]string{}
+		}
+		maps.Copy(svc.Labels, labels)
+		if svc.Annotations == nil {
+			svc.Annotations = map[string]string{}
+		}
+		svc.Annotations[EgressPortAnnotation] = strconv.Itoa(int(port))
+		svc.Spec.Type = corev1.ServiceTypeClusterIP
+		svc.Spec.Selector = nil
+		if len(svc.Spec.Ports) != 1 || svc.Spec.Ports[0].Name != want.Name || svc.Spec.Ports[0].Port != want.Port ||
+			!ptr.Equal(svc.Spec.Ports[0].AppProtocol, want.AppProtocol) {
+			svc.Spec.Ports = []corev1.ServicePort{want}
+		}
+		return controllerutil.SetControllerReference(et, svc, r.client.Scheme())
+	})
+	return svc, err
+}
+
+func (r *EgressReconciler) slice(ctx context.Context, et *v1alpha1.EgressTarget, svc *corev1.Service, port int32, gateways []string) error {
+	sp := servicePort(et)
+	sl := &discoveryv1.EndpointSlice{ObjectMeta: metav1.ObjectMeta{Namespace: et.Namespace, Name: et.Spec.HostName + "-egress"}}
+	_, err := controllerutil.CreateOrUpdate(ctx, r.client, sl, func() error {
+		if sl.Labels == nil {
+			sl.Labels = map[string]string{}
+		}
+		sl.Labels[discoveryv1.LabelServiceName] = svc.Name
+		sl.Labels[discoveryv1.LabelManagedBy] = v1alpha1.EndpointSliceManagedBy
+		sl.Labels[v1alpha1.ManagedByLabel] = v1alpha1.ManagedByValue
+		sl.AddressType = discoveryv1.AddressTypeIPv4
+		want := []discoveryv1.Endpoint{}
+		for _, a := range gateways {
+			want = append(want, discoveryv1.Endpoint{Addresses: []string{a}, Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(true)}})
+		}
+		if !slices.EqualFunc(sl.Endpoints, want, func(a, b discoveryv1.Endpoint) bool {
+			return slices.Equal(a.Addresses, b.Addresses) && ptr.Equal(a.Conditions.Ready, b.Conditions.Ready)
+		}) {
+			sl.Endpoints = want
+		}
+		wantPort := discoveryv1.EndpointPort{Name: ptr.To(sp.Name), Protocol: ptr.To(corev1.ProtocolTCP), Port: ptr.To(port), AppProtocol: sp.AppProtocol}
+		if len(sl.Ports) != 1 || !ptr.Equal(sl.Ports[0].Name, wantPort.Name) || !ptr.Equal(sl.Ports[0].Port, wantPort.Port) {
+			sl.Ports = []discoveryv1.EndpointPort{wantPort}
+		}
+		return controllerutil.SetControllerReference(et, sl, r.client.Scheme())
+	})
+	return err
+}
+
+// setStatus writes the Ready condition (and the probe's verdict) when it
+// changed, or when the last probe time is a minute old.
+func (r *EgressReconciler) setStatus(ctx context.Context, et *v1alpha1.EgressTarget, st metav1.ConditionStatus, reason, msg string, alive *bool) error {
+	now := metav1.Now()
+	cur := meta.FindStatusCondition(et.Status.Conditions, v1alpha1.ConditionReady)
+	stale := alive != nil && (et.Status.LastProbeTime == nil || now.Sub(et.Status.LastProbeTime.Time) > time.Minute)
+	if cur != nil && cur.Status == st && cur.Reason == reason && (cur.Message == msg || reason == "Serving") &&
+		et.Status.ObservedGeneration == et.Generation && ptr.Equal(et.Status.Alive, alive) && !stale {
+		return nil
+	}
+	patch := client.MergeFrom(et.DeepCopy())
+	meta.SetStatusCondition(&et.Status.Conditions, metav1.Condition{Type: v1alpha1.ConditionReady, Status: st, Reason: reason, Message: msg, ObservedGeneration: et.Generation})
+	et.Status.ObservedGeneration = et.Generation
+	et.Status.Alive = alive
+	if alive != nil {
+		et.Status.LastProbeTime = &now
+	}
+	return client.IgnoreNotFound(r.client.Status().Patch(ctx, et, patch))
+}
+
+// gatewayAddresses are the ready endpoints of the local gateway Service.
+func gatewayAddresses(ctx context.Context, c client.Client) ([]string, error) {
+	var list discoveryv1.EndpointSliceList
+	if err := c.List(ctx, &list, client.InNamespace(v1alpha1.SystemNamespace), client.MatchingLabels{discoveryv1.LabelServiceName: v1alpha1.GatewayServiceName}); err != nil {
+		return nil, err
+	}
+	seen := map[string]bool{}
+	for _, sl := range list.Items {
+		if sl.AddressType != discoveryv1.AddressTypeIPv4 {
+			continue
+		}
+		for _, ep := range sl.Endpoints {
+			if ep.Conditions.Ready != nil && !*ep.Conditions.Ready {
+				continue
+			}
+			for _, a := range ep.Addresses {
+				seen[a] = true
+			}
+		}
+	}
+	return slices.Sorted(maps.Keys(seen)), nil
+}
