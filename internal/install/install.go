@@ -150,3 +150,21 @@ func MarshalYAML(objs []*unstructured.Unstructured) ([]byte, error) {
 	}
 	return buf.Bytes(), nil
 }
+
+// Access is the part of Objects that grants access — the namespace,
+// ServiceAccounts and RBAC — without workloads: what a cluster whose
+// controller and gateway run elsewhere (the sandbox, tests) needs.
+func Access(v Values) ([]*unstructured.Unstructured, error) {
+	all, err := Objects(v)
+	if err != nil {
+		return nil, err
+	}
+	var out []*unstructured.Unstructured
+	for _, o := range all {
+		switch o.GetKind() {
+		case "Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding":
+			out = append(out, o)
+		}
+	}
+	return out, nil
+}

@@ -38,7 +38,6 @@ const (
 	creditScoreHost  = "credit-score.sandbox.test"
 	creditScorePort  = 8443
 	demoHTTPPort     = 8080
-	egressNamespace  = "backbone-egress"
 	platformLogsName = "log-collector"
 )
 
@@ -73,6 +72,15 @@ func (s *Sandbox) deployDemos(ctx context.Context) error {
 	last := s.clusters[len(s.clusters)-1]
 	addr := func(i int) string { return s.net.WorkloadAddress(len(s.clusters) + i) }
 
+	// The demo namespaces exist everywhere, so mirrors land in them.
+	for _, c := range s.clusters {
+		for _, ns := range []string{demoNamespace, "logging"} {
+			if err := ensureNamespace(ctx, c.client, ns); err != nil {
+				return err
+			}
+		}
+	}
+
 	// hello: an HTTP service exported from the first cluster.
 	helloIP := addr(1)
 	if err := s.startDemoServer("hello-"+first.name, helloIP, demoHTTPPort+portOffset(s.net, 1), "hello from "+first.name, "", ""); err != nil {
@@ -104,7 +112,7 @@ func (s *Sandbox) deployDemos(ctx context.Context) error {
 
 	// credit-score: an HTTPS server outside every cluster, with its own CA,
 	// reached as an egress target through the first cluster's gateway.
-	creditIP := addr(3)
+	creditIP := s.creditScoreIP()
 	caPEM, certFile, keyFile, err := creditScoreCerts(filepath.Join(s.opts.Dir, "pki", "credit-score"))
 	if err != nil {
 		return err
@@ -129,8 +137,7 @@ func (s *Sandbox) deployDemos(ctx context.Context) error {
 		return err
 	}
 	gitops := filepath.Join(s.opts.Dir, "gitops")
-	if _, err := s.runSelf(ctx, "render", "-f", shuttlePath, "--clusters", strings.Join(s.opts.Clusters, ","),
-		"--egress-namespace", egressNamespace, "-o", gitops); err != nil {
+	if _, err := s.runSelf(ctx, "render", "-f", shuttlePath, "--clusters", strings.Join(s.opts.Clusters, ","), "-o", gitops); err != nil {
 		return err
 	}
 	for _, c := range s.clusters {
@@ -155,6 +162,15 @@ func (s *Sandbox) deployDemos(ctx context.Context) error {
 	}
 	done()
 	return nil
+}
+
+// creditScoreIP is where the credit-score stand-in listens; gateways and
+// controllers pin its name to it (--egress-resolve), as a private DNS zone
+// would.
+func (s *Sandbox) creditScoreIP() string { return s.net.WorkloadAddress(len(s.opts.Clusters) + 3) }
+
+func (s *Sandbox) egressResolve() []string {
+	return []string{"--egress-resolve", creditScoreHost + "=" + s.creditScoreIP()}
 }
 
 func ptrTo[T any](v T) *T { return &v }

@@ -99,6 +99,12 @@ func Run(ctx context.Context, opts Options) error {
 	if err := os.MkdirAll(opts.Dir, 0o755); err != nil {
 		return err
 	}
+	// Every sandbox starts fresh: a new trust anchor, clusters and output.
+	for _, sub := range []string{"pki", "gitops", "clusters", "logs"} {
+		if err := os.RemoveAll(filepath.Join(opts.Dir, sub)); err != nil {
+			return err
+		}
+	}
 	s := &Sandbox{opts: opts, procs: &procs{dir: opts.Dir}}
 	s.state.PID = os.Getpid()
 	err := s.up(ctx)

@@ -125,7 +125,7 @@ TRY
   backbone sandbox curl %[3]s %[5]s/credit-score-%[2]s  # egress: %[3]s -> %[2]s's gateway -> external HTTPS
   backbone links --all-contexts                                # the latency matrix
   backbone sandbox down
-`, st.Kubeconfig, first, second, v1alpha1.MirroredFromLabel, egressNamespace)
+`, st.Kubeconfig, first, second, v1alpha1.MirroredFromLabel, v1alpha1.SystemNamespace)
 	}
 	return nil
 }

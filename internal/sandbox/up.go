@@ -17,6 +17,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/backbone-mesh/backbone/internal/faultproxy"
+	"github.com/backbone-mesh/backbone/internal/install"
 	"github.com/backbone-mesh/backbone/internal/kube"
 )
 
@@ -116,6 +117,16 @@ func (s *Sandbox) startClusters(binDir string) error {
 		if err := ensureNamespace(context.Background(), c.client, "backbone-system"); err != nil {
 			return err
 		}
+		// The link reader other clusters use, and the components' RBAC.
+		v := install.DefaultValues()
+		v.ClusterName, v.TrustDomain = c.name, s.opts.TrustDomain
+		access, err := install.Access(v)
+		if err != nil {
+			return err
+		}
+		if err := install.Apply(context.Background(), c.client, access); err != nil {
+			return fmt.Errorf("cluster %s: %w", c.name, err)
+		}
 	}
 	s.state.Kubeconfig = filepath.Join(s.opts.Dir, "kubeconfig")
 	if err := clientcmd.WriteToFile(*kube.KubeconfigFor(configs, s.opts.Clusters[0]), s.state.Kubeconfig); err != nil {
@@ -156,14 +167,14 @@ func (s *Sandbox) startGateways(ctx context.Context) error {
 		if err := registerGateway(ctx, c.client, ip, gatewayInboundPort+portOffset(s.net, i), id); err != nil {
 			return err
 		}
-		argv := s.net.Command([]string{s.opts.Self, "gateway",
+		argv := s.net.Command(append([]string{s.opts.Self, "gateway",
 			"--kubeconfig", c.kubeconfig,
 			"--cluster-name", c.name,
 			"--identity-dir", st.IdentityDir,
 			"--inbound-address", st.GatewayInbound,
 			"--outbound-bind-ip", ip,
 			"--admin-address", st.GatewayAdmin,
-		})
+		}, s.egressResolve()...))
 		if _, err := s.procs.start("gateway-"+c.name, argv); err != nil {
 			return err
 		}
@@ -220,18 +231,24 @@ func (s *Sandbox) linkClusters(ctx context.Context) error {
 	return nil
 }
 
+// ingressDomain makes the sandbox's default ingress hosts
+// <service>.<cluster>.sandbox.backbone.test.
+const ingressDomain = "sandbox.backbone.test"
+
 func (s *Sandbox) startControllers() error {
 	done := s.step("starting a controller per cluster")
 	for i, c := range s.clusters {
 		st := &s.state.Clusters[i]
-		st.ControllerAdmin = net.JoinHostPort(s.net.APIAddress(), fmt.Sprint(controllerAdmin+10*i))
-		argv := s.net.Command([]string{s.opts.Self, "controller",
+		// The controller runs beside its gateway, on the gateway's address.
+		st.ControllerAdmin = net.JoinHostPort(st.GatewayAddress, fmt.Sprint(controllerAdmin+portOffset(s.net, i)))
+		argv := s.net.Command(append([]string{s.opts.Self, "controller",
 			"--kubeconfig", c.kubeconfig,
 			"--cluster-name", c.name,
 			"--identity-dir", st.IdentityDir,
 			"--metrics-address", st.ControllerAdmin,
-			"--health-probe-address", net.JoinHostPort(s.net.APIAddress(), fmt.Sprint(controllerAdmin+10*i+1)),
-		})
+			"--health-probe-address", net.JoinHostPort(st.GatewayAddress, fmt.Sprint(controllerAdmin+1+portOffset(s.net, i))),
+			"--ingress-domain", ingressDomain,
+		}, s.egressResolve()...))
 		if _, err := s.procs.start("controller-"+c.name, argv); err != nil {
 			return err
 		}

@@ -86,7 +86,7 @@ type process struct {
 func (p *process) logBytes() []byte {
 	p.log.mu.Lock()
 	defer p.log.mu.Unlock()
-	return bytes.Clone(p.log.Bytes())
+	return bytes.Clone(p.log.buf.Bytes())
 }
 
 const (
@@ -94,15 +94,18 @@ const (
 	contSignal = syscall.SIGCONT
 )
 
+// syncBuffer collects a process's output. The buffer is a field, not
+// embedded: an embedded bytes.Buffer's ReadFrom would let os/exec copy
+// into it without the lock.
 type syncBuffer struct {
-	mu sync.Mutex
-	bytes.Buffer
+	mu  sync.Mutex
+	buf bytes.Buffer
 }
 
 func (b *syncBuffer) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return b.Buffer.Write(p)
+	return b.buf.Write(p)
 }
 
 func startProcess(t *testing.T, name string, args ...string) *process {
@@ -121,7 +124,7 @@ func startProcess(t *testing.T, name string, args ...string) *process {
 		<-p.done
 		if t.Failed() {
 			log.mu.Lock()
-			t.Logf("--- %s log ---\n%s", name, log.String())
+			t.Logf("--- %s log ---\n%s", name, log.buf.String())
 			log.mu.Unlock()
 		}
 	})

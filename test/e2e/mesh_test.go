@@ -184,25 +184,12 @@ func installRBAC(t *testing.T, c *testenv.Cluster) {
 	t.Helper()
 	v := install.DefaultValues()
 	v.ClusterName, v.TrustDomain = c.Name, trustDomain
-	objs, err := install.Objects(v)
+	objs, err := install.Access(v)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var keep []string
-	for _, o := range objs {
-		switch o.GetKind() {
-		case "Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding":
-			b, err := o.MarshalJSON()
-			if err != nil {
-				t.Fatal(err)
-			}
-			keep = append(keep, string(b))
-		}
-	}
-	for _, doc := range keep {
-		if err := kube.ApplyYAML(context.Background(), c.Client, []byte(doc), "e2e"); err != nil {
-			t.Fatal(err)
-		}
+	if err := install.Apply(context.Background(), c.Client, objs); err != nil {
+		t.Fatal(err)
 	}
 }
 
