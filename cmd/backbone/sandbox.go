@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -274,32 +275,33 @@ func newSandboxStatusCmd(opts *sandboxOptions) *cobra.Command {
 
 func newSandboxCurlCmd(opts *sandboxOptions) *cobra.Command {
 	return &cobra.Command{
-		Use:   "curl CLUSTER NAMESPACE/SERVICE [PATH]",
+		Use:   "curl CLUSTER (NAMESPACE/SERVICE [PATH] | URL)",
 		Short: "GET a service as a pod in CLUSTER would: through the endpoint kube-proxy would pick",
+		Long: `There is no cluster DNS or kube-proxy on a laptop: curl resolves the
+service through CLUSTER's Service and EndpointSlice, as they would, and
+sends the request to the endpoint. The service is NAMESPACE/SERVICE, or a
+URL whose host is SERVICE.NAMESPACE[.svc[.cluster.local]].`,
 		Example: `  backbone sandbox curl west demo/hello-east
-  backbone sandbox curl west backbone-egress/credit-score-east /score`,
+  backbone sandbox curl west http://hello-east.demo.svc.cluster.local:8080/
+  backbone sandbox curl west backbone-system/credit-score-east /score`,
 		Args: cobra.RangeArgs(2, 3),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			st, err := sandbox.ReadState(opts.dir)
 			if err != nil {
 				return fmt.Errorf("no sandbox state in %s: %w", opts.dir, err)
 			}
-			ns, svc, ok := strings.Cut(args[1], "/")
-			if !ok {
-				return fmt.Errorf("%q: want NAMESPACE/SERVICE", args[1])
-			}
-			path := "/"
-			if len(args) == 3 {
-				path = args[2]
+			ns, svc, path, err := sandboxTarget(args[1:])
+			if err != nil {
+				return err
 			}
 			ep, err := sandbox.WaitForMirror(cmd.Context(), st, args[0], ns, svc, 5*time.Second)
 			if err != nil {
 				return err
 			}
-			url := "http://" + ep + path
-			fmt.Fprintf(cmd.ErrOrStderr(), "GET %s (endpoint of %s/%s in %s)\n", url, ns, svc, args[0])
+			target := "http://" + ep + path
+			fmt.Fprintf(cmd.ErrOrStderr(), "GET %s (endpoint of %s/%s in %s)\n", target, ns, svc, args[0])
 			start := time.Now()
-			resp, err := http.Get(url)
+			resp, err := http.Get(target)
 			if err != nil {
 				return err
 			}
@@ -312,6 +314,34 @@ func newSandboxCurlCmd(opts *sandboxOptions) *cobra.Command {
 			return err
 		},
 	}
+}
+
+// sandboxTarget reads NAMESPACE/SERVICE [PATH] or a cluster-local URL.
+func sandboxTarget(args []string) (ns, svc, path string, err error) {
+	path = "/"
+	if strings.Contains(args[0], "://") {
+		u, err := url.Parse(args[0])
+		if err != nil {
+			return "", "", "", err
+		}
+		host := strings.TrimSuffix(strings.TrimSuffix(u.Hostname(), ".cluster.local"), ".svc")
+		svc, ns, ok := strings.Cut(host, ".")
+		if !ok || strings.Contains(ns, ".") {
+			return "", "", "", fmt.Errorf("%q: want http://SERVICE.NAMESPACE[.svc.cluster.local][:PORT]/PATH", args[0])
+		}
+		if u.RequestURI() != "" {
+			path = u.RequestURI()
+		}
+		return ns, svc, path, nil
+	}
+	ns, svc, ok := strings.Cut(args[0], "/")
+	if !ok {
+		return "", "", "", fmt.Errorf("%q: want NAMESPACE/SERVICE or a URL", args[0])
+	}
+	if len(args) == 2 {
+		path = args[1]
+	}
+	return ns, svc, path, nil
 }
 
 func newDemoServerCmd() *cobra.Command {

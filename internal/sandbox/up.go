@@ -222,9 +222,9 @@ func (s *Sandbox) linkClusters(ctx context.Context) error {
 			}
 			s.state.Links = append(s.state.Links, LinkState{
 				From: from.name, To: to.name, Proxy: p.Addr(),
-				OneWayMS: linkLatency(i, j).Milliseconds(), RoundTripM: 2 * linkLatency(i, j).Milliseconds(),
+				OneWayMS: linkLatency(i, j).Milliseconds(), RoundTripM: (2 * linkLatency(i, j)).Milliseconds(),
 			})
-			fmt.Fprintf(s.opts.Progress, "    %s -> %s via %s (%d ms round trip)\n", from.name, to.name, p.Addr(), 2*linkLatency(i, j).Milliseconds())
+			fmt.Fprintf(s.opts.Progress, "    %s -> %s via %s (%d ms round trip)\n", from.name, to.name, p.Addr(), (2 * linkLatency(i, j)).Milliseconds())
 		}
 	}
 	done()
