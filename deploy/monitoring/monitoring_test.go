@@ -57,6 +57,7 @@ var (
 	histogramName  = regexp.MustCompile(`HistogramOpts\{[^}]*?Name:\s*"(backbone_[a-z0-9_]+)"`)
 	usedName       = regexp.MustCompile(`backbone_[a-z0-9_]+`)
 	stringLiteral  = regexp.MustCompile(`"([a-z_][a-z0-9_]*)"`)
+	anyLiteral     = regexp.MustCompile(`"((?:[^"\\\n]|\\.)*)"`)
 	labelRef       = regexp.MustCompile(`\$labels\.([a-zA-Z_][a-zA-Z0-9_]*)`)
 	runbookCommand = regexp.MustCompile("backbone links|backbone check|`backbone (--context [^`]* )?check")
 )
@@ -74,13 +75,18 @@ type exported struct {
 	// of the files registering metrics (label names are among them), and
 	// the labels added by scraping.
 	labels map[string]bool
+	// values are, per metric, the string literals of the Go package
+	// registering it: a label value matched literally must be one of them.
+	values map[string]map[string]bool
 }
 
 // readExported reads the metric and label names from the Go source.
 func readExported(t *testing.T) exported {
 	t.Helper()
 	known, labels := map[string]bool{}, map[string]bool{}
-	labels["le"] = true // of histogram buckets
+	literals := map[string]map[string]bool{} // by package directory
+	registeredIn := map[string]string{}      // metric → package directory
+	labels["le"] = true                      // of histogram buckets
 	for _, l := range scrapeLabels {
 		labels[l] = true
 	}
@@ -96,9 +102,17 @@ func readExported(t *testing.T) exported {
 		if err != nil {
 			return err
 		}
+		dir := filepath.Dir(path)
+		if literals[dir] == nil {
+			literals[dir] = map[string]bool{}
+		}
+		for _, m := range anyLiteral.FindAllSubmatch(src, -1) {
+			literals[dir][string(m[1])] = true
+		}
 		registered := registeredName.FindAllSubmatch(src, -1)
 		for _, m := range registered {
 			known[string(m[1])] = true
+			registeredIn[string(m[1])] = dir
 		}
 		if len(registered) > 0 {
 			for _, m := range stringLiteral.FindAllSubmatch(src, -1) {
@@ -108,6 +122,7 @@ func readExported(t *testing.T) exported {
 		for _, m := range histogramName.FindAllSubmatch(src, -1) {
 			for _, suffix := range []string{"_bucket", "_count", "_sum"} {
 				known[string(m[1])+suffix] = true
+				registeredIn[string(m[1])+suffix] = filepath.Dir(path)
 			}
 		}
 		return nil
@@ -126,7 +141,11 @@ func readExported(t *testing.T) exported {
 			t.Fatalf("label %s not found in the Go source", name)
 		}
 	}
-	return exported{metrics: known, labels: labels}
+	values := map[string]map[string]bool{}
+	for name, dir := range registeredIn {
+		values[name] = literals[dir]
+	}
+	return exported{metrics: known, labels: labels, values: values}
 }
 
 // checkExpr reports metric and label names in expr that backbone does not
@@ -151,6 +170,13 @@ func checkExpr(t *testing.T, where, expr string, src exported) {
 			t.Errorf("%s: %q uses label %s, which no backbone series has", where, expr, label)
 		}
 	}
+	for _, m := range metricSelector.FindAllStringSubmatch(expr, -1) {
+		for _, mm := range literalMatcher.FindAllStringSubmatch(m[2], -1) {
+			if values := src.values[m[1]]; values != nil && !values[mm[2]] {
+				t.Errorf("%s: %q matches %s %s=%q, a value the code exporting it never uses", where, expr, m[1], mm[1], mm[2])
+			}
+		}
+	}
 	if err := balanced(expr); err != "" {
 		t.Errorf("%s: %q: %s", where, expr, err)
 	}
@@ -161,7 +187,10 @@ var (
 	selector   = regexp.MustCompile(`\{([^}]*)\}`)
 	matcher    = regexp.MustCompile(`([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)`)
 	labelValue = regexp.MustCompile(`\blabel_values\([^,()]*,\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*\)`)
-	quoted     = regexp.MustCompile(`"(?:[^"\\]|\\.)*"`)
+	// A selector of a backbone metric, and its matchers of literal values.
+	metricSelector = regexp.MustCompile(`(backbone_[a-z0-9_]+)\s*\{([^}]*)\}`)
+	literalMatcher = regexp.MustCompile(`([a-zA-Z_][a-zA-Z0-9_]*)\s*!?=\s*"([^"$\\]*)"`)
+	quoted         = regexp.MustCompile(`"(?:[^"\\]|\\.)*"`)
 )
 
 // labelsUsed returns the label names expr groups by, matches on or asks
