@@ -2,12 +2,219 @@ package main
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"syscall"
 	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/backbone-mesh/backbone/api/v1alpha1"
+	"github.com/backbone-mesh/backbone/internal/certs"
+	"github.com/backbone-mesh/backbone/internal/faultproxy"
+	"github.com/backbone-mesh/backbone/internal/testenv"
 )
 
-// backbonePath sets up backbone's own cross-cluster path: two clusters,
-// two gateway processes with real mTLS, a mirror in west for the backend
-// in east. It returns nil when this build has no gateway yet.
+// benchTrustDomain is the trust domain of the bench's gateway identities.
+const benchTrustDomain = "bench.backbone.test"
+
+// backbonePath sets up backbone's own cross-cluster path: two real
+// clusters (etcd + kube-apiserver each), a `backbone gateway` process per
+// cluster with real mTLS between them, the backends exported from east and
+// mirrored in west (the mirror controller's output, written directly so
+// the data path is measured alone). The WAN variant is a second link to
+// east's gateway through a latency-injecting proxy.
 func backbonePath(ctx context.Context, dir, httpBackend, sinkBackend string, wan time.Duration) (*path, error) {
-	return nil, nil
+	if !testenv.InNetns() {
+		return nil, errors.New("backbone's path needs the private network namespace (run the bench as root)")
+	}
+	bin := filepath.Join(dir, "backbone")
+	build := exec.Command("go", "build", "-o", bin, "./cmd/backbone")
+	build.Dir = testenv.RepoRoot()
+	if out, err := build.CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("go build: %v\n%s", err, out)
+	}
+	var stops []func()
+	stop := func() {
+		for i := len(stops) - 1; i >= 0; i-- {
+			stops[i]()
+		}
+	}
+	fail := func(err error) (*path, error) { stop(); return nil, err }
+
+	east, err := testenv.StartCluster(dir, "east")
+	if err != nil {
+		return fail(err)
+	}
+	stops = append(stops, func() { _ = east.Stop() })
+	west, err := testenv.StartCluster(dir, "west")
+	if err != nil {
+		return fail(err)
+	}
+	stops = append(stops, func() { _ = west.Stop() })
+
+	anchor, err := certs.NewAnchor(benchTrustDomain, 24*time.Hour)
+	if err != nil {
+		return fail(err)
+	}
+	identity := func(cluster string) (string, error) {
+		d := filepath.Join(dir, "identity-"+cluster)
+		c, k, err := anchor.Issue(cluster, 24*time.Hour)
+		if err != nil {
+			return "", err
+		}
+		return d, certs.WriteIdentity(d, c, k, anchor.CertPEM())
+	}
+	eastIP, westIP := testenv.NetnsAddr(1), testenv.NetnsAddr(2)
+	var pids []int
+	for _, g := range []struct {
+		c  *testenv.Cluster
+		ip string
+	}{{east, eastIP}, {west, westIP}} {
+		id, err := identity(g.c.Name)
+		if err != nil {
+			return fail(err)
+		}
+		cmd := exec.Command(bin, "gateway", "--kubeconfig", g.c.Kubeconfig, "--cluster-name", g.c.Name,
+			"--identity-dir", id, "--inbound-address", net.JoinHostPort(g.ip, "4143"),
+			"--outbound-bind-ip", g.ip, "--admin-address", net.JoinHostPort(g.ip, "9990"), "--log-level", "warn")
+		logf, err := os.Create(filepath.Join(dir, "gateway-"+g.c.Name+".log"))
+		if err != nil {
+			return fail(err)
+		}
+		cmd.Stdout, cmd.Stderr = logf, logf
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		if err := cmd.Start(); err != nil {
+			return fail(err)
+		}
+		stops = append(stops, func() { _ = cmd.Process.Kill(); _ = cmd.Wait(); _ = logf.Close() })
+		pids = append(pids, cmd.Process.Pid)
+	}
+
+	// east exports the backends.
+	for name, addr := range map[string]string{"web": httpBackend, "sink": sinkBackend} {
+		if err := exportService(ctx, east.Client, name, addr); err != nil {
+			return fail(err)
+		}
+	}
+	// west links to east directly and, for the WAN test, through a proxy.
+	fp, err := faultproxy.New(net.JoinHostPort(westIP, "0"), net.JoinHostPort(eastIP, "4143"))
+	if err != nil {
+		return fail(err)
+	}
+	fp.SetLatency(wan)
+	stops = append(stops, func() { _ = fp.Close() })
+	eastID := "spiffe://" + benchTrustDomain + "/cluster/east"
+	if err := createLink(ctx, west.Client, "east", eastIP, 4143, eastID); err != nil {
+		return fail(err)
+	}
+	_, fpPort, _ := net.SplitHostPort(fp.Addr())
+	n, _ := strconv.Atoi(fpPort)
+	if err := createLink(ctx, west.Client, "east-wan", westIP, int32(n), eastID); err != nil {
+		return fail(err)
+	}
+	mirrors := []struct {
+		remote, from string
+		port         int32
+	}{{"web", "east", 20001}, {"sink", "east", 20002}, {"web", "east-wan", 20003}}
+	for _, m := range mirrors {
+		if err := createMirror(ctx, west.Client, m.from, m.remote, m.port, westIP); err != nil {
+			return fail(err)
+		}
+	}
+	addr := func(port int) string { return net.JoinHostPort(westIP, strconv.Itoa(port)) }
+	p := &path{
+		name: "backbone", httpAddr: addr(20001), bulkAddr: addr(20002), wanAddr: addr(20003),
+		pids: pids, stop: stop,
+	}
+	// Wait for the listeners, and warm the pooled tunnels: a pod's first
+	// connection after the gateway starts pays the handshake once.
+	for _, a := range []string{p.httpAddr, p.wanAddr} {
+		var err error
+		for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+			if err = get(nil, "http://"+a+"/"); err == nil {
+				break
+			}
+		}
+		if err != nil {
+			return fail(fmt.Errorf("backbone's path %s does not answer: %w", a, err))
+		}
+	}
+	return p, nil
+}
+
+func exportService(ctx context.Context, c client.Client, name, backend string) error {
+	host, port, _ := net.SplitHostPort(backend)
+	n, _ := strconv.Atoi(port)
+	if err := ensureNamespace(ctx, c, "bench"); err != nil {
+		return err
+	}
+	svc := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "bench", Labels: map[string]string{v1alpha1.ExportedLabel: "true"}},
+		Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "tcp", Port: 80}}},
+	}
+	if err := c.Create(ctx, svc); err != nil {
+		return err
+	}
+	return c.Create(ctx, &discoveryv1.EndpointSlice{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "bench",
+			Labels: map[string]string{discoveryv1.LabelServiceName: name, discoveryv1.LabelManagedBy: "bench"}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{host}, Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(true)}}},
+		Ports:       []discoveryv1.EndpointPort{{Name: ptr.To("tcp"), Port: ptr.To(int32(n)), Protocol: ptr.To(corev1.ProtocolTCP)}},
+	})
+}
+
+func ensureNamespace(ctx context.Context, c client.Client, name string) error {
+	err := c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}})
+	if err != nil && !apierrors.IsAlreadyExists(err) {
+		return err
+	}
+	return nil
+}
+
+func createLink(ctx context.Context, c client.Client, cluster, host string, port int32, identity string) error {
+	return c.Create(ctx, &v1alpha1.Link{
+		ObjectMeta: metav1.ObjectMeta{Name: cluster, Namespace: v1alpha1.SystemNamespace},
+		Spec: v1alpha1.LinkSpec{
+			TargetClusterName: cluster,
+			CredentialsSecret: v1alpha1.SecretReference{Name: "unused"},
+			GatewayAddresses:  []v1alpha1.GatewayAddress{{Host: host, Port: port}},
+			GatewayIdentity:   identity,
+		},
+	})
+}
+
+// createMirror writes what the mirror controller writes for one remote
+// Service: the mirror and its EndpointSlice on the local gateway.
+func createMirror(ctx context.Context, c client.Client, from, remote string, gatewayPort int32, gatewayIP string) error {
+	if err := ensureNamespace(ctx, c, "bench"); err != nil {
+		return err
+	}
+	name := remote + "-" + from
+	if err := c.Create(ctx, &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "bench",
+			Labels:      map[string]string{v1alpha1.MirroredFromLabel: from, v1alpha1.ManagedByLabel: v1alpha1.ManagedByValue},
+			Annotations: map[string]string{v1alpha1.RemoteNameAnnotation: remote}},
+		Spec: corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "tcp", Port: 80}}},
+	}); err != nil {
+		return err
+	}
+	return c.Create(ctx, &discoveryv1.EndpointSlice{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "bench",
+			Labels: map[string]string{discoveryv1.LabelServiceName: name, discoveryv1.LabelManagedBy: v1alpha1.EndpointSliceManagedBy, v1alpha1.MirroredFromLabel: from}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{gatewayIP}, Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(true)}}},
+		Ports:       []discoveryv1.EndpointPort{{Name: ptr.To("tcp"), Port: ptr.To(gatewayPort), Protocol: ptr.To(corev1.ProtocolTCP)}},
+	})
 }

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/backbone-mesh/backbone/internal/faultproxy"
+	"github.com/backbone-mesh/backbone/internal/testenv"
 )
 
 type options struct {
@@ -44,6 +45,13 @@ type path struct {
 }
 
 func main() {
+	// Backbone's path runs real API servers, which refuse loopback
+	// endpoints: the whole bench runs in a private network namespace.
+	if testenv.EnterNetns() {
+		backendHost = testenv.NetnsAddr(10)
+	} else {
+		log.Print("no private network namespace (not root): measuring the peers only")
+	}
 	var o options
 	var rates, peers string
 	flag.StringVar(&o.out, "out", "bench/results.md", "file to write the results to")
@@ -65,6 +73,18 @@ func main() {
 	if err := run(context.Background(), o); err != nil {
 		log.Fatal(err)
 	}
+}
+
+// backendHost is where the backends listen: an address the API servers
+// accept in EndpointSlices when the bench runs in its namespace.
+var backendHost = "127.0.0.1"
+
+func listenBackend() net.Listener {
+	l, err := net.Listen("tcp", net.JoinHostPort(backendHost, "0"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	return l
 }
 
 func listen() net.Listener {
@@ -90,7 +110,7 @@ func run(ctx context.Context, o options) error {
 	if err := peerPKI(dir); err != nil {
 		return err
 	}
-	httpL, sinkL := listen(), listen()
+	httpL, sinkL := listenBackend(), listenBackend()
 	srv := httpBackend(httpL)
 	defer func() { _ = srv.Close() }()
 	sinkBackend(sinkL)
@@ -107,9 +127,8 @@ func run(ctx context.Context, o options) error {
 	}
 	bb, err := backbonePath(ctx, dir, httpL.Addr().String(), sinkL.Addr().String(), o.wanOneWay)
 	if err != nil {
-		return fmt.Errorf("setting up backbone's path: %w", err)
-	}
-	if bb != nil {
+		log.Printf("backbone's path is not measured: %v", err)
+	} else {
 		defer bb.stop()
 		paths = append(paths, bb)
 	}

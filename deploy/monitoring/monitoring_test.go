@@ -19,8 +19,10 @@ import (
 
 // The PromQL parser (github.com/prometheus/prometheus/promql/parser) is not a
 // dependency of this module and is too big to become one, so expressions are
-// checked by the metric names they use, against the names the Go source
-// registers, and by balanced brackets.
+// checked against the Go source instead: the metric names they use must be
+// registered there, the label names they group or match on must be in the
+// files registering metrics, and literal label values in the package
+// exporting the metric; brackets must balance.
 
 // prometheusRule is the part of monitoring.coreos.com/v1 PrometheusRule the
 // file uses; unknown fields fail the strict parse.
@@ -122,7 +124,7 @@ func readExported(t *testing.T) exported {
 		for _, m := range histogramName.FindAllSubmatch(src, -1) {
 			for _, suffix := range []string{"_bucket", "_count", "_sum"} {
 				known[string(m[1])+suffix] = true
-				registeredIn[string(m[1])+suffix] = filepath.Dir(path)
+				registeredIn[string(m[1])+suffix] = dir
 			}
 		}
 		return nil

@@ -40,33 +40,43 @@ func InNetns() bool { return os.Getenv(netnsEnv) == "1" }
 // namespace cannot be created (not root, no unshare) the tests run as they
 // are and RequireNetns skips (or, with CI=true, fails) them.
 func RunInNetns(m *testing.M) {
-	if !InNetns() {
-		if err := exec.Command("unshare", "--net", "true").Run(); err == nil {
-			self, err := os.Executable()
-			if err != nil {
-				fmt.Fprintln(os.Stderr, "netns:", err)
-				os.Exit(2)
-			}
-			cmd := exec.Command("unshare", append([]string{"--net", "--", self}, os.Args[1:]...)...)
-			cmd.Env = append(os.Environ(), netnsEnv+"=1")
-			cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
-			err = cmd.Run()
-			if exit, ok := err.(*exec.ExitError); ok {
-				os.Exit(exit.ExitCode())
-			}
-			if err != nil {
-				fmt.Fprintln(os.Stderr, "netns:", err)
-				os.Exit(2)
-			}
-			os.Exit(0)
+	EnterNetns()
+	os.Exit(m.Run())
+}
+
+// EnterNetns runs this program in the private namespace: outside it, the
+// program is re-executed under `unshare --net` and EnterNetns exits with
+// its status; inside, it sets up the network and returns true. It returns
+// false, running nothing, when no namespace can be made (not root).
+func EnterNetns() bool {
+	if InNetns() {
+		if err := setupNetns(); err != nil {
+			fmt.Fprintln(os.Stderr, "setting up the private network namespace:", err)
+			os.Exit(2)
 		}
-		os.Exit(m.Run())
+		return true
 	}
-	if err := setupNetns(); err != nil {
-		fmt.Fprintln(os.Stderr, "setting up the test network namespace:", err)
+	if err := exec.Command("unshare", "--net", "true").Run(); err != nil {
+		return false
+	}
+	self, err := os.Executable()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "netns:", err)
 		os.Exit(2)
 	}
-	os.Exit(m.Run())
+	cmd := exec.Command("unshare", append([]string{"--net", "--", self}, os.Args[1:]...)...)
+	cmd.Env = append(os.Environ(), netnsEnv+"=1")
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	err = cmd.Run()
+	if exit, ok := err.(*exec.ExitError); ok {
+		os.Exit(exit.ExitCode())
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "netns:", err)
+		os.Exit(2)
+	}
+	os.Exit(0)
+	return false
 }
 
 func setupNetns() error {

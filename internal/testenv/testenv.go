@@ -151,6 +151,16 @@ func Start(t testing.TB, names ...string) map[string]*Cluster {
 	return clusters
 }
 
+// StartCluster starts one control plane outside a test (the bench
+// harness); the caller stops it.
+func StartCluster(tmp, name string) (*Cluster, error) {
+	dir, err := binaryDirOnce()
+	if err != nil {
+		return nil, err
+	}
+	return startCluster(tmp, dir, name)
+}
+
 func startCluster(tmp, binDir, name string) (*Cluster, error) {
 	env := &envtest.Environment{
 		BinaryAssetsDirectory: binDir,
