@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -116,6 +117,8 @@ func TestQuickStart(t *testing.T) {
 	for _, c := range m.Links {
 		t.Logf("%s -> %s: p50 %.1f ms (injected round trip %d ms)", c.Source, c.Target, *c.P50Millis, want[c.Source+"->"+c.Target])
 	}
+
+	checkDashboard(t, bin, st.Kubeconfig, want)
 
 	// Memory of everything the sandbox runs, all together.
 	pids := tree(st.PID)
@@ -227,4 +230,83 @@ func tail(b []byte, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
+}
+
+// checkDashboard serves `backbone dashboard` over the sandbox's clusters,
+// loads it in headless Chromium, and checks the rendered matrix: every
+// cluster, and every link's number near its injected round trip. The
+// screenshot is kept in bin/artifacts/dashboard.png.
+func checkDashboard(t *testing.T, bin, kubeconfig string, want map[string]int64) {
+	t.Helper()
+	chromium, err := exec.LookPath("chromium")
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal("CI: chromium is not installed (.ci/run installs Debian's chromium)")
+		}
+		t.Log("no chromium: the dashboard's browser check is skipped")
+		return
+	}
+	cmd := exec.Command(bin, "--kubeconfig", kubeconfig, "dashboard", "--all-contexts", "--listen", "127.0.0.1:0", "--period", "1s")
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	line := make([]byte, 256)
+	n, _ := stdout.Read(line)
+	url := ""
+	for _, f := range strings.Fields(string(line[:n])) {
+		if strings.HasPrefix(f, "http://") {
+			url = f
+		}
+	}
+	if url == "" {
+		t.Fatalf("dashboard printed %q", line[:n])
+	}
+	time.Sleep(2 * time.Second) // a poll or two
+
+	profile := t.TempDir()
+	flags := []string{"--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+		"--disable-background-networking", "--disable-component-update", "--disable-sync", "--user-data-dir=" + profile,
+		"--virtual-time-budget=5000", "--window-size=1200,1100"}
+	dom, err := exec.Command(chromium, append(flags, "--dump-dom", url)...).Output()
+	if err != nil {
+		t.Fatalf("chromium --dump-dom: %v", err)
+	}
+	page := string(dom)
+	if !strings.Contains(page, `data-loaded="true"`) {
+		t.Fatalf("the page never loaded its data:\n%s", page)
+	}
+	for _, c := range []string{"east", "west", "platform"} {
+		if !strings.Contains(page, "<th>"+c+"</th>") {
+			t.Errorf("the matrix lacks cluster %s", c)
+		}
+	}
+	cells := regexp.MustCompile(`data-source="([a-z]+)" data-target="([a-z]+)" data-ms="([0-9.]+)"`).FindAllStringSubmatch(page, -1)
+	if len(cells) != len(want) {
+		t.Fatalf("the page shows %d latencies, want %d:\n%s", len(cells), len(want), page)
+	}
+	for _, c := range cells {
+		ms, _ := strconv.ParseFloat(c[3], 64)
+		rt := want[c[1]+"->"+c[2]]
+		if tol := 0.1*float64(rt) + 2; ms < float64(rt)-tol || ms > float64(rt)+tol {
+			t.Errorf("the page shows %s -> %s at %.1f ms; the injected round trip is %d ms", c[1], c[2], ms, rt)
+		}
+	}
+	if !strings.Contains(page, `data-egress="east/credit-score"`) {
+		t.Errorf("the page does not list the egress target")
+	}
+	artifacts := filepath.Join(testenv.RepoRoot(), "bin", "artifacts")
+	if err := os.MkdirAll(artifacts, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	shot := filepath.Join(artifacts, "dashboard.png")
+	if out, err := exec.Command(chromium, append(flags, "--screenshot="+shot, url)...).CombinedOutput(); err != nil {
+		t.Fatalf("chromium --screenshot: %v\n%s", err, out)
+	}
+	t.Logf("dashboard screenshot: %s", shot)
 }
