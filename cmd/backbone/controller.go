@@ -43,7 +43,7 @@ probes the linked gateways, and writes status, events and metrics.`,
 			if opts.Resolve, err = origin.ParseResolve(resolve); err != nil {
 				return fmt.Errorf("--egress-resolve: %w", err)
 			}
-			_ = trustDomain // the trust domain is read from the identity itself
+			opts.TrustDomain = trustDomain
 			cfg, err := root.kube.RESTConfig()
 			if err != nil {
 				return err
@@ -58,10 +58,9 @@ probes the linked gateways, and writes status, events and metrics.`,
 	f.StringVar(&opts.ClusterName, "cluster-name", "", "this cluster's name")
 	f.StringVar(&portRange, "gateway-port-range", "20000-29999", "gateway ports allocated to mirrored service ports")
 	f.BoolVar(&opts.LeaderElection, "leader-elect", false, "elect a leader among replicas (a Lease in backbone-system)")
-	f.StringVar(&opts.MetricsAddress, "metrics-address", ":9090", "address of /metrics (\"0\" disables)")
-	f.StringVar(&opts.HealthProbeAddress, "health-probe-address", ":9091", "address of /healthz and /readyz")
+	f.StringVar(&opts.AdminAddress, "admin-address", ":9090", "address of /metrics, /healthz and /readyz")
 	f.StringVar(&opts.IdentityDir, "identity-dir", "", "gateway identity (tls.crt, tls.key, ca.crt) the link probe dials peers with; empty disables probing")
-	f.StringVar(&trustDomain, "trust-domain", "", "accepted for compatibility; the trust domain comes from the identity")
+	f.StringVar(&trustDomain, "trust-domain", "", "expected trust domain of the identity in --identity-dir (checked at start)")
 	f.DurationVar(&opts.Resync, "resync", 30*time.Second, "how often every Link is re-checked without events")
 	f.StringVar(&egressPortRange, "egress-port-range", "30000-30999", "gateway ports allocated to the egress targets this cluster serves")
 	f.StringVar(&opts.Ingress.Domain, "ingress-domain", "", "domain of the default ingress host <service>.<cluster>.<domain>")

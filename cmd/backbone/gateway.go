@@ -55,6 +55,7 @@ gateway over a pooled connection. SIGTERM drains it gracefully.`,
 	}
 	f := cmd.Flags()
 	f.StringVar(&opts.ClusterName, "cluster-name", "", "this cluster's name (must match the identity)")
+	f.StringVar(&opts.TrustDomain, "trust-domain", "", "expected trust domain of the identity (checked at start; empty: any)")
 	f.StringVar(&opts.IdentityDir, "identity-dir", "/var/run/backbone/identity", "directory with tls.crt, tls.key and ca.crt; reloaded when they change")
 	f.StringVar(&opts.InboundAddress, "inbound-address", ":4143", "address of the mTLS tunnel endpoint")
 	f.StringVar(&opts.OutboundBindIP, "outbound-bind-ip", "", "IP the mirrors' listeners bind to (the pod IP; empty: all)")

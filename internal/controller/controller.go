@@ -6,13 +6,16 @@ package controller
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"net/netip"
 	"sync"
 	"time"
 
 	"github.com/go-logr/logr"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
@@ -32,14 +35,20 @@ import (
 
 // Options configure the controller.
 type Options struct {
-	ClusterName        string
-	Ports              mirror.PortRange
-	LeaderElection     bool
+	ClusterName    string
+	Ports          mirror.PortRange
+	LeaderElection bool
+	// AdminAddress serves /metrics, /healthz and /readyz on one port, as
+	// the gateway does; when empty, MetricsAddress and HealthProbeAddress
+	// serve them separately ("0" disables either).
+	AdminAddress       string
 	MetricsAddress     string
 	HealthProbeAddress string
 	// IdentityDir enables the link probe, which dials peer gateways with
 	// this identity over the same mTLS path traffic takes.
 	IdentityDir string
+	// TrustDomain, when set, is checked against the identity's.
+	TrustDomain string
 	Resync      time.Duration
 	// EgressPorts is the gateway port range egress targets get ports from.
 	EgressPorts mirror.PortRange
@@ -70,6 +79,9 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 		opts.Log = slog.Default()
 	}
 	ctrl.SetLogger(logr.FromSlogHandler(opts.Log.Handler()))
+	if opts.AdminAddress != "" {
+		opts.MetricsAddress, opts.HealthProbeAddress = "0", "0"
+	}
 	mgr, err := ctrl.NewManager(cfg, manager.Options{
 		Scheme:                  kube.Scheme,
 		LeaderElection:          opts.LeaderElection,
@@ -89,6 +101,11 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 	}
 	if err := mgr.AddReadyzCheck("ping", healthz.Ping); err != nil {
 		return err
+	}
+	if opts.AdminAddress != "" {
+		if err := mgr.Add(adminServer(opts.AdminAddress, mgr)); err != nil {
+			return err
+		}
 	}
 	if err := mirror.Setup(mgr, mirror.Options{Ports: opts.Ports, Resync: opts.Resync, Metrics: mirrorMetrics(), Log: opts.Log}); err != nil {
 		return err
@@ -111,6 +128,9 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 		id, err := identity.Load(opts.IdentityDir)
 		if err != nil {
 			return err
+		}
+		if opts.TrustDomain != "" && id.ID().TrustDomain != opts.TrustDomain {
+			return fmt.Errorf("the identity in %s is %s, outside trust domain %s", opts.IdentityDir, id.ID(), opts.TrustDomain)
 		}
 		stop := make(chan struct{})
 		defer close(stop)
@@ -135,4 +155,28 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 	}
 	opts.Log.Info("controller starting", "cluster", opts.ClusterName, "leader_election", opts.LeaderElection, "probe", opts.IdentityDir != "")
 	return mgr.Start(ctx)
+}
+
+// adminServer serves /metrics (controller-runtime's registry, which holds
+// backbone's series), /healthz and /readyz (the informers have synced) on
+// one address. It runs on every replica, leader or not.
+func adminServer(addr string, mgr ctrl.Manager) manager.Runnable {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(metrics.Registry, promhttp.HandlerOpts{}))
+	// healthz.Handler serves its checks below its own path.
+	mux.Handle("/healthz", http.StripPrefix("/healthz", &healthz.Handler{Checks: map[string]healthz.Checker{"ping": healthz.Ping}}))
+	mux.Handle("/readyz", http.StripPrefix("/readyz", &healthz.Handler{Checks: map[string]healthz.Checker{
+		"informers": func(req *http.Request) error {
+			ctx, cancel := context.WithTimeout(req.Context(), time.Second)
+			defer cancel()
+			if !mgr.GetCache().WaitForCacheSync(ctx) {
+				return errors.New("informers not synced")
+			}
+			return nil
+		},
+	}}))
+	return &manager.Server{
+		Name:   "admin",
+		Server: &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 10 * time.Second},
+	}
 }

@@ -30,7 +30,9 @@ import (
 
 // Options configure a gateway.
 type Options struct {
-	ClusterName    string
+	ClusterName string
+	// TrustDomain, when set, is checked against the identity's at start.
+	TrustDomain    string
 	IdentityDir    string
 	InboundAddress string
 	OutboundBindIP string
@@ -92,6 +94,9 @@ func New(cfg *rest.Config, opts Options, log *slog.Logger) (*Gateway, error) {
 	id, err := identity.Load(opts.IdentityDir)
 	if err != nil {
 		return nil, err
+	}
+	if opts.TrustDomain != "" && id.ID().TrustDomain != opts.TrustDomain {
+		return nil, fmt.Errorf("the identity in %s is %s, outside trust domain %s", opts.IdentityDir, id.ID(), opts.TrustDomain)
 	}
 	if id.ID().Cluster != opts.ClusterName {
 		return nil, fmt.Errorf("the identity in %s is %s, not cluster %s", opts.IdentityDir, id.ID(), opts.ClusterName)

@@ -33,9 +33,11 @@ func controllerDeployment(v Values) *appsv1.Deployment {
 		"--cluster-name=" + v.ClusterName,
 		"--trust-domain=" + v.TrustDomain,
 		"--leader-elect",
+		// The link probe dials peer gateways with the cluster's identity.
+		"--identity-dir=" + IdentityMountPath,
 		fmt.Sprintf("--admin-address=:%d", AdminPort),
 	}
-	return deployment(ControllerName, "controller", v.Controller.Replicas, podSpec(v, ControllerName, args, v.Controller.Resources, nil, nil))
+	return deployment(ControllerName, "controller", v.Controller.Replicas, podSpec(v, ControllerName, args, v.Controller.Resources, nil, identityVolume(v)))
 }
 
 func gatewayDeployment(v Values) *appsv1.Deployment {
@@ -48,10 +50,7 @@ func gatewayDeployment(v Values) *appsv1.Deployment {
 		fmt.Sprintf("--admin-address=:%d", AdminPort),
 	}
 	ports := []corev1.ContainerPort{{Name: backbonev1alpha1.GatewayInboundPortName, ContainerPort: v.Gateway.InboundPort, Protocol: corev1.ProtocolTCP}}
-	spec := podSpec(v, GatewayName, args, v.Gateway.Resources, ports, &corev1.Volume{
-		Name:         "identity",
-		VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{SecretName: v.Gateway.IdentitySecret, DefaultMode: new(int32(0o440))}},
-	})
+	spec := podSpec(v, GatewayName, args, v.Gateway.Resources, ports, identityVolume(v))
 	// Spread replicas over nodes so one node failure leaves a gateway.
 	spec.Affinity = &corev1.Affinity{PodAntiAffinity: &corev1.PodAntiAffinity{
 		PreferredDuringSchedulingIgnoredDuringExecution: []corev1.WeightedPodAffinityTerm{{
@@ -63,6 +62,15 @@ func gatewayDeployment(v Values) *appsv1.Deployment {
 		}},
 	}}
 	return deployment(GatewayName, "gateway", v.Gateway.Replicas, spec)
+}
+
+// identityVolume is the cluster's gateway identity (tls.crt, tls.key,
+// ca.crt), mounted by the gateway and by the controller's link probe.
+func identityVolume(v Values) *corev1.Volume {
+	return &corev1.Volume{
+		Name:         "identity",
+		VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{SecretName: v.Gateway.IdentitySecret, DefaultMode: new(int32(0o440))}},
+	}
 }
 
 func deployment(name, component string, replicas int32, spec corev1.PodSpec) *appsv1.Deployment {

@@ -245,8 +245,7 @@ func (s *Sandbox) startControllers() error {
 			"--kubeconfig", c.kubeconfig,
 			"--cluster-name", c.name,
 			"--identity-dir", st.IdentityDir,
-			"--metrics-address", st.ControllerAdmin,
-			"--health-probe-address", net.JoinHostPort(st.GatewayAddress, fmt.Sprint(controllerAdmin+1+portOffset(s.net, i))),
+			"--admin-address", st.ControllerAdmin,
 			"--ingress-domain", ingressDomain,
 		}, s.egressResolve()...))
 		if _, err := s.procs.start("controller-"+c.name, argv); err != nil {

@@ -159,14 +159,31 @@ targets:
 	})
 
 	// A dead gateway: endpoints not ready, mirrors kept; recovery restores.
+	// With period 500ms and threshold 2, the link is declared dead after
+	// about 1s of failed probes; the mirror follows on the Link's update.
+	westMetrics := "http://" + net.JoinHostPort(testenv.NetnsAddr(2), "9091") + "/metrics"
+	linkUp := `backbone_link_up{source_cluster="west",target_cluster="east"} `
+	if m := get(t, westMetrics); !strings.Contains(m, linkUp+"1") {
+		t.Fatalf("west's metrics lack %s1", linkUp)
+	}
+	stopped := time.Now()
 	eastGW.signal(stopSignal)
 	waitFor(t, 30*time.Second, "mirror endpoints not ready while east's gateway is stopped", func() bool {
 		return mirrorReady(t, west, "demo", "hello-east") == "false"
 	})
+	t.Logf("dead link to not-ready endpoints: %s (period 500ms, timeout 400ms, threshold 2)", time.Since(stopped).Round(10*time.Millisecond))
+	if m := get(t, westMetrics); !strings.Contains(m, linkUp+"0") {
+		t.Errorf("with east's gateway stopped west's metrics lack %s0", linkUp)
+	}
+	restarted := time.Now()
 	eastGW.signal(contSignal)
 	waitFor(t, 30*time.Second, "mirror endpoints ready again", func() bool {
 		return mirrorReady(t, west, "demo", "hello-east") == "true"
 	})
+	t.Logf("recovered link to ready endpoints: %s", time.Since(restarted).Round(10*time.Millisecond))
+	if m := get(t, westMetrics); !strings.Contains(m, linkUp+"1") {
+		t.Errorf("after recovery west's metrics lack %s1", linkUp)
+	}
 	if body := get(t, "http://"+mirrorAddr+"/"); body != "hello from east via HTTP/1.1" {
 		t.Fatalf("after recovery the call answered %q", body)
 	}
@@ -211,8 +228,7 @@ func startController(t *testing.T, c *testenv.Cluster, identityDir string, ipInd
 	t.Helper()
 	ip := testenv.NetnsAddr(ipIndex)
 	args := append([]string{"controller", "--kubeconfig", c.Kubeconfig, "--cluster-name", c.Name,
-		"--identity-dir", identityDir, "--metrics-address", net.JoinHostPort(ip, "9090"),
-		"--health-probe-address", net.JoinHostPort(ip, "9091"), "--resync", "5s"}, extra...)
+		"--identity-dir", identityDir, "--admin-address", net.JoinHostPort(ip, "9091"), "--resync", "5s"}, extra...)
 	p := startProcess(t, "controller "+c.Name, args...)
 	waitFor(t, 60*time.Second, "controller "+c.Name+" ready", func() bool {
 		resp, err := http.Get("http://" + net.JoinHostPort(ip, "9091") + "/readyz")
