@@ -187,7 +187,9 @@ func (s *Server) Poll(ctx context.Context) {
 	sort.Slice(infos, func(i, j int) bool {
 		return infos[i].Source+"->"+infos[i].Target < infos[j].Source+"->"+infos[j].Target
 	})
-	sort.Slice(egress, func(i, j int) bool { return egress[i].Cluster+"/"+egress[i].Name < egress[j].Cluster+"/"+egress[j].Name })
+	sort.Slice(egress, func(i, j int) bool {
+		return egress[i].Cluster+"/"+egress[i].Name < egress[j].Cluster+"/"+egress[j].Name
+	})
 	m := linkmatrix.Build(linksBySource, errs)
 	// Clusters that could not be read still get their row.
 	for name := range errs {
