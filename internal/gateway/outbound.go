@@ -149,7 +149,7 @@ func (g *Gateway) serveOutbound(ctx context.Context, app net.Conn, r route) {
 	start := time.Now()
 	octx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	up, down, err := g.pool.Open(octx, r.cluster, r.authority)
+	st, err := g.pool.OpenStream(octx, r.cluster, r.authority, app)
 	if err != nil {
 		m.streams.WithLabelValues(outbound, r.cluster, "refused").Inc()
 		g.log.Warn("tunnel failed", "peer_cluster", r.cluster, "target", r.authority, "err", err)
@@ -158,24 +158,16 @@ func (g *Gateway) serveOutbound(ctx context.Context, app net.Conn, r route) {
 		}
 		return
 	}
+	defer func() { _ = st.Close() }()
 	m.activeStreams.WithLabelValues(outbound, r.cluster).Inc()
 	defer m.activeStreams.WithLabelValues(outbound, r.cluster).Dec()
 	defer func() { m.duration.WithLabelValues(outbound, r.cluster).Observe(time.Since(start).Seconds()) }()
 
-	sent := make(chan error, 1)
-	go func() {
-		n, err := copyBuffered(up, app)
-		m.bytes.WithLabelValues(outbound, r.cluster, "sent").Add(float64(n))
-		if isClosed(err) {
-			_ = up.Close() // END_STREAM: the application half-closed
-		} else {
-			_ = up.CloseWithError(err)
-		}
-		sent <- err
-	}()
-	n, err := copyBuffered(app, down)
+	// The application's bytes flow into the stream as they come (the
+	// transport reads them); what comes back is copied here.
+	n, err := copyBuffered(app, st.Down)
 	m.bytes.WithLabelValues(outbound, r.cluster, "received").Add(float64(n))
-	_ = down.Close()
+	_ = st.Down.Close()
 	result := "ok"
 	if !isClosed(err) {
 		result = "error"
@@ -184,8 +176,9 @@ func (g *Gateway) serveOutbound(ctx context.Context, app net.Conn, r route) {
 	} else {
 		closeWrite(app) // the remote side is done sending
 	}
-	if e := <-sent; !isClosed(e) {
+	if e := st.WaitSent(); e != nil {
 		result = "error"
 	}
+	m.bytes.WithLabelValues(outbound, r.cluster, "sent").Add(float64(st.Sent()))
 	m.streams.WithLabelValues(outbound, r.cluster, result).Inc()
 }

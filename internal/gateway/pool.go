@@ -10,7 +10,6 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
-	"net/url"
 	"strconv"
 	"sync"
 	"time"
@@ -305,61 +304,6 @@ func (pr *peer) markBroken(addr string, cc *http.ClientConn) {
 			return
 		}
 	}
-}
-
-// Open starts a tunnel stream to authority in cluster. On a broken
-// connection it tries the next one, which is safe because nothing of the
-// application's data has been sent before the peer accepted the CONNECT.
-//
-// ctx bounds the stream's whole life; waiting for the peer's answer is
-// bounded by the dial timeout.
-func (p *Pool) Open(ctx context.Context, cluster, authority string) (*io.PipeWriter, io.ReadCloser, error) {
-	pr, err := p.peer(cluster)
-	if err != nil {
-		return nil, nil, err
-	}
-	var lastErr error
-	for attempt := 0; attempt < max(2, len(pr.addrs)+1); attempt++ {
-		cc, addr, err := p.conn(ctx, pr)
-		if err != nil {
-			return nil, nil, err
-		}
-		pr_, pw := io.Pipe()
-		req := &http.Request{
-			Method: http.MethodConnect,
-			URL:    &url.URL{Host: authority},
-			Host:   authority,
-			Header: http.Header{},
-			Body:   pr_,
-		}
-		sctx, cancel := context.WithCancel(ctx)
-		req = req.WithContext(sctx)
-		timer := time.AfterFunc(p.dialTimeout, cancel)
-		resp, err := cc.RoundTrip(req)
-		if !timer.Stop() && err == nil {
-			err = context.DeadlineExceeded // answered just as the timer fired
-			_ = resp.Body.Close()
-		}
-		if err != nil {
-			cancel()
-			_ = pw.Close()
-			lastErr = err
-			if ctx.Err() != nil {
-				return nil, nil, err
-			}
-			pr.markBroken(addr, cc)
-			continue
-		}
-		if resp.StatusCode != http.StatusOK {
-			msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-			_ = resp.Body.Close()
-			_ = pw.Close()
-			cancel()
-			return nil, nil, &RefusedError{Status: resp.StatusCode, Message: string(msg)}
-		}
-		return pw, &cancelOnClose{ReadCloser: resp.Body, cancel: cancel}, nil
-	}
-	return nil, nil, lastErr
 }
 
 // RefusedError is the peer gateway's answer when it refuses a tunnel.

@@ -1,0 +1,226 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"net/url"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// A tunnel's first bytes travel with its CONNECT: the application's
+// request leaves in the same flight as the stream's HEADERS, so a new
+// connection costs one round trip across the WAN, not two. A stream that
+// fails before the peer answered is retried on another connection only if
+// none of the application's bytes were handed to the failed one — so a
+// request is never delivered twice.
+
+// pump reads the application's connection into pooled chunks, one reader
+// goroutine for the stream's whole life, whichever attempt sends them.
+type pump struct {
+	ch   chan *chunk
+	err  error         // set before ch and done are closed: io.EOF or the read error
+	done chan struct{} // the application's side ended
+	stop chan struct{} // nobody will take more chunks
+	once sync.Once
+}
+
+type chunk struct {
+	buf *[]byte
+	b   []byte
+}
+
+func newPump(src io.Reader) *pump {
+	p := &pump{ch: make(chan *chunk), done: make(chan struct{}), stop: make(chan struct{})}
+	go func() {
+		defer close(p.done)
+		for {
+			bp := bufferPool.Get().(*[]byte)
+			n, err := src.Read(*bp)
+			if n > 0 {
+				select {
+				case p.ch <- &chunk{buf: bp, b: (*bp)[:n]}:
+				case <-p.stop:
+					bufferPool.Put(bp)
+					p.err = errAbandoned
+					return
+				}
+			} else {
+				bufferPool.Put(bp)
+			}
+			if err != nil {
+				p.err = err
+				close(p.ch)
+				return
+			}
+		}
+	}()
+	return p
+}
+
+// halt makes the pump drop what it reads from now on; it exits at its next
+// read (the caller closes the application's connection).
+func (p *pump) halt() { p.once.Do(func() { close(p.stop) }) }
+
+// errAbandoned ends the body of an attempt that lost its stream.
+var errAbandoned = errors.New("tunnel attempt abandoned")
+
+// attemptBody is one attempt's request body. It counts what it handed to
+// the transport; once abandoned it takes nothing more from the pump.
+type attemptBody struct {
+	p        *pump
+	abandon  chan struct{}
+	once     sync.Once
+	mu       sync.Mutex
+	pending  *chunk
+	consumed atomic.Int64
+}
+
+func newAttemptBody(p *pump, carry *chunk) *attemptBody {
+	return &attemptBody{p: p, abandon: make(chan struct{}), pending: carry}
+}
+
+func (b *attemptBody) Read(dst []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.pending == nil {
+		select {
+		case c, ok := <-b.p.ch:
+			if !ok {
+				if errors.Is(b.p.err, io.EOF) || isClosed(b.p.err) {
+					return 0, io.EOF // the application half-closed: END_STREAM
+				}
+				return 0, b.p.err
+			}
+			b.pending = c
+		case <-b.abandon:
+			return 0, errAbandoned
+		}
+	}
+	n := copy(dst, b.pending.b)
+	b.pending.b = b.pending.b[n:]
+	if len(b.pending.b) == 0 {
+		bufferPool.Put(b.pending.buf)
+		b.pending = nil
+	}
+	b.consumed.Add(int64(n))
+	return n, nil
+}
+
+// Close abandons the attempt (the transport calls it when done with the
+// body).
+func (b *attemptBody) Close() error {
+	b.once.Do(func() { close(b.abandon) })
+	return nil
+}
+
+// leftover returns what the abandoned attempt holds but never handed on.
+func (b *attemptBody) leftover() *chunk {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	c := b.pending
+	b.pending = nil
+	return c
+}
+
+// Stream is an open tunnel stream.
+type Stream struct {
+	// Down is what the peer sends back.
+	Down io.ReadCloser
+	body *attemptBody
+	pump *pump
+}
+
+// Sent is how many of the application's bytes went into the tunnel.
+func (s *Stream) Sent() int64 { return s.body.consumed.Load() }
+
+// WaitSent waits until the application finished sending (EOF or an error,
+// returned) or the stream stopped taking its bytes (nil).
+func (s *Stream) WaitSent() error {
+	select {
+	case <-s.pump.done:
+		if errors.Is(s.pump.err, io.EOF) || isClosed(s.pump.err) {
+			return nil
+		}
+		return s.pump.err
+	case <-s.body.abandon:
+		s.pump.halt()
+		return nil
+	}
+}
+
+// Close releases the stream.
+func (s *Stream) Close() error {
+	s.pump.halt()
+	return s.Down.Close()
+}
+
+// OpenStream opens a tunnel stream to authority in cluster whose request
+// body is src, sent as soon as it arrives (not after the peer's answer).
+//
+// ctx bounds the stream's whole life; waiting for the peer's answer is
+// bounded by the dial timeout.
+func (p *Pool) OpenStream(ctx context.Context, cluster, authority string, src io.Reader) (*Stream, error) {
+	pr, err := p.peer(cluster)
+	if err != nil {
+		return nil, err
+	}
+	pm := newPump(src)
+	ok := false
+	defer func() {
+		if !ok {
+			pm.halt()
+		}
+	}()
+	var carry *chunk
+	var lastErr error
+	for attempt := 0; attempt < max(2, len(pr.addrs)+1); attempt++ {
+		cc, addr, err := p.conn(ctx, pr)
+		if err != nil {
+			return nil, err
+		}
+		body := newAttemptBody(pm, carry)
+		req := &http.Request{
+			Method: http.MethodConnect,
+			URL:    &url.URL{Host: authority},
+			Host:   authority,
+			Header: http.Header{},
+			Body:   body,
+		}
+		sctx, cancel := context.WithCancel(ctx)
+		req = req.WithContext(sctx)
+		timer := time.AfterFunc(p.dialTimeout, cancel)
+		resp, err := cc.RoundTrip(req)
+		if !timer.Stop() && err == nil {
+			err = context.DeadlineExceeded // answered just as the timer fired
+			_ = resp.Body.Close()
+		}
+		if err != nil {
+			cancel()
+			_ = body.Close()
+			lastErr = err
+			if ctx.Err() != nil {
+				return nil, err
+			}
+			pr.markBroken(addr, cc)
+			if body.consumed.Load() > 0 {
+				return nil, err // bytes may have reached the peer: never resend
+			}
+			carry = body.leftover()
+			continue
+		}
+		if resp.StatusCode != http.StatusOK {
+			msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+			_ = resp.Body.Close()
+			_ = body.Close()
+			cancel()
+			return nil, &RefusedError{Status: resp.StatusCode, Message: string(msg)}
+		}
+		ok = true
+		return &Stream{Down: &cancelOnClose{ReadCloser: resp.Body, cancel: cancel}, body: body, pump: pm}, nil
+	}
+	return nil, lastErr
+}
