@@ -172,6 +172,8 @@ func startCluster(tmp, binDir, name string) (*Cluster, error) {
 		ControlPlaneStartTimeout: 90 * time.Second,
 		ControlPlaneStopTimeout:  30 * time.Second,
 	}
+	// Room for thousands of Services (scale tests); the default is a /24.
+	env.ControlPlane.GetAPIServer().Configure().Set("service-cluster-ip-range", "10.96.0.0/16")
 	cfg, err := env.Start()
 	if err != nil {
 		return nil, err

@@ -50,8 +50,12 @@ func TestGatewayDrainsOnSIGTERM(t *testing.T) {
 					ep := endpoints[(w+i+attempt)%2]
 					var resp *http.Response
 					resp, err = client.Get("http://" + ep + "/?sleep=100ms")
-					if err != nil && isRefused(err) {
-						continue // endpoint gone: try the other, as kube-proxy would
+					if err != nil && isDialError(err) {
+						// The endpoint is gone (refused, or reset while still
+						// in the closed listener's backlog) before any byte of
+						// the request left: try the other, as a client does
+						// once kube-proxy has dropped the endpoint.
+						continue
 					}
 					if err == nil {
 						body, _ := io.ReadAll(resp.Body)
@@ -91,7 +95,12 @@ func TestGatewayDrainsOnSIGTERM(t *testing.T) {
 	}
 }
 
-func isRefused(err error) bool { return errors.Is(err, syscall.ECONNREFUSED) }
+
+// isDialError: the connection was never established, so no request was sent.
+func isDialError(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "dial"
+}
 
 // TestGatewayReloadsItsIdentity: the identity files are replaced while a
 // long stream runs; the stream survives and new connections get the new

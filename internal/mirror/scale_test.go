@@ -1,0 +1,141 @@
+package mirror_test
+
+import (
+	"fmt"
+	"net/url"
+	"sync"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/backbone-mesh/backbone/api/v1alpha1"
+	"github.com/backbone-mesh/backbone/internal/faultproxy"
+	"github.com/backbone-mesh/backbone/internal/mirror"
+	"github.com/backbone-mesh/backbone/internal/testenv"
+)
+
+// TestLargeSyncSurvivesRemoteOutage: 1,000 exported services are mirrored;
+// the remote API server is then black-holed (as a SIGSTOP would: the
+// connections hang) and later cut off outright (connections reset and
+// refused) while changes are made in the remote cluster. The mirrors stay
+// exactly as they were — same UIDs and resourceVersions — the Link
+// reports the outage, and the changes converge after recovery. The time to
+// mirror and a single change's propagation are logged.
+func TestLargeSyncSurvivesRemoteOutage(t *testing.T) {
+	const n = 1000
+	clusters := testenv.Start(t, "east", "west")
+	east, west := clusters["east"], clusters["west"]
+	for _, c := range []*testenv.Cluster{east, west} {
+		if err := c.CreateNamespace("bulk"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	registerGateway(t, west, "192.0.2.2")
+	createServices(t, east, n)
+
+	apiURL, err := url.Parse(east.Config.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy, err := faultproxy.New("127.0.0.1:0", apiURL.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = proxy.Close() }()
+	createLink(t, west, "east", linkReaderKubeconfig(t, east, "https://"+proxy.Addr()))
+	start := time.Now()
+	runController(t, west)
+	eventually(t, fmt.Sprintf("%d mirrors", n), func() bool { return countMirrors(t, west) == n })
+	t.Logf("%d services mirrored in %s (controller started cold)", n, time.Since(start).Round(time.Millisecond))
+
+	// One change's propagation.
+	changed := time.Now()
+	cur, _ := get(east, "bulk", "svc-0007", &corev1.Service{})
+	cur.Labels["tier"] = "gold"
+	if err := east.Client.Update(bg, cur); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the label change is mirrored", func() bool {
+		m, ok := get(west, "bulk", "svc-0007-east", &corev1.Service{})
+		return ok && m.Labels["tier"] == "gold"
+	})
+	t.Logf("a label change propagated in %s", time.Since(changed).Round(time.Millisecond))
+
+	before := snapshot(t, west)
+	for _, fault := range []struct {
+		name         string
+		start, clear func()
+	}{
+		{"black-holed (hung connections)", func() { proxy.SetStalled(true) }, func() { proxy.SetStalled(false) }},
+		{"cut off (resets, then refused)", func() { proxy.SetRefuse(true); proxy.ResetAll() }, func() { proxy.SetRefuse(false) }},
+	} {
+		fault.start()
+		eventually(t, "the Link reports the outage ("+fault.name+")", func() bool {
+			c := linkReady(west, "east")
+			return c != nil && c.Reason == mirror.ReasonRemoteUnreachable
+		})
+		// Changes made meanwhile: an update, an unexport, a new service.
+		s, _ := get(east, "bulk", "svc-0100", &corev1.Service{})
+		s.Spec.Ports[0].Port++
+		if err := east.Client.Update(bg, s); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(6 * time.Second) // several resyncs of the controller (2s)
+		if after := snapshot(t, west); after != before {
+			t.Fatalf("mirrors changed while the remote was %s", fault.name)
+		}
+		fault.clear()
+		want := s.Spec.Ports[0].Port
+		eventually(t, "the change made during the outage converges", func() bool {
+			m, ok := get(west, "bulk", "svc-0100-east", &corev1.Service{})
+			return ok && m.Spec.Ports[0].Port == want
+		})
+		eventually(t, "the Link is ready again", func() bool {
+			c := linkReady(west, "east")
+			return c != nil && c.Reason == mirror.ReasonSynced
+		})
+		before = snapshot(t, west)
+	}
+	if got := countMirrors(t, west); got != n {
+		t.Fatalf("%d mirrors after the outages, want %d", got, n)
+	}
+}
+
+func createServices(t *testing.T, c *testenv.Cluster, n int) {
+	t.Helper()
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	work := make(chan int)
+	for range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range work {
+				s := service("bulk", fmt.Sprintf("svc-%04d", i), map[string]string{v1alpha1.ExportedLabel: "true", "app": "bulk"}, 8080)
+				if err := c.Client.Create(bg, s); err != nil {
+					errs <- err
+				}
+			}
+		}()
+	}
+	for i := range n {
+		work <- i
+	}
+	close(work)
+	wg.Wait()
+	close(errs)
+	if err := <-errs; err != nil {
+		t.Fatal(err)
+	}
+}
+
+func countMirrors(t *testing.T, c *testenv.Cluster) int {
+	t.Helper()
+	var svcs corev1.ServiceList
+	if err := c.Client.List(bg, &svcs, client.InNamespace("bulk"), client.MatchingLabels{v1alpha1.MirroredFromLabel: "east"}); err != nil {
+		t.Fatal(err)
+	}
+	return len(svcs.Items)
+}
