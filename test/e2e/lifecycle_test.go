@@ -95,7 +95,6 @@ func TestGatewayDrainsOnSIGTERM(t *testing.T) {
 	}
 }
 
-
 // isDialError: the connection was never established, so no request was sent.
 func isDialError(err error) bool {
 	var op *net.OpError
