@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"net/netip"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -44,12 +45,16 @@ func TestForbidden(t *testing.T) {
 
 // target starts an HTTPS server with its own CA on a namespace address,
 // named credit.example.com, that echoes the Host and SNI it saw.
-func target(t *testing.T) (*httptest.Server, Target, *Originator) {
+func target(t *testing.T, handler ...http.HandlerFunc) (*httptest.Server, Target, *Originator) {
 	t.Helper()
 	l := testenv.ListenNetns(t, 3)
-	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.WriteString(w, "host="+r.Host+" sni="+r.TLS.ServerName+" path="+r.URL.Path)
-	}))
+	})
+	if len(handler) > 0 {
+		h = handler[0]
+	}
+	srv := httptest.NewUnstartedServer(h)
 	srv.Listener = l
 	srv.StartTLS()
 	t.Cleanup(srv.Close)
@@ -166,5 +171,38 @@ func TestTCPTargetPassesBytesAndHalfClose(t *testing.T) {
 	got, err := io.ReadAll(c)
 	if err != nil || string(got) != "SELECT 1" {
 		t.Fatalf("got %q, %v", got, err)
+	}
+}
+
+// TestRedirectsAreNotFollowed: a target that redirects elsewhere gets its
+// redirect passed back to the caller; the gateway never fetches the other
+// host itself, even one it could reach.
+func TestRedirectsAreNotFollowed(t *testing.T) {
+	testenv.RequireNetns(t)
+	var elsewhere atomic.Int64
+	other := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		elsewhere.Add(1)
+		_, _ = io.WriteString(w, "secrets")
+	}))
+	other.Listener = testenv.ListenNetns(t, 4)
+	other.StartTLS()
+	t.Cleanup(other.Close)
+
+	_, tg, o := target(t, func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, "https://elsewhere.example.com:"+strings.Split(other.Listener.Addr().String(), ":")[1]+"/steal", http.StatusFound)
+	})
+	lookup := o.Dialer.LookupNetIP
+	o.Dialer.LookupNetIP = func(ctx context.Context, host string) ([]netip.Addr, error) {
+		if host == "elsewhere.example.com" {
+			return []netip.Addr{netip.MustParseAddr(testenv.NetnsAddr(4))}, nil
+		}
+		return lookup(ctx, host)
+	}
+	resp, _ := roundTrip(t, serve(t, o, tg), "credit-score-east")
+	if resp.StatusCode != http.StatusFound || !strings.Contains(resp.Header.Get("Location"), "elsewhere.example.com") {
+		t.Fatalf("caller got %s, Location %q; want the target's 302 as it was", resp.Status, resp.Header.Get("Location"))
+	}
+	if n := elsewhere.Load(); n != 0 {
+		t.Fatalf("the gateway followed the redirect: %d requests reached the other host", n)
 	}
 }
