@@ -220,6 +220,60 @@ func TestMirroringFollowsTheRemoteCluster(t *testing.T) {
 		}
 	})
 
+	t.Run("a headless StatefulSet-style service gets per-pod mirrors on allocated ports", func(t *testing.T) {
+		db := service("shop", "db", exported(), 5432)
+		db.Spec.ClusterIP = corev1.ClusterIPNone
+		if err := east.Client.Create(bg, db); err != nil {
+			t.Fatal(err)
+		}
+		slice := &discoveryv1.EndpointSlice{
+			ObjectMeta:  metav1.ObjectMeta{Namespace: "shop", Name: "db-pods", Labels: map[string]string{discoveryv1.LabelServiceName: "db"}},
+			AddressType: discoveryv1.AddressTypeIPv4,
+			Ports:       []discoveryv1.EndpointPort{{Name: ptr.To("p0"), Port: ptr.To[int32](5432)}},
+		}
+		for i, ip := range []string{"10.9.0.10", "10.9.0.11"} {
+			slice.Endpoints = append(slice.Endpoints, discoveryv1.Endpoint{Addresses: []string{ip}, Hostname: ptr.To(fmt.Sprintf("db-%d", i)),
+				Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(true)}})
+		}
+		if err := east.Client.Create(bg, slice); err != nil {
+			t.Fatal(err)
+		}
+		ports := map[int32]string{}
+		for _, pod := range []string{"db-0", "db-1"} {
+			name := pod + "-db-east"
+			eventually(t, name+" is mirrored on a gateway port", func() bool {
+				sl, ok := get(west, "shop", name, &discoveryv1.EndpointSlice{})
+				return ok && len(sl.Ports) == 1 && sl.Ports[0].Port != nil && len(sl.Endpoints) == 1 && sl.Endpoints[0].Addresses[0] == "192.0.2.2"
+			})
+			sl, _ := get(west, "shop", name, &discoveryv1.EndpointSlice{})
+			p := *sl.Ports[0].Port
+			if p < 20000 || p > 20999 || ports[p] != "" {
+				t.Fatalf("%s got gateway port %d (taken by %q)", name, p, ports[p])
+			}
+			ports[p] = name
+		}
+		// The headless mirror resolves to the per-pod mirrors.
+		eventually(t, "db-east is headless with the per-pod mirrors behind it", func() bool {
+			svc, ok := get(west, "shop", "db-east", &corev1.Service{})
+			if !ok || svc.Spec.ClusterIP != corev1.ClusterIPNone {
+				return false
+			}
+			var list discoveryv1.EndpointSliceList
+			if west.Client.List(bg, &list, client.InNamespace("shop"), client.MatchingLabels{discoveryv1.LabelServiceName: "db-east"}) != nil {
+				return false
+			}
+			n := 0
+			for _, sl := range list.Items {
+				for _, ep := range sl.Endpoints {
+					if ep.Hostname != nil && strings.HasPrefix(*ep.Hostname, "db-") {
+						n++
+					}
+				}
+			}
+			return n == 2
+		})
+	})
+
 	t.Run("a ServiceExport exports a Service without the label", func(t *testing.T) {
 		if err := east.Client.Create(bg, service("shop", "orders", nil, 80)); err != nil {
 			t.Fatal(err)
