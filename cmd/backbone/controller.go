@@ -48,7 +48,9 @@ probes the linked gateways, and writes status, events and metrics.`,
 			if err != nil {
 				return err
 			}
-			cfg.QPS, cfg.Burst = 100, 200
+			// Mirroring 10,000 services is 20,000 writes: the API server's priority
+			// and fairness, not a client-side 100/s, should pace them.
+			cfg.QPS, cfg.Burst = 1000, 2000
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			return controller.Run(ctx, cfg, opts)

@@ -49,6 +49,9 @@ type Options struct {
 	Resync  time.Duration
 	Metrics *Metrics
 	Log     *slog.Logger
+	// Parallelism bounds the API writes in flight while a plan is applied
+	// (default 32); the client's QPS limit still applies.
+	Parallelism int
 }
 
 // Reconciler keeps the mirrors of every Link.
@@ -70,6 +73,9 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 	}
 	if opts.Log == nil {
 		opts.Log = slog.Default()
+	}
+	if opts.Parallelism <= 0 {
+		opts.Parallelism = 32
 	}
 	r := &Reconciler{
 		client: mgr.GetClient(), opts: opts,
@@ -125,6 +131,8 @@ func (r *Reconciler) linksOfCluster(ctx context.Context, cluster string) []recon
 
 // Reconcile brings one Link's mirrors in line with its remote cluster.
 func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {
+	began := time.Now()
+	defer func() { r.opts.Log.Debug("reconciled", "link", req.Name, "took", time.Since(began)) }()
 	var link v1alpha1.Link
 	if err := r.client.Get(ctx, req.NamespacedName, &link); err != nil {
 		if apierrors.IsNotFound(err) {

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/backbone-mesh/backbone/api/v1alpha1"
@@ -47,21 +48,28 @@ func TestLargeSyncSurvivesRemoteOutage(t *testing.T) {
 	createLink(t, west, "east", linkReaderKubeconfig(t, east, "https://"+proxy.Addr()))
 	start := time.Now()
 	runController(t, west)
-	eventually(t, fmt.Sprintf("%d mirrors", n), func() bool { return countMirrors(t, west) == n })
-	t.Logf("%d services mirrored in %s (controller started cold)", n, time.Since(start).Round(time.Millisecond))
-
-	// One change's propagation.
-	changed := time.Now()
-	cur, _ := get(east, "bulk", "svc-0007", &corev1.Service{})
-	cur.Labels["tier"] = "gold"
-	if err := east.Client.Update(bg, cur); err != nil {
-		t.Fatal(err)
-	}
-	eventually(t, "the label change is mirrored", func() bool {
-		m, ok := get(west, "bulk", "svc-0007-east", &corev1.Service{})
-		return ok && m.Labels["tier"] == "gold"
+	eventually(t, fmt.Sprintf("%d mirrors with their EndpointSlices, Link synced", n), func() bool {
+		c := linkReady(west, "east")
+		return countMirrors(t, west) == n && countSlices(t, west) == n && c != nil && c.Reason == mirror.ReasonSynced
 	})
-	t.Logf("a label change propagated in %s", time.Since(changed).Round(time.Millisecond))
+	t.Logf("%d services mirrored (Services, EndpointSlices, status) in %s, controller started cold", n, time.Since(start).Round(time.Millisecond))
+
+	// Single changes' propagation, one at a time.
+	var took []time.Duration
+	for i := range 5 {
+		changed := time.Now()
+		cur, _ := get(east, "bulk", fmt.Sprintf("svc-%04d", 7+i), &corev1.Service{})
+		cur.Labels["tier"] = "gold"
+		if err := east.Client.Update(bg, cur); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "the label change is mirrored", func() bool {
+			m, ok := get(west, "bulk", cur.Name+"-east", &corev1.Service{})
+			return ok && m.Labels["tier"] == "gold"
+		})
+		took = append(took, time.Since(changed).Round(time.Millisecond))
+	}
+	t.Logf("single label changes propagated in %v (polled every 100ms)", took)
 
 	before := snapshot(t, west)
 	for _, fault := range []struct {
@@ -138,4 +146,13 @@ func countMirrors(t *testing.T, c *testenv.Cluster) int {
 		t.Fatal(err)
 	}
 	return len(svcs.Items)
+}
+
+func countSlices(t *testing.T, c *testenv.Cluster) int {
+	t.Helper()
+	var list discoveryv1.EndpointSliceList
+	if err := c.Client.List(bg, &list, client.InNamespace("bulk"), client.MatchingLabels{v1alpha1.MirroredFromLabel: "east"}); err != nil {
+		t.Fatal(err)
+	}
+	return len(list.Items)
 }

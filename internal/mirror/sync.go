@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 
+	"golang.org/x/sync/errgroup"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -122,7 +123,8 @@ func (r *Reconciler) write(kind, verb string, err error) error {
 }
 
 // apply executes a plan: namespaces, then Services, then slices; deletes
-// last. Conflicts surface as errors and the Link is retried.
+// last. Within a phase the writes run in parallel (bounded); the first
+// error stops the phase and the Link is retried.
 func (r *Reconciler) apply(ctx context.Context, p *Plan) error {
 	for _, ns := range p.Namespaces {
 		err := r.client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns, Labels: map[string]string{v1alpha1.ManagedByLabel: v1alpha1.ManagedByValue}}})
@@ -130,37 +132,69 @@ func (r *Reconciler) apply(ctx context.Context, p *Plan) error {
 			return fmt.Errorf("creating namespace %s: %w", ns, err)
 		}
 	}
-	for _, s := range p.DeleteServices {
-		if err := r.write("Service", "delete", client.IgnoreNotFound(r.client.Delete(ctx, s, client.Preconditions{UID: &s.UID}))); err != nil {
-			return err
-		}
+	phases := []func() error{
+		func() error {
+			return parallel(ctx, r.opts.Parallelism, p.DeleteServices, func(ctx context.Context, s *corev1.Service) error {
+				return r.write("Service", "delete", client.IgnoreNotFound(r.client.Delete(ctx, s, client.Preconditions{UID: &s.UID})))
+			})
+		},
+		func() error {
+			return parallel(ctx, r.opts.Parallelism, p.CreateServices, func(ctx context.Context, s *corev1.Service) error {
+				if err := r.write("Service", "create", r.client.Create(ctx, s)); err != nil {
+					return fmt.Errorf("creating mirror %s/%s: %w", s.Namespace, s.Name, err)
+				}
+				return nil
+			})
+		},
+		func() error {
+			return parallel(ctx, r.opts.Parallelism, p.UpdateServices, func(ctx context.Context, s *corev1.Service) error {
+				if err := r.write("Service", "update", r.client.Update(ctx, s)); err != nil {
+					return fmt.Errorf("updating mirror %s/%s: %w", s.Namespace, s.Name, err)
+				}
+				return nil
+			})
+		},
+		func() error {
+			return parallel(ctx, r.opts.Parallelism, p.CreateSlices, func(ctx context.Context, s *discoveryv1.EndpointSlice) error {
+				if err := r.write("EndpointSlice", "create", r.client.Create(ctx, s)); err != nil {
+					return fmt.Errorf("creating EndpointSlice %s/%s: %w", s.Namespace, s.Name, err)
+				}
+				return nil
+			})
+		},
+		func() error {
+			return parallel(ctx, r.opts.Parallelism, p.UpdateSlices, func(ctx context.Context, s *discoveryv1.EndpointSlice) error {
+				if err := r.write("EndpointSlice", "update", r.client.Update(ctx, s)); err != nil {
+					return fmt.Errorf("updating EndpointSlice %s/%s: %w", s.Namespace, s.Name, err)
+				}
+				return nil
+			})
+		},
+		func() error {
+			return parallel(ctx, r.opts.Parallelism, p.DeleteSlices, func(ctx context.Context, s *discoveryv1.EndpointSlice) error {
+				return r.write("EndpointSlice", "delete", client.IgnoreNotFound(r.client.Delete(ctx, s)))
+			})
+		},
 	}
-	for _, s := range p.CreateServices {
-		if err := r.write("Service", "create", r.client.Create(ctx, s)); err != nil {
-			return fmt.Errorf("creating mirror %s/%s: %w", s.Namespace, s.Name, err)
-		}
-	}
-	for _, s := range p.UpdateServices {
-		if err := r.write("Service", "update", r.client.Update(ctx, s)); err != nil {
-			return fmt.Errorf("updating mirror %s/%s: %w", s.Namespace, s.Name, err)
-		}
-	}
-	for _, s := range p.CreateSlices {
-		if err := r.write("EndpointSlice", "create", r.client.Create(ctx, s)); err != nil {
-			return fmt.Errorf("creating EndpointSlice %s/%s: %w", s.Namespace, s.Name, err)
-		}
-	}
-	for _, s := range p.UpdateSlices {
-		if err := r.write("EndpointSlice", "update", r.client.Update(ctx, s)); err != nil {
-			return fmt.Errorf("updating EndpointSlice %s/%s: %w", s.Namespace, s.Name, err)
-		}
-	}
-	for _, s := range p.DeleteSlices {
-		if err := r.write("EndpointSlice", "delete", client.IgnoreNotFound(r.client.Delete(ctx, s))); err != nil {
+	for _, phase := range phases {
+		if err := phase(); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// parallel runs f on every item with at most n in flight.
+func parallel[T any](ctx context.Context, n int, items []T, f func(context.Context, T) error) error {
+	if len(items) == 0 {
+		return nil
+	}
+	g, ctx := errgroup.WithContext(ctx)
+	g.SetLimit(n)
+	for _, it := range items {
+		g.Go(func() error { return f(ctx, it) })
+	}
+	return g.Wait()
 }
 
 func ignoreExists(err error) error {
