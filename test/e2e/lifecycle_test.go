@@ -157,3 +157,83 @@ func TestGatewayReloadsItsIdentity(t *testing.T) {
 	}
 	_ = resp2.Body.Close()
 }
+
+// TestGatewayKilledUnderLoad: with two west gateway replicas under a steady
+// request stream, SIGKILL one. Only requests on the killed replica fail
+// (at most one per client in flight there); the survivor keeps serving; the
+// restarted replica serves again.
+func TestGatewayKilledUnderLoad(t *testing.T) {
+	p := setupGatewayPair(t)
+	id := p.pki.issue(t, "west")
+	second := startGateway(t, p.west, 3, id)
+	port := strings.Split(p.mirrorAddr["web"], ":")[1]
+	endpoints := []string{net.JoinHostPort(p.westGW.ip, port), net.JoinHostPort(second.ip, port)}
+	waitListening(t, endpoints[1])
+
+	const workers = 8
+	var ok, failed atomic.Int64
+	var mu sync.Mutex
+	failures := map[string]int{} // endpoint → failed requests
+	var killed atomic.Bool
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				ep := endpoints[(w+i)%2]
+				if ep == endpoints[1] && killed.Load() {
+					ep = endpoints[0] // kube-proxy dropped the dead endpoint
+				}
+				resp, err := client.Get("http://" + ep + "/?sleep=50ms")
+				if err == nil {
+					_, _ = io.ReadAll(resp.Body)
+					_ = resp.Body.Close()
+					ok.Add(1)
+					continue
+				}
+				failed.Add(1)
+				mu.Lock()
+				failures[ep]++
+				mu.Unlock()
+			}
+		}()
+	}
+	time.Sleep(time.Second)
+	second.signal(syscall.SIGKILL)
+	second.wait(t, 10*time.Second)
+	time.Sleep(100 * time.Millisecond) // endpoint removal is not instantaneous either
+	killed.Store(true)
+	time.Sleep(time.Second)
+	close(stop)
+	wg.Wait()
+	t.Logf("%d requests succeeded, %d failed: %v", ok.Load(), failed.Load(), failures)
+	if failures[endpoints[0]] > 0 {
+		t.Fatalf("%d requests failed on the surviving replica", failures[endpoints[0]])
+	}
+	// In flight on the killed replica when it died, plus each client's
+	// attempts in the 100ms before the endpoint was dropped.
+	if n := failures[endpoints[1]]; n > 4*workers {
+		t.Fatalf("%d requests failed on the killed replica: more than the traffic it had", n)
+	}
+
+	// The replica comes back on the same address and serves again.
+	startGateway(t, p.west, 3, id)
+	waitListening(t, endpoints[1])
+	resp, err := http.Get("http://" + endpoints[1] + "/")
+	if err != nil {
+		t.Fatalf("the restarted replica: %v", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	_ = resp.Body.Close()
+	if string(body) != "hello from east via HTTP/1.1" {
+		t.Fatalf("the restarted replica answered %q", body)
+	}
+}
