@@ -38,6 +38,7 @@ const (
 	ReasonInsecureCredentials = "InsecureCredentials"
 	ReasonInvalidCredentials  = "InvalidCredentials"
 	ReasonRemoteUnreachable   = "RemoteUnreachable"
+	ReasonCredentialsRejected = "CredentialsRejected"
 	ReasonWaitingForRemote    = "WaitingForRemote"
 )
 
@@ -168,7 +169,13 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 	}
 	if err := w.ping(ctx); err != nil {
 		r.opts.Metrics.RemoteUp.WithLabelValues(cluster).Set(0)
-		st.set(metav1.ConditionFalse, ReasonRemoteUnreachable, fmt.Sprintf("the API server of %s does not answer (mirrors are kept as they are): %v", cluster, err))
+		if apierrors.IsUnauthorized(err) || apierrors.IsForbidden(err) {
+			st.set(metav1.ConditionFalse, ReasonCredentialsRejected, fmt.Sprintf(
+				"the API server of %s rejects the link's credentials (revoked or expired token, or missing RBAC); mirrors are kept as they are. Rerun `backbone --context %s link --cluster-name %s --create-token` and apply it here: %v",
+				cluster, cluster, cluster, err))
+		} else {
+			st.set(metav1.ConditionFalse, ReasonRemoteUnreachable, fmt.Sprintf("the API server of %s does not answer (mirrors are kept as they are): %v", cluster, err))
+		}
 		st.keepSync = true
 		return reconcile.Result{RequeueAfter: 5 * time.Second}, nil
 	}

@@ -430,3 +430,41 @@ current-context: east
 		t.Fatalf("the exec plugin ran (%s exists)", marker)
 	}
 }
+
+// TestRevokedCredentialsKeepMirrors: the link reader's token is revoked
+// (its ServiceAccount deleted): the Link says the credentials are
+// rejected, and the mirrors stay exactly as they were.
+func TestRevokedCredentialsKeepMirrors(t *testing.T) {
+	clusters := testenv.Start(t, "east", "west")
+	east, west := clusters["east"], clusters["west"]
+	for _, c := range []*testenv.Cluster{east, west} {
+		if err := c.CreateNamespace("shop"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	registerGateway(t, west, "192.0.2.2")
+	if err := east.Client.Create(bg, service("shop", "cart", exported(), 8080)); err != nil {
+		t.Fatal(err)
+	}
+	createLink(t, west, "east", linkReaderKubeconfig(t, east, east.Config.Host))
+	runController(t, west)
+	eventually(t, "cart-east is mirrored", func() bool {
+		_, ok := get(west, "shop", "cart-east", &discoveryv1.EndpointSlice{})
+		return ok
+	})
+	eventually(t, "the Link is Ready", func() bool { c := linkReady(west, "east"); return c != nil && c.Status == metav1.ConditionTrue })
+	before := snapshot(t, west)
+
+	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "backbone-link-reader", Namespace: v1alpha1.SystemNamespace}}
+	if err := east.Client.Delete(bg, sa); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the Link reports rejected credentials", func() bool {
+		c := linkReady(west, "east")
+		return c != nil && c.Reason == mirror.ReasonCredentialsRejected && strings.Contains(c.Message, "backbone --context east link")
+	})
+	time.Sleep(3 * time.Second)
+	if after := snapshot(t, west); after != before {
+		t.Fatalf("mirrors changed after the credentials were revoked:\nbefore %s\nafter  %s", before, after)
+	}
+}
