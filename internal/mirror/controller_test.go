@@ -11,6 +11,7 @@ import (
 	"time"
 
 	authenticationv1 "k8s.io/api/authentication/v1"
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -466,5 +467,70 @@ func TestRevokedCredentialsKeepMirrors(t *testing.T) {
 	time.Sleep(3 * time.Second)
 	if after := snapshot(t, west); after != before {
 		t.Fatalf("mirrors changed after the credentials were revoked:\nbefore %s\nafter  %s", before, after)
+	}
+}
+
+// TestLeaderSwitchRewritesNothing: two controller replicas elect a leader;
+// the leader stops and the other takes over the Lease. No mirror is
+// deleted, recreated or rewritten on the way.
+func TestLeaderSwitchRewritesNothing(t *testing.T) {
+	clusters := testenv.Start(t, "east", "west")
+	east, west := clusters["east"], clusters["west"]
+	for _, c := range []*testenv.Cluster{east, west} {
+		if err := c.CreateNamespace("shop"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	registerGateway(t, west, "192.0.2.2")
+	for _, name := range []string{"cart", "orders", "payments"} {
+		if err := east.Client.Create(bg, service("shop", name, exported(), 8080, 9090)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	createLink(t, west, "east", linkReaderKubeconfig(t, east, east.Config.Host))
+	replica := func() context.CancelFunc {
+		ctx, cancel := context.WithCancel(bg)
+		done := make(chan error, 1)
+		go func() {
+			done <- controller.Run(ctx, west.Config, controller.Options{ClusterName: "west", Ports: mirror.PortRange{Low: 20000, High: 20999},
+				LeaderElection: true, MetricsAddress: "0", HealthProbeAddress: "0", Resync: 2 * time.Second})
+		}()
+		stopped := false
+		stop := func() {
+			if !stopped {
+				stopped = true
+				cancel()
+				if err := <-done; err != nil {
+					t.Errorf("controller: %v", err)
+				}
+			}
+		}
+		t.Cleanup(stop)
+		return stop
+	}
+	stopFirst := replica()
+	eventually(t, "three mirrors and the Link ready", func() bool {
+		var list discoveryv1.EndpointSliceList
+		c := linkReady(west, "east")
+		return west.Client.List(bg, &list, client.InNamespace("shop")) == nil && len(list.Items) == 3 && c != nil && c.Status == metav1.ConditionTrue
+	})
+	replica() // the standby
+	before := snapshot(t, west)
+	lease := func() string {
+		var l coordinationv1.Lease
+		if err := west.Client.Get(bg, types.NamespacedName{Namespace: v1alpha1.SystemNamespace, Name: "backbone-controller"}, &l); err != nil || l.Spec.HolderIdentity == nil {
+			return ""
+		}
+		return *l.Spec.HolderIdentity
+	}
+	first := lease()
+	if first == "" {
+		t.Fatal("no leader holds the Lease")
+	}
+	stopFirst() // releases the Lease on the way out
+	eventually(t, "the standby takes the Lease", func() bool { h := lease(); return h != "" && h != first })
+	time.Sleep(5 * time.Second) // the new leader's first syncs and resyncs
+	if after := snapshot(t, west); after != before {
+		t.Fatalf("mirrors changed across the leader switch:\nbefore %s\nafter  %s", before, after)
 	}
 }
