@@ -16,9 +16,11 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	backbonev1alpha1 "github.com/backbone-mesh/backbone/api/v1alpha1"
+	"github.com/backbone-mesh/backbone/internal/certs"
 	"github.com/backbone-mesh/backbone/internal/check"
 	"github.com/backbone-mesh/backbone/internal/install"
 	"github.com/backbone-mesh/backbone/internal/link"
@@ -116,6 +118,44 @@ func unsignedJWT(exp time.Time) string {
 // TestCheckNamesEachProblem runs backbone check on west, linked to east:
 // all well first, then with one of each problem, each of which must be
 // named, with a fix, and make the command fail.
+// setProbe writes what the controller's link probe would.
+func setProbe(t *testing.T, c *testenv.Cluster, link string, alive bool) {
+	t.Helper()
+	p := map[string]any{"alive": alive, "lastProbeTime": time.Now().UTC().Format(time.RFC3339)}
+	status := metav1.ConditionTrue
+	if alive {
+		p["latencyP50"] = "12ms"
+	} else {
+		p["consecutiveFailures"] = 3
+		status = metav1.ConditionFalse
+	}
+	patch, _ := json.Marshal(map[string]any{"status": map[string]any{"probe": p, "conditions": []any{map[string]any{
+		"type": backbonev1alpha1.ConditionGatewayReachable, "status": string(status), "reason": "Probe", "message": "probe",
+		"lastTransitionTime": time.Now().UTC().Format(time.RFC3339)}}}})
+	l := &backbonev1alpha1.Link{ObjectMeta: metav1.ObjectMeta{Namespace: backbonev1alpha1.SystemNamespace, Name: link}}
+	if err := c.Client.Status().Patch(context.Background(), l, client.RawPatch(types.MergePatchType, patch)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// identitySecret stores a gateway identity that expires after validity.
+func identitySecret(t *testing.T, c *testenv.Cluster, validity time.Duration) {
+	t.Helper()
+	anchor, err := certs.NewAnchor("backbone.local", 24*time.Hour*365)
+	if err != nil {
+		t.Fatal(err)
+	}
+	crt, key, err := anchor.Issue(c.Name, validity)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: backbonev1alpha1.SystemNamespace, Name: check.IdentitySecret},
+		Type: corev1.SecretTypeTLS, Data: map[string][]byte{corev1.TLSCertKey: crt, corev1.TLSPrivateKeyKey: key, "ca.crt": anchor.CertPEM()}}
+	if err := c.Client.Create(context.Background(), s); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestCheckNamesEachProblem(t *testing.T) {
 	ctx := context.Background()
 	clusters := testenv.Start(t, "east", "west")
@@ -138,6 +178,7 @@ func TestCheckNamesEachProblem(t *testing.T) {
 		t.Fatal(err)
 	}
 	createMirror(t, west, "payments", "api-east", "east", true)
+	setProbe(t, west, "east", true)
 
 	out, _, err = run(t, "--kubeconfig", west.Kubeconfig, "check")
 	if err != nil {
@@ -146,6 +187,9 @@ func TestCheckNamesEachProblem(t *testing.T) {
 
 	addLink(t, west, east, "north", unsignedJWT(time.Now().Add(10*24*time.Hour)))
 	addLink(t, west, east, "south", "not-a-token")
+	setProbe(t, west, "north", true)
+	setProbe(t, west, "south", false)
+	identitySecret(t, west, 5*24*time.Hour)
 	createMirror(t, west, "payments", "cache-east", "east", false)
 	createMirror(t, west, "payments", "db-gone", "gone", true)
 	crd := &unstructured.Unstructured{}
@@ -182,6 +226,8 @@ func TestCheckNamesEachProblem(t *testing.T) {
 		"link south credentials":         "refuses",
 		"mirror payments/cache-east":     "no ready endpoints",
 		"mirror payments/db-gone":        "orphaned",
+		"link south gateway":             "dead",
+		"gateway identity certificate":   "expires in",
 	}
 	for name, msg := range wantFailures {
 		r, ok := got[name]

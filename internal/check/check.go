@@ -43,8 +43,9 @@ type Options struct {
 }
 
 // Run performs every check against the cluster c (an administrator's
-// client). Trust anchors shared between clusters, gateway probes and
-// certificate expiry are not checked yet.
+// client). Peer gateways are judged by the controller's link probe, which
+// dials them with the cluster's identity; whether two clusters share a
+// trust anchor shows there too (a foreign anchor fails the handshake).
 func Run(ctx context.Context, c client.Client, o Options) Report {
 	if o.ExpiryWarning == 0 {
 		o.ExpiryWarning = 30 * 24 * time.Hour
@@ -64,8 +65,12 @@ func Run(ctx context.Context, c client.Client, o Options) Report {
 	add(checkCRDs(ctx, c, o)...)
 	add(checkDeployments(ctx, c, o)...)
 	add(checkGatewayService(ctx, c, o))
+	add(checkIdentityExpiry(ctx, c, o))
 	links, res := checkLinks(ctx, c, o)
 	add(res...)
+	for i := range links {
+		add(checkLinkProbe(&links[i]))
+	}
 	add(checkMirrors(ctx, c, links)...)
 	return r
 }
