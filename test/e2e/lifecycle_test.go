@@ -237,3 +237,105 @@ func TestGatewayKilledUnderLoad(t *testing.T) {
 		t.Fatalf("the restarted replica answered %q", body)
 	}
 }
+
+// TestTrustAnchorRotationUnderLoad: under a steady request stream, both
+// gateways first trust the old and the new anchor, then get identities
+// from the new one, then drop the old. No request fails; at the end an
+// identity from the old anchor is refused and one from the new accepted.
+func TestTrustAnchorRotationUnderLoad(t *testing.T) {
+	p := setupGatewayPair(t)
+	newAnchor, err := certs.NewAnchor(trustDomain, 24*time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ok, failed atomic.Int64
+	var mu sync.Mutex
+	var failures []string
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				resp, err := client.Get("http://" + p.mirrorAddr["web"] + "/")
+				if err == nil {
+					_, _ = io.ReadAll(resp.Body)
+					_ = resp.Body.Close()
+					if resp.StatusCode == http.StatusOK {
+						ok.Add(1)
+						continue
+					}
+					err = errors.New(resp.Status)
+				}
+				failed.Add(1)
+				mu.Lock()
+				failures = append(failures, err.Error())
+				mu.Unlock()
+			}
+		}()
+	}
+	// ready asks east's gateway GET /ready with an identity from anchor a
+	// and returns the issuer of the certificate east served ("" when the
+	// identity was refused).
+	ready := func(a *certs.Anchor) string {
+		c := identityCert(t, a, "west", time.Hour)
+		tr := &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true, Certificates: []tls.Certificate{*c}}, ForceAttemptHTTP2: true}
+		defer tr.CloseIdleConnections()
+		resp, err := (&http.Client{Transport: tr, Timeout: 5 * time.Second}).Get("https://" + p.eastGW.inbound + "/ready")
+		if err != nil {
+			return ""
+		}
+		defer func() { _ = resp.Body.Close() }()
+		if resp.StatusCode != http.StatusOK {
+			return ""
+		}
+		return string(resp.TLS.PeerCertificates[0].RawIssuer)
+	}
+	both := append(append([]byte{}, p.pki.anchor.CertPEM()...), newAnchor.CertPEM()...)
+	write := func(g *gatewayProc, cluster string, a *certs.Anchor, bundle []byte) {
+		crt, key, err := a.Issue(cluster, time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := certs.WriteIdentity(g.identityDir, crt, key, bundle); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(time.Second)
+	// 1. Trust both anchors (identities still from the old one).
+	write(p.eastGW, "east", p.pki.anchor, both)
+	write(p.westGW, "west", p.pki.anchor, both)
+	waitFor(t, 30*time.Second, "east to accept the new anchor", func() bool { return ready(newAnchor) != "" })
+	time.Sleep(3 * time.Second) // west's reload too
+	// 2. Identities from the new anchor.
+	write(p.eastGW, "east", newAnchor, both)
+	write(p.westGW, "west", newAnchor, both)
+	waitFor(t, 30*time.Second, "east to serve an identity from the new anchor", func() bool {
+		return ready(newAnchor) == string(newAnchor.Cert.RawSubject)
+	})
+	time.Sleep(3 * time.Second)
+	// 3. Drop the old anchor.
+	write(p.eastGW, "east", newAnchor, newAnchor.CertPEM())
+	write(p.westGW, "west", newAnchor, newAnchor.CertPEM())
+	waitFor(t, 30*time.Second, "east to refuse identities from the old anchor", func() bool { return ready(p.pki.anchor) == "" })
+	time.Sleep(time.Second)
+	close(stop)
+	wg.Wait()
+	t.Logf("%d requests succeeded, %d failed across the rotation", ok.Load(), failed.Load())
+	if failed.Load() > 0 {
+		t.Fatalf("%d requests failed during the rotation: %v", failed.Load(), failures)
+	}
+	if ok.Load() < 50 {
+		t.Fatalf("only %d requests ran", ok.Load())
+	}
+	if ready(newAnchor) != string(newAnchor.Cert.RawSubject) {
+		t.Fatal("east does not accept an identity from the new anchor")
+	}
+}
