@@ -114,8 +114,9 @@ func (w *remoteWatch) ping(ctx context.Context) error {
 // exported lists the remote Services exported by label or ServiceExport,
 // with the pod hostnames of headless ones.
 func (w *remoteWatch) exported(ctx context.Context) ([]RemoteService, error) {
+	// Read in place: mirrors are built from copies of what they need.
 	var svcs corev1.ServiceList
-	if err := w.cache.List(ctx, &svcs); err != nil {
+	if err := w.cache.List(ctx, &svcs, client.UnsafeDisableDeepCopy); err != nil {
 		return nil, err
 	}
 	exports := map[string]bool{}

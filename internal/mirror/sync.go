@@ -38,31 +38,36 @@ func (r *Reconciler) sync(ctx context.Context, link *v1alpha1.Link, w *remoteWat
 	}
 	// Local Services under the names mirrors would take (to detect
 	// conflicts), and every mirror of this cluster (to delete stale ones).
+	// The cache's objects are read in place, not copied: the plan copies
+	// whatever it changes.
+	var local corev1.ServiceList
+	if err := r.client.List(ctx, &local, client.UnsafeDisableDeepCopy); err != nil {
+		return nil, err
+	}
+	byName := make(map[types.NamespacedName]*corev1.Service, len(local.Items))
+	for i := range local.Items {
+		s := &local.Items[i]
+		key := types.NamespacedName{Namespace: s.Namespace, Name: s.Name}
+		byName[key] = s
+		if s.Labels[v1alpha1.MirroredFromLabel] == cluster && s.Labels[v1alpha1.ManagedByLabel] == v1alpha1.ManagedByValue {
+			in.Local[key] = s
+		}
+	}
 	for _, rs := range remote {
 		names := []string{MirrorName(rs.Service.Name, cluster)}
 		for _, h := range rs.Hostnames {
 			names = append(names, h+"-"+names[0])
 		}
 		for _, n := range names {
-			var svc corev1.Service
-			if err := r.client.Get(ctx, types.NamespacedName{Namespace: rs.Service.Namespace, Name: n}, &svc); err == nil {
-				in.Local[types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}] = &svc
-			} else if !apierrors.IsNotFound(err) {
-				return nil, err
+			key := types.NamespacedName{Namespace: rs.Service.Namespace, Name: n}
+			if s, ok := byName[key]; ok {
+				in.Local[key] = s
 			}
 		}
 	}
-	var mirrors corev1.ServiceList
-	if err := r.client.List(ctx, &mirrors, client.MatchingLabels{v1alpha1.MirroredFromLabel: cluster, v1alpha1.ManagedByLabel: v1alpha1.ManagedByValue}); err != nil {
-		return nil, err
-	}
-	for i := range mirrors.Items {
-		s := &mirrors.Items[i]
-		in.Local[types.NamespacedName{Namespace: s.Namespace, Name: s.Name}] = s
-	}
 	// Every mirror slice of every Link: the persisted port allocations.
 	var slices discoveryv1.EndpointSliceList
-	if err := r.client.List(ctx, &slices, client.MatchingLabels{discoveryv1.LabelManagedBy: v1alpha1.EndpointSliceManagedBy}); err != nil {
+	if err := r.client.List(ctx, &slices, client.MatchingLabels{discoveryv1.LabelManagedBy: v1alpha1.EndpointSliceManagedBy}, client.UnsafeDisableDeepCopy); err != nil {
 		return nil, err
 	}
 	existing := map[string]int32{}
@@ -135,6 +140,7 @@ func (r *Reconciler) apply(ctx context.Context, p *Plan) error {
 	phases := []func() error{
 		func() error {
 			return parallel(ctx, r.opts.Parallelism, p.DeleteServices, func(ctx context.Context, s *corev1.Service) error {
+				s = s.DeepCopy() // the plan may hold the cache's own object
 				return r.write("Service", "delete", client.IgnoreNotFound(r.client.Delete(ctx, s, client.Preconditions{UID: &s.UID})))
 			})
 		},
@@ -172,6 +178,7 @@ func (r *Reconciler) apply(ctx context.Context, p *Plan) error {
 		},
 		func() error {
 			return parallel(ctx, r.opts.Parallelism, p.DeleteSlices, func(ctx context.Context, s *discoveryv1.EndpointSlice) error {
+				s = s.DeepCopy() // the plan may hold the cache's own object
 				return r.write("EndpointSlice", "delete", client.IgnoreNotFound(r.client.Delete(ctx, s)))
 			})
 		},
