@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"os/exec"
@@ -22,6 +23,8 @@ import (
 	"github.com/backbone-mesh/backbone/api/v1alpha1"
 	"github.com/backbone-mesh/backbone/internal/certs"
 	"github.com/backbone-mesh/backbone/internal/faultproxy"
+	"github.com/backbone-mesh/backbone/internal/gateway"
+	"github.com/backbone-mesh/backbone/internal/identity"
 	"github.com/backbone-mesh/backbone/internal/testenv"
 )
 
@@ -67,7 +70,7 @@ func backbonePath(ctx context.Context, dir, httpBackend, sinkBackend string, wan
 	if err != nil {
 		return fail(err)
 	}
-	identity := func(cluster string) (string, error) {
+	issueIdentity := func(cluster string) (string, error) {
 		d := filepath.Join(dir, "identity-"+cluster)
 		c, k, err := anchor.Issue(cluster, 24*time.Hour)
 		if err != nil {
@@ -81,7 +84,7 @@ func backbonePath(ctx context.Context, dir, httpBackend, sinkBackend string, wan
 		c  *testenv.Cluster
 		ip string
 	}{{east, eastIP}, {west, westIP}} {
-		id, err := identity(g.c.Name)
+		id, err := issueIdentity(g.c.Name)
 		if err != nil {
 			return fail(err)
 		}
@@ -133,9 +136,23 @@ func backbonePath(ctx context.Context, dir, httpBackend, sinkBackend string, wan
 		}
 	}
 	addr := func(port int) string { return net.JoinHostPort(westIP, strconv.Itoa(port)) }
+	// The link probe, from west's identity as west's controller sends it.
+	westID, err := identity.Load(filepath.Join(dir, "identity-west"))
+	if err != nil {
+		return fail(err)
+	}
+	pool := gateway.NewPool(westID, 5*time.Second, slog.New(slog.DiscardHandler), nil)
+	stops = append(stops, pool.Close)
+	pool.Ensure(v1alpha1.Link{Spec: v1alpha1.LinkSpec{TargetClusterName: "east",
+		GatewayAddresses: []v1alpha1.GatewayAddress{{Host: eastIP, Port: 4143}}, GatewayIdentity: eastID}})
 	p := &path{
 		name: "backbone", httpAddr: addr(20001), bulkAddr: addr(20002), wanAddr: addr(20003),
 		pids: pids, stop: stop,
+		probe: func() (time.Duration, error) {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			return pool.Probe(ctx, "east")
+		},
 	}
 	// Wait for the listeners, and warm the pooled tunnels: a pod's first
 	// connection after the gateway starts pays the handshake once.

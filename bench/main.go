@@ -42,6 +42,8 @@ type path struct {
 	wanAddr  string // HTTP, with the WAN-like latency between the two sides
 	pids     []int  // the proxy processes, for CPU accounting
 	stop     func()
+	// probe measures one link probe (backbone only).
+	probe func() (time.Duration, error)
 }
 
 func main() {
@@ -148,6 +150,9 @@ func run(ctx context.Context, o options) error {
 	for _, p := range paths {
 		log.Printf("measuring %s", p.name)
 		r.add(measure(ctx, p, o))
+		if p.probe != nil {
+			r.probe, r.tcpRTT = measureProbe(p.probe)
+		}
 	}
 	return r.write(o.out)
 }

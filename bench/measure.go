@@ -3,7 +3,9 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"log"
+	"net"
 	"os"
 	"strings"
 	"time"
@@ -99,6 +101,49 @@ type report struct {
 	machine string
 	opts    options
 	results []result
+	// probe is the link probe's median round trip; tcpRTT a bare TCP
+	// round trip on the same loopback, for its overhead.
+	probe, tcpRTT time.Duration
+}
+
+// measureProbe times 200 link probes (GET /ready over the pooled mTLS
+// connection, as the controller sends them) and 200 one-byte TCP echoes.
+func measureProbe(probe func() (time.Duration, error)) (time.Duration, time.Duration) {
+	var ps, rs []time.Duration
+	for range 200 {
+		if d, err := probe(); err == nil {
+			ps = append(ps, d)
+		}
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return durMedian(ps), 0
+	}
+	defer func() { _ = l.Close() }()
+	go func() {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		_, _ = io.Copy(c, c)
+	}()
+	c, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		return durMedian(ps), 0
+	}
+	defer func() { _ = c.Close() }()
+	buf := make([]byte, 1)
+	for range 200 {
+		start := time.Now()
+		if _, err := c.Write(buf); err != nil {
+			break
+		}
+		if _, err := io.ReadFull(c, buf); err != nil {
+			break
+		}
+		rs = append(rs, time.Since(start))
+	}
+	return durMedian(ps), durMedian(rs)
 }
 
 func (r *report) add(res result) { r.results = append(r.results, res) }
@@ -170,6 +215,10 @@ func (r *report) write(path string) error {
 			}
 			fmt.Fprintf(&b, "| %s | %s | %s | %s | %s |\n", res.name, ratio(addedBB, addedPeer), ratio(eff(*bb), eff(res)), ratio(float64(bb.newConn), float64(res.newConn)), ratio(bb.bulkMBps, res.bulkMBps))
 		}
+	}
+	if r.probe > 0 {
+		fmt.Fprintf(&b, "\n## Link probe\n\nGET /ready over the pooled mTLS HTTP/2 connection between the gateways, as the controller probes: median %s ms; a bare TCP round trip on the same loopback: %s ms; the probe's overhead: %s ms.\n",
+			ms(r.probe), ms(r.tcpRTT), ms(r.probe-r.tcpRTT))
 	}
 	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
 		return err

@@ -2,6 +2,8 @@ package mirror
 
 import (
 	"fmt"
+	"maps"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -34,9 +36,12 @@ type Allocator struct {
 // (key → port; keys are PortKey values).
 func NewAllocator(r PortRange, existing map[string]int32) *Allocator {
 	a := &Allocator{r: r, byKey: map[string]int32{}, used: map[int32]string{}}
-	for k, p := range existing {
+	// In key order, so that of two keys claiming one port (a duplicate from
+	// an interrupted write) the same one keeps it on every pass.
+	for _, k := range slices.Sorted(maps.Keys(existing)) {
+		p := existing[k]
 		if _, taken := a.used[p]; taken {
-			continue // a duplicate from an interrupted write: reallocate
+			continue // the duplicate: reallocated
 		}
 		a.byKey[k], a.used[p] = p, k
 	}
