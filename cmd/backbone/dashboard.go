@@ -8,8 +8,6 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"slices"
-	"strings"
 	"syscall"
 	"time"
 
@@ -40,24 +38,14 @@ The page refreshes itself; /api/state serves the same data as JSON.`,
   backbone dashboard --contexts east,west,platform --listen 127.0.0.1:8090`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if allContexts {
-				raw, err := root.kube.ClientConfig().RawConfig()
-				if err != nil {
-					return fmt.Errorf("loading kubeconfig: %w", err)
-				}
-				contexts = contexts[:0]
-				for name := range raw.Contexts {
-					contexts = append(contexts, name)
-				}
-				slices.Sort(contexts)
-			}
-			if len(contexts) == 0 {
-				return fmt.Errorf("name the clusters: --contexts a,b,c or --all-contexts")
+			contexts, err := resolveContexts(root, contexts, allContexts)
+			if err != nil {
+				return err
 			}
 			clients := map[string]client.Client{}
 			for _, name := range contexts {
 				f := root.kube
-				f.Context = strings.TrimSpace(name)
+				f.Context = name
 				c, err := f.Client()
 				if err != nil {
 					return fmt.Errorf("context %s: %w", f.Context, err)

@@ -39,22 +39,9 @@ probed yet, · a pair without a Link. The source's name is its context name.`,
 			if output != "" && output != "json" && output != "yaml" {
 				return fmt.Errorf("--output %q: must be json, yaml or empty", output)
 			}
-			if allContexts {
-				raw, err := root.kube.ClientConfig().RawConfig()
-				if err != nil {
-					return fmt.Errorf("loading kubeconfig: %w", err)
-				}
-				contexts = contexts[:0]
-				for name := range raw.Contexts {
-					contexts = append(contexts, name)
-				}
-				slices.Sort(contexts)
-			}
-			if len(contexts) == 0 {
-				if root.kube.Context == "" {
-					return fmt.Errorf("name the clusters: --contexts a,b,c or --all-contexts")
-				}
-				contexts = []string{root.kube.Context}
+			contexts, err := resolveContexts(root, contexts, allContexts)
+			if err != nil {
+				return err
 			}
 			m := readMatrix(cmd.Context(), root.kube, contexts)
 			switch output {
@@ -116,4 +103,34 @@ func readMatrix(ctx context.Context, flags kube.Flags, contexts []string) linkma
 	}
 	wg.Wait()
 	return linkmatrix.Build(links, errs)
+}
+
+// resolveContexts is the clusters a multi-cluster command reads: every
+// context of the kubeconfig, the ones named, or the current --context.
+func resolveContexts(root *rootOptions, named []string, all bool) ([]string, error) {
+	if all {
+		raw, err := root.kube.ClientConfig().RawConfig()
+		if err != nil {
+			return nil, fmt.Errorf("loading kubeconfig: %w", err)
+		}
+		out := make([]string, 0, len(raw.Contexts))
+		for name := range raw.Contexts {
+			out = append(out, name)
+		}
+		slices.Sort(out)
+		return out, nil
+	}
+	var out []string
+	for _, n := range named {
+		if n = strings.TrimSpace(n); n != "" {
+			out = append(out, n)
+		}
+	}
+	if len(out) == 0 {
+		if root.kube.Context == "" {
+			return nil, fmt.Errorf("name the clusters: --contexts a,b,c or --all-contexts")
+		}
+		out = []string{root.kube.Context}
+	}
+	return out, nil
 }

@@ -3,6 +3,8 @@ package mirror
 import (
 	"context"
 	"fmt"
+	"maps"
+	"slices"
 
 	"golang.org/x/sync/errgroup"
 	corev1 "k8s.io/api/core/v1"
@@ -86,22 +88,23 @@ func (r *Reconciler) sync(ctx context.Context, link *v1alpha1.Link, w *remoteWat
 		}
 	}
 	in.Ports = NewAllocator(r.opts.Ports, existing)
-	if in.GatewayAddresses, err = r.gatewayAddresses(ctx); err != nil {
+	if in.GatewayAddresses, err = GatewayAddresses(ctx, r.client); err != nil {
 		return nil, err
 	}
 	plan := Calculate(in)
 	return plan, r.apply(ctx, plan)
 }
 
-// gatewayAddresses are the ready endpoints of the local gateway Service.
-func (r *Reconciler) gatewayAddresses(ctx context.Context) ([]string, error) {
-	var slices discoveryv1.EndpointSliceList
-	if err := r.client.List(ctx, &slices, client.InNamespace(v1alpha1.SystemNamespace), client.MatchingLabels{discoveryv1.LabelServiceName: v1alpha1.GatewayServiceName}); err != nil {
+// GatewayAddresses are the ready IPv4 endpoints of the local gateway
+// Service, sorted: what every mirror's (and egress target's) EndpointSlice
+// points at.
+func GatewayAddresses(ctx context.Context, c client.Reader) ([]string, error) {
+	var list discoveryv1.EndpointSliceList
+	if err := c.List(ctx, &list, client.InNamespace(v1alpha1.SystemNamespace), client.MatchingLabels{discoveryv1.LabelServiceName: v1alpha1.GatewayServiceName}); err != nil {
 		return nil, err
 	}
 	seen := map[string]bool{}
-	var out []string
-	for _, sl := range slices.Items {
+	for _, sl := range list.Items {
 		if sl.AddressType != discoveryv1.AddressTypeIPv4 {
 			continue
 		}
@@ -110,14 +113,11 @@ func (r *Reconciler) gatewayAddresses(ctx context.Context) ([]string, error) {
 				continue
 			}
 			for _, a := range ep.Addresses {
-				if !seen[a] {
-					seen[a] = true
-					out = append(out, a)
-				}
+				seen[a] = true
 			}
 		}
 	}
-	return out, nil
+	return slices.Sorted(maps.Keys(seen)), nil
 }
 
 func (r *Reconciler) write(kind, verb string, err error) error {

@@ -30,6 +30,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	"github.com/backbone-mesh/backbone/api/v1alpha1"
+	"github.com/backbone-mesh/backbone/internal/mirror"
 	"github.com/backbone-mesh/backbone/internal/origin"
 )
 
@@ -151,7 +152,7 @@ func (r *EgressReconciler) Reconcile(ctx context.Context, req reconcile.Request)
 	if err != nil {
 		return reconcile.Result{}, err
 	}
-	gateways, err := gatewayAddresses(ctx, r.client)
+	gateways, err := mirror.GatewayAddresses(ctx, r.client)
 	if err != nil {
 		return reconcile.Result{}, err
 	}
@@ -327,27 +328,4 @@ func (r *EgressReconciler) setStatus(ctx context.Context, et *v1alpha1.EgressTar
 		et.Status.LastProbeTime = &now
 	}
 	return client.IgnoreNotFound(r.client.Status().Patch(ctx, et, patch))
-}
-
-// gatewayAddresses are the ready endpoints of the local gateway Service.
-func gatewayAddresses(ctx context.Context, c client.Client) ([]string, error) {
-	var list discoveryv1.EndpointSliceList
-	if err := c.List(ctx, &list, client.InNamespace(v1alpha1.SystemNamespace), client.MatchingLabels{discoveryv1.LabelServiceName: v1alpha1.GatewayServiceName}); err != nil {
-		return nil, err
-	}
-	seen := map[string]bool{}
-	for _, sl := range list.Items {
-		if sl.AddressType != discoveryv1.AddressTypeIPv4 {
-			continue
-		}
-		for _, ep := range sl.Endpoints {
-			if ep.Conditions.Ready != nil && !*ep.Conditions.Ready {
-				continue
-			}
-			for _, a := range ep.Addresses {
-				seen[a] = true
-			}
-		}
-	}
-	return slices.Sorted(maps.Keys(seen)), nil
 }
