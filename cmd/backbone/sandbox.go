@@ -103,7 +103,9 @@ func newSandboxUpCmd(opts *sandboxOptions) *cobra.Command {
 				return err
 			}
 			if st, err := sandbox.ReadState(ro.Dir); err == nil && processAlive(st.PID) {
-				return fmt.Errorf("a sandbox already runs from %s (pid %d): backbone sandbox down --dir %s", ro.Dir, st.PID, opts.dir)
+				// Idempotent: the sandbox is up; say so and show it.
+				fmt.Fprintf(cmd.ErrOrStderr(), "==> a sandbox already runs from %s (pid %d); backbone sandbox down --dir %s stops it\n", ro.Dir, st.PID, opts.dir)
+				return sandbox.WriteSummary(cmd.Context(), cmd.OutOrStdout(), ro.Dir, st)
 			}
 			_ = os.Remove(filepath.Join(ro.Dir, "state.json"))
 			if foreground {

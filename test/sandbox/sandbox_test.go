@@ -69,6 +69,14 @@ func TestQuickStart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// up is idempotent: over a running sandbox it shows it and changes nothing.
+	again, err := run("sandbox", "up", "--dir", dir, "--clusters", "east,west,platform")
+	if err != nil || !strings.Contains(again, "LINK LATENCY") {
+		t.Fatalf("a second sandbox up: %v\n%s", err, again)
+	}
+	if st2, err := sandbox.ReadState(dir); err != nil || st2.PID != st.PID {
+		t.Fatalf("a second sandbox up replaced the sandbox: %v", err)
+	}
 
 	// The calls the summary suggests: cross-cluster, egress, platform.
 	for _, c := range []struct {
