@@ -15,7 +15,6 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -25,6 +24,7 @@ import (
 	"github.com/backbone-mesh/backbone/internal/faultproxy"
 	"github.com/backbone-mesh/backbone/internal/gateway"
 	"github.com/backbone-mesh/backbone/internal/identity"
+	"github.com/backbone-mesh/backbone/internal/kube"
 	"github.com/backbone-mesh/backbone/internal/testenv"
 )
 
@@ -170,34 +170,16 @@ func backbonePath(ctx context.Context, dir, httpBackend, sinkBackend string, wan
 	return p, nil
 }
 
+// exportService exports a backend from a cluster, as a Deployment and
+// the EndpointSlice controller would.
 func exportService(ctx context.Context, c client.Client, name, backend string) error {
 	host, port, _ := net.SplitHostPort(backend)
 	n, _ := strconv.Atoi(port)
-	if err := ensureNamespace(ctx, c, "bench"); err != nil {
-		return err
-	}
 	svc := &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "bench", Labels: map[string]string{v1alpha1.ExportedLabel: "true"}},
 		Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "tcp", Port: 80}}},
 	}
-	if err := c.Create(ctx, svc); err != nil {
-		return err
-	}
-	return c.Create(ctx, &discoveryv1.EndpointSlice{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "bench",
-			Labels: map[string]string{discoveryv1.LabelServiceName: name, discoveryv1.LabelManagedBy: "bench"}},
-		AddressType: discoveryv1.AddressTypeIPv4,
-		Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{host}, Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(true)}}},
-		Ports:       []discoveryv1.EndpointPort{{Name: ptr.To("tcp"), Port: ptr.To(int32(n)), Protocol: ptr.To(corev1.ProtocolTCP)}},
-	})
-}
-
-func ensureNamespace(ctx context.Context, c client.Client, name string) error {
-	err := c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}})
-	if err != nil && !apierrors.IsAlreadyExists(err) {
-		return err
-	}
-	return nil
+	return kube.RegisterService(ctx, c, svc, []string{host}, map[string]int32{"tcp": int32(n)}, "bench")
 }
 
 func createLink(ctx context.Context, c client.Client, cluster, host string, port int32, identity string) error {
@@ -215,7 +197,7 @@ func createLink(ctx context.Context, c client.Client, cluster, host string, port
 // createMirror writes what the mirror controller writes for one remote
 // Service: the mirror and its EndpointSlice on the local gateway.
 func createMirror(ctx context.Context, c client.Client, from, remote string, gatewayPort int32, gatewayIP string) error {
-	if err := ensureNamespace(ctx, c, "bench"); err != nil {
+	if err := kube.EnsureNamespace(ctx, c, "bench"); err != nil {
 		return err
 	}
 	name := remote + "-" + from

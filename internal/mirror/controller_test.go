@@ -102,14 +102,18 @@ func registerGateway(t *testing.T, c *testenv.Cluster, ip string) {
 	}
 }
 
-func runController(t *testing.T, c *testenv.Cluster) context.CancelFunc {
+// runController runs the controller of cluster c (options adjusted by
+// the given functions) until the test ends or the returned func is called.
+func runController(t *testing.T, c *testenv.Cluster, adjust ...func(*controller.Options)) context.CancelFunc {
 	t.Helper()
+	opts := controller.Options{ClusterName: c.Name, Ports: mirror.PortRange{Low: 20000, High: 20999},
+		MetricsAddress: "0", HealthProbeAddress: "0", Resync: 2 * time.Second}
+	for _, f := range adjust {
+		f(&opts)
+	}
 	ctx, cancel := context.WithCancel(bg)
 	done := make(chan error, 1)
-	go func() {
-		done <- controller.Run(ctx, c.Config, controller.Options{ClusterName: c.Name, Ports: mirror.PortRange{Low: 20000, High: 20999},
-			MetricsAddress: "0", HealthProbeAddress: "0", Resync: 2 * time.Second})
-	}()
+	go func() { done <- controller.Run(ctx, c.Config, opts) }()
 	stopped := false
 	stop := func() {
 		if !stopped {
@@ -489,24 +493,7 @@ func TestLeaderSwitchRewritesNothing(t *testing.T) {
 	}
 	createLink(t, west, "east", linkReaderKubeconfig(t, east, east.Config.Host))
 	replica := func() context.CancelFunc {
-		ctx, cancel := context.WithCancel(bg)
-		done := make(chan error, 1)
-		go func() {
-			done <- controller.Run(ctx, west.Config, controller.Options{ClusterName: "west", Ports: mirror.PortRange{Low: 20000, High: 20999},
-				LeaderElection: true, MetricsAddress: "0", HealthProbeAddress: "0", Resync: 2 * time.Second})
-		}()
-		stopped := false
-		stop := func() {
-			if !stopped {
-				stopped = true
-				cancel()
-				if err := <-done; err != nil {
-					t.Errorf("controller: %v", err)
-				}
-			}
-		}
-		t.Cleanup(stop)
-		return stop
+		return runController(t, west, func(o *controller.Options) { o.LeaderElection = true })
 	}
 	stopFirst := replica()
 	eventually(t, "three mirrors and the Link ready", func() bool {

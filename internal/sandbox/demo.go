@@ -75,7 +75,7 @@ func (s *Sandbox) deployDemos(ctx context.Context) error {
 	// The demo namespaces exist everywhere, so mirrors land in them.
 	for _, c := range s.clusters {
 		for _, ns := range []string{demoNamespace, "logging"} {
-			if err := ensureNamespace(ctx, c.client, ns); err != nil {
+			if err := kube.EnsureNamespace(ctx, c.client, ns); err != nil {
 				return err
 			}
 		}
@@ -151,7 +151,7 @@ func (s *Sandbox) deployDemos(ctx context.Context) error {
 				return err
 			}
 			for _, u := range mustNamespaces(data) {
-				if err := ensureNamespace(ctx, c.client, u); err != nil {
+				if err := kube.EnsureNamespace(ctx, c.client, u); err != nil {
 					return err
 				}
 			}

@@ -114,7 +114,7 @@ func (s *Sandbox) startClusters(binDir string) error {
 		s.state.Clusters = append(s.state.Clusters, ClusterState{
 			Name: c.name, Cloud: cloudRegions[cloudOf(i)], APIServer: c.config.Host, Kubeconfig: c.kubeconfig,
 		})
-		if err := ensureNamespace(context.Background(), c.client, "backbone-system"); err != nil {
+		if err := kube.EnsureNamespace(context.Background(), c.client, "backbone-system"); err != nil {
 			return err
 		}
 		// The link reader other clusters use, and the components' RBAC.

@@ -16,12 +16,12 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
 
 	"github.com/backbone-mesh/backbone/api/v1alpha1"
 	"github.com/backbone-mesh/backbone/internal/certs"
+	"github.com/backbone-mesh/backbone/internal/kube"
 	"github.com/backbone-mesh/backbone/internal/testenv"
 )
 
@@ -188,29 +188,11 @@ func ensureNamespace(t *testing.T, c *testenv.Cluster, ns string) {
 	}
 }
 
-// registerService creates a Service and an EndpointSlice pointing at
-// addresses inside the test namespace, as a Deployment would have.
+// registerService points a Service at addresses inside the test
+// namespace, as a Deployment would have.
 func registerService(t *testing.T, c *testenv.Cluster, svc *corev1.Service, addrs []string, ports map[string]int32) {
 	t.Helper()
-	ctx := context.Background()
-	ensureNamespace(t, c, svc.Namespace)
-	if err := c.Client.Create(ctx, svc); err != nil && !apierrors.IsAlreadyExists(err) {
-		t.Fatal(err)
-	}
-	slice := &discoveryv1.EndpointSlice{
-		ObjectMeta: metav1.ObjectMeta{
-			Name: svc.Name + "-test", Namespace: svc.Namespace,
-			Labels: map[string]string{discoveryv1.LabelServiceName: svc.Name, discoveryv1.LabelManagedBy: "e2e"},
-		},
-		AddressType: discoveryv1.AddressTypeIPv4,
-	}
-	for _, a := range addrs {
-		slice.Endpoints = append(slice.Endpoints, discoveryv1.Endpoint{Addresses: []string{a}, Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(true)}})
-	}
-	for _, p := range svc.Spec.Ports {
-		slice.Ports = append(slice.Ports, discoveryv1.EndpointPort{Name: ptr.To(p.Name), Port: ptr.To(ports[p.Name]), Protocol: ptr.To(corev1.ProtocolTCP)})
-	}
-	if err := c.Client.Create(ctx, slice); err != nil {
+	if err := kube.RegisterService(context.Background(), c.Client, svc, addrs, ports, "e2e"); err != nil {
 		t.Fatal(err)
 	}
 }
