@@ -9,6 +9,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/json"
 	"encoding/pem"
 	"fmt"
 	"io"
@@ -32,6 +33,7 @@ import (
 	"github.com/backbone-mesh/backbone/api/v1alpha1"
 	"github.com/backbone-mesh/backbone/internal/install"
 	"github.com/backbone-mesh/backbone/internal/kube"
+	"github.com/backbone-mesh/backbone/internal/linkmatrix"
 	"github.com/backbone-mesh/backbone/internal/testenv"
 )
 
@@ -188,10 +190,15 @@ targets:
 		t.Fatalf("after recovery the call answered %q", body)
 	}
 
-	// backbone links prints the matrix from west's Link statuses.
-	matrix := string(run(t, "--kubeconfig", testenv.MergedKubeconfig(t, clusters), "links", "--contexts", "east,west"))
-	if !strings.Contains(matrix, "west") || !strings.Contains(matrix, "ms") {
-		t.Fatalf("backbone links printed:\n%s", matrix)
+	// backbone links reads west's Link status: west -> east is up with a
+	// latency; east has no Link.
+	out = run(t, "--kubeconfig", testenv.MergedKubeconfig(t, clusters), "links", "--contexts", "east,west", "-o", "json")
+	var m linkmatrix.Matrix
+	if err := json.Unmarshal(out, &m); err != nil {
+		t.Fatalf("backbone links -o json: %v\n%s", err, out)
+	}
+	if len(m.Links) != 1 || m.Links[0].Source != "west" || m.Links[0].Target != "east" || m.Links[0].State != "up" || m.Links[0].P50Millis == nil {
+		t.Fatalf("backbone links: %s", out)
 	}
 }
 
