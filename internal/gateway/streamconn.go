@@ -3,24 +3,92 @@ package gateway
 import (
 	"io"
 	"net"
+	"os"
 	"sync"
 	"time"
 )
 
 // streamConn presents one tunnel stream (a reader and a writer) as a
 // net.Conn, for code that serves connections (egress origination).
+//
+// Reads honour the read deadline: net/http's server aborts its
+// background read with a deadline in the past (on Hijack, as a websocket
+// upgrade does, and after each response) and then reads on, and enforces
+// its header and idle timeouts with deadlines. A read that outlives its
+// deadline returns a timeout; its bytes are kept for the next Read.
 type streamConn struct {
 	r    io.ReadCloser
 	w    io.Writer
 	once sync.Once
 	done chan struct{}
+
+	mu       sync.Mutex
+	deadline time.Time
+	changed  chan struct{}   // closed when the deadline changes
+	inFlight chan readResult // the read under way, if any
+	rest     []byte          // bytes of a finished read not yet returned
+	restErr  error           // its error, returned after rest
+}
+
+type readResult struct {
+	b   []byte
+	err error
 }
 
 func newStreamConn(r io.ReadCloser, w io.Writer) *streamConn {
-	return &streamConn{r: r, w: w, done: make(chan struct{})}
+	return &streamConn{r: r, w: w, done: make(chan struct{}), changed: make(chan struct{})}
 }
 
-func (c *streamConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+func (c *streamConn) Read(p []byte) (int, error) {
+	for {
+		c.mu.Lock()
+		if len(c.rest) > 0 || c.restErr != nil {
+			n := copy(p, c.rest)
+			c.rest = c.rest[n:]
+			var err error
+			if len(c.rest) == 0 {
+				err, c.restErr = c.restErr, nil
+			}
+			c.mu.Unlock()
+			return n, err
+		}
+		if c.inFlight == nil {
+			ch := make(chan readResult, 1)
+			c.inFlight = ch
+			go func(n int) {
+				b := make([]byte, n)
+				n, err := c.r.Read(b)
+				ch <- readResult{b[:n], err}
+			}(len(p))
+		}
+		inFlight, deadline, changed := c.inFlight, c.deadline, c.changed
+		c.mu.Unlock()
+
+		var expired <-chan time.Time
+		var timer *time.Timer
+		if !deadline.IsZero() {
+			d := time.Until(deadline)
+			if d <= 0 {
+				return 0, os.ErrDeadlineExceeded
+			}
+			timer = time.NewTimer(d)
+			expired = timer.C
+		}
+		select {
+		case res := <-inFlight:
+			c.mu.Lock()
+			c.inFlight = nil
+			c.rest, c.restErr = res.b, res.err
+			c.mu.Unlock()
+		case <-expired:
+			return 0, os.ErrDeadlineExceeded
+		case <-changed:
+		}
+		if timer != nil {
+			timer.Stop()
+		}
+	}
+}
 func (c *streamConn) Write(p []byte) (int, error) {
 	select {
 	case <-c.done:
@@ -35,9 +103,17 @@ func (c *streamConn) Close() error {
 }
 func (c *streamConn) LocalAddr() net.Addr              { return tunnelAddr{} }
 func (c *streamConn) RemoteAddr() net.Addr             { return tunnelAddr{} }
-func (c *streamConn) SetDeadline(time.Time) error      { return nil }
-func (c *streamConn) SetReadDeadline(time.Time) error  { return nil }
+func (c *streamConn) SetDeadline(t time.Time) error    { return c.SetReadDeadline(t) }
 func (c *streamConn) SetWriteDeadline(time.Time) error { return nil }
+
+func (c *streamConn) SetReadDeadline(t time.Time) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.deadline = t
+	close(c.changed)
+	c.changed = make(chan struct{})
+	return nil
+}
 
 type tunnelAddr struct{}
 

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 )
@@ -165,6 +166,14 @@ func (o *Originator) serveHTTPS(ctx context.Context, client net.Conn, t Target, 
 				r.Out.Host = t.address()
 			}
 			r.Out.Header.Del("Forwarded")
+			// net/http's proxy passes any protocol switch the caller asks
+			// for; only websocket (App Service and SignalR use it) goes on.
+			// Switching to h2c or anything else would turn the rest of the
+			// connection into requests the access log never sees.
+			if up := r.Out.Header.Get("Upgrade"); up != "" && !strings.EqualFold(up, "websocket") {
+				r.Out.Header.Del("Upgrade")
+				r.Out.Header.Del("Connection")
+			}
 		},
 		Transport: tr,
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
