@@ -31,7 +31,9 @@ var metadataAddrs = []netip.Addr{
 
 // Forbidden reports why addr may not be dialled, or "" when it may.
 func Forbidden(addr netip.Addr) string {
-	addr = addr.Unmap()
+	// Without its zone: netip's IsUnspecified and == compare zones, and
+	// "::%eth0" is as much this host as "::" is.
+	addr = addr.Unmap().WithZone("")
 	switch {
 	case !addr.IsValid():
 		return "invalid address"
@@ -63,13 +65,47 @@ type Dialer struct {
 // DialContext connects to host:port over TCP: it resolves host, skips
 // forbidden answers, and tries the others in order.
 func (d *Dialer) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
+	switch network {
+	case "tcp", "tcp4", "tcp6":
+	default:
+		return nil, fmt.Errorf("network %q: only TCP is originated", network)
+	}
 	timeout := d.Timeout
 	if timeout == 0 {
 		timeout = 10 * time.Second
 	}
-	host, port, err := net.SplitHostPort(address)
+	candidates, errs, err := d.candidates(ctx, address)
 	if err != nil {
 		return nil, err
+	}
+	nd := &net.Dialer{
+		Timeout: timeout,
+		// Checked again on the socket itself: the address connected to is
+		// the one that counts.
+		ControlContext: func(_ context.Context, _, address string, _ syscall.RawConn) error {
+			return checkConnect(address)
+		},
+	}
+	for _, c := range candidates {
+		conn, err := nd.DialContext(ctx, "tcp", c)
+		if err == nil {
+			return conn, nil
+		}
+		errs = append(errs, err)
+	}
+	if len(errs) == 0 {
+		return nil, fmt.Errorf("%s: no addresses", address)
+	}
+	return nil, errors.Join(errs...)
+}
+
+// candidates resolves address (host:port) and returns the addresses a
+// dial may try, in order, as "ip:port", and why each forbidden answer was
+// skipped. An IP literal is taken as it is, without a lookup.
+func (d *Dialer) candidates(ctx context.Context, address string) ([]string, []error, error) {
+	host, port, err := net.SplitHostPort(address)
+	if err != nil {
+		return nil, nil, err
 	}
 	var addrs []netip.Addr
 	if a, err := netip.ParseAddr(host); err == nil {
@@ -82,45 +118,32 @@ func (d *Dialer) DialContext(ctx context.Context, network, address string) (net.
 			}
 		}
 		if addrs, err = lookup(ctx, host); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
-	nd := &net.Dialer{
-		Timeout: timeout,
-		// Checked again on the socket itself: the address connected to is
-		// the one that counts.
-		ControlContext: func(_ context.Context, _, address string, _ syscall.RawConn) error {
-			ap, err := netip.ParseAddrPort(address)
-			if err != nil {
-				return fmt.Errorf("%w: %s: %v", ErrForbiddenAddress, address, err)
-			}
-			if why := Forbidden(ap.Addr()); why != "" {
-				return fmt.Errorf("%w: %s is a %s", ErrForbiddenAddress, ap.Addr(), why)
-			}
-			return nil
-		},
-	}
-	switch network {
-	case "tcp", "tcp4", "tcp6":
-	default:
-		return nil, fmt.Errorf("network %q: only TCP is originated", network)
-	}
-	var errs []error
+	var out []string
+	var refused []error
 	for _, a := range addrs {
 		if why := Forbidden(a); why != "" {
-			errs = append(errs, fmt.Errorf("%w: %s resolves to %s, a %s", ErrForbiddenAddress, host, a, why))
+			refused = append(refused, fmt.Errorf("%w: %s resolves to %s, a %s", ErrForbiddenAddress, host, a, why))
 			continue
 		}
-		c, err := nd.DialContext(ctx, "tcp", net.JoinHostPort(a.Unmap().String(), port))
-		if err == nil {
-			return c, nil
-		}
-		errs = append(errs, err)
+		out = append(out, net.JoinHostPort(a.Unmap().String(), port))
 	}
-	if len(errs) == 0 {
-		return nil, fmt.Errorf("%s: no addresses", host)
+	return out, refused, nil
+}
+
+// checkConnect is the check on the socket, given the address the kernel
+// is about to connect to.
+func checkConnect(address string) error {
+	ap, err := netip.ParseAddrPort(address)
+	if err != nil {
+		return fmt.Errorf("%w: %s: %v", ErrForbiddenAddress, address, err)
 	}
-	return nil, errors.Join(errs...)
+	if why := Forbidden(ap.Addr()); why != "" {
+		return fmt.Errorf("%w: %s is a %s", ErrForbiddenAddress, ap.Addr(), why)
+	}
+	return nil
 }
 
 // StaticLookup resolves the names in pins to their addresses (like curl's
@@ -131,14 +154,19 @@ func StaticLookup(pins map[string][]netip.Addr) func(ctx context.Context, host s
 		return nil
 	}
 	return func(ctx context.Context, host string) ([]netip.Addr, error) {
-		if addrs, ok := pins[strings.ToLower(strings.TrimSuffix(host, "."))]; ok {
+		if addrs, ok := pins[pinKey(host)]; ok {
 			return addrs, nil
 		}
 		return net.DefaultResolver.LookupNetIP(ctx, "ip", host)
 	}
 }
 
-// ParseResolve parses "name=addr[,addr...]" pins.
+// pinKey is the form of a name pins are kept and looked up by.
+func pinKey(name string) string { return strings.ToLower(strings.TrimSuffix(name, ".")) }
+
+// ParseResolve parses "name=addr[,addr...]" pins. The name must be a DNS
+// name and no address one the dialer refuses: a pin that could never be
+// used is an error at start, not a failed dial later.
 func ParseResolve(specs []string) (map[string][]netip.Addr, error) {
 	out := map[string][]netip.Addr{}
 	for _, s := range specs {
@@ -146,14 +174,43 @@ func ParseResolve(specs []string) (map[string][]netip.Addr, error) {
 		if !ok || name == "" || list == "" {
 			return nil, fmt.Errorf("resolve %q: want NAME=ADDRESS[,ADDRESS...]", s)
 		}
+		key := pinKey(name)
+		if !isDNSName(key) {
+			return nil, fmt.Errorf("resolve %q: %q is not a DNS name", s, name)
+		}
 		for _, a := range strings.Split(list, ",") {
 			addr, err := netip.ParseAddr(strings.TrimSpace(a))
 			if err != nil {
 				return nil, fmt.Errorf("resolve %q: %v", s, err)
 			}
-			key := strings.ToLower(strings.TrimSuffix(name, "."))
+			if why := Forbidden(addr); why != "" {
+				return nil, fmt.Errorf("resolve %q: %s is a %s, which egress never dials", s, addr, why)
+			}
 			out[key] = append(out[key], addr)
 		}
 	}
 	return out, nil
+}
+
+// isDNSName: lower-case letters, digits and hyphens in dot-separated
+// labels of 1 to 63 characters, at most 253 in all, not an IP address.
+func isDNSName(s string) bool {
+	if len(s) == 0 || len(s) > 253 {
+		return false
+	}
+	if _, err := netip.ParseAddr(s); err == nil {
+		return false
+	}
+	for _, label := range strings.Split(s, ".") {
+		if len(label) == 0 || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for i := 0; i < len(label); i++ {
+			c := label[i]
+			if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
+				return false
+			}
+		}
+	}
+	return true
 }

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"os"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -17,22 +18,35 @@ import (
 	"github.com/backbone-mesh/backbone/internal/testenv"
 )
 
-func TestMain(m *testing.M) { testenv.RunInNetns(m) }
+func TestMain(m *testing.M) {
+	// A fuzzing worker talks to its coordinator over pipes it inherits,
+	// which a re-execution under unshare would not pass on; it is started
+	// inside the coordinator's namespace already, and fuzz targets dial
+	// nothing.
+	for _, arg := range os.Args[1:] {
+		if strings.HasPrefix(arg, "-test.fuzzworker") {
+			os.Exit(m.Run())
+		}
+	}
+	testenv.RunInNetns(m)
+}
 
 func TestForbidden(t *testing.T) {
 	tests := map[string]struct {
 		addr      string
 		forbidden bool
 	}{
-		"loopback is refused":                        {"127.0.0.1", true},
-		"IPv6 loopback is refused":                   {"::1", true},
-		"an IPv4-mapped loopback is refused":         {"::ffff:127.0.0.1", true},
-		"the link-local metadata address is refused": {"169.254.169.254", true},
-		"AWS's IPv6 metadata address is refused":     {"fd00:ec2::254", true},
-		"the unspecified address is refused":         {"0.0.0.0", true},
-		"multicast is refused":                       {"224.0.0.1", true},
-		"a private address is allowed":               {"10.1.2.3", false},
-		"a public address is allowed":                {"20.50.2.1", false},
+		"loopback is refused":                            {"127.0.0.1", true},
+		"IPv6 loopback is refused":                       {"::1", true},
+		"an IPv4-mapped loopback is refused":             {"::ffff:127.0.0.1", true},
+		"the link-local metadata address is refused":     {"169.254.169.254", true},
+		"AWS's IPv6 metadata address is refused":         {"fd00:ec2::254", true},
+		"the unspecified address is refused":             {"0.0.0.0", true},
+		"the unspecified address with a zone is refused": {"::%eth0", true},
+		"a metadata address with a zone is refused":      {"fd00:ec2::254%eth0", true},
+		"multicast is refused":                           {"224.0.0.1", true},
+		"a private address is allowed":                   {"10.1.2.3", false},
+		"a public address is allowed":                    {"20.50.2.1", false},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
