@@ -14,13 +14,17 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
+	"k8s.io/client-go/util/workqueue"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 	"sigs.k8s.io/controller-runtime/pkg/source"
 
@@ -65,6 +69,21 @@ type Reconciler struct {
 	mu      sync.Mutex
 	watches map[types.NamespacedName]*remoteWatch
 	creds   map[types.NamespacedName]string // what each watch was built from
+	later   map[types.NamespacedName]bool   // a whole-Link pass is scheduled
+
+	// services carries single changes (one remote Service of one Link) to
+	// the worker that mirrors just that Service.
+	services workqueue.TypedRateLimitingInterface[serviceKey]
+	// syncMu serialises plans with their writes, whole-Link or single:
+	// port allocation reads every mirror's ports.
+	syncMu sync.Mutex
+}
+
+// serviceKey names one remote Service of one Link.
+type serviceKey struct {
+	Link      types.NamespacedName
+	Namespace string
+	Name      string
 }
 
 // Setup registers the mirror controller with the manager.
@@ -83,19 +102,43 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 		recorder: mgr.GetEventRecorder("backbone-mirror"),
 		events:   make(chan event.TypedGenericEvent[*v1alpha1.Link], 1024),
 		watches:  map[types.NamespacedName]*remoteWatch{}, creds: map[types.NamespacedName]string{},
+		later: map[types.NamespacedName]bool{},
+		services: workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[serviceKey](),
+			workqueue.TypedRateLimitingQueueConfig[serviceKey]{Name: "mirror_service"}),
+	}
+	if err := mgr.GetFieldIndexer().IndexField(context.Background(), &corev1.Service{}, mirrorOfIndex, indexMirrorOf); err != nil {
+		return err
+	}
+	// The worker runs only on the leader, like the reconciler.
+	if err := mgr.Add(manager.RunnableFunc(r.runServices)); err != nil {
+		return err
 	}
 	toAllLinks := handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, _ client.Object) []reconcile.Request {
 		return r.allLinks(ctx)
 	})
-	toLinkOfMirror := handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []reconcile.Request {
-		return r.linksOfCluster(ctx, o.GetLabels()[v1alpha1.MirroredFromLabel])
-	})
+	// A mirror changed or deleted here (by anyone, us included) is checked
+	// on its own; the gateway's endpoints feed every mirror of every Link.
+	mirrors := handler.Funcs{
+		CreateFunc: func(ctx context.Context, e event.CreateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			r.localChanged(ctx, e.Object, q)
+		},
+		UpdateFunc: func(ctx context.Context, e event.UpdateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			r.localChanged(ctx, e.ObjectNew, q)
+		},
+		DeleteFunc: func(ctx context.Context, e event.DeleteEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			r.localChanged(ctx, e.Object, q)
+		},
+		GenericFunc: func(ctx context.Context, e event.GenericEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			r.localChanged(ctx, e.Object, q)
+		},
+	}
+	inSystemNamespace := predicate.NewPredicateFuncs(func(o client.Object) bool { return o.GetNamespace() == v1alpha1.SystemNamespace })
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("mirror").
 		For(&v1alpha1.Link{}).
-		Watches(&corev1.Service{}, toLinkOfMirror).
-		Watches(&discoveryv1.EndpointSlice{}, toAllLinks). // the gateway's own endpoints feed every mirror
-		Watches(&corev1.Secret{}, toAllLinks).
+		Watches(&corev1.Service{}, mirrors).
+		Watches(&discoveryv1.EndpointSlice{}, mirrors).
+		Watches(&corev1.Secret{}, toAllLinks, builder.WithPredicates(inSystemNamespace)).
 		Watches(&corev1.Namespace{}, toAllLinks).
 		WatchesRawSource(source.Channel(r.events, &handler.TypedEnqueueRequestForObject[*v1alpha1.Link]{})).
 		// One Link at a time: port allocation reads every Link's ports.
@@ -128,6 +171,125 @@ func (r *Reconciler) linksOfCluster(ctx context.Context, cluster string) []recon
 		}
 	}
 	return out
+}
+
+// localChanged routes a local Service or EndpointSlice event: a mirror's
+// to the single-Service worker, the gateway's slices to every Link, the
+// rest nowhere.
+func (r *Reconciler) localChanged(ctx context.Context, o client.Object, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+	labels := o.GetLabels()
+	if _, slice := o.(*discoveryv1.EndpointSlice); slice {
+		if o.GetNamespace() == v1alpha1.SystemNamespace && labels[discoveryv1.LabelServiceName] == v1alpha1.GatewayServiceName {
+			for _, req := range r.allLinks(ctx) {
+				q.Add(req)
+			}
+			return
+		}
+		if labels[discoveryv1.LabelManagedBy] != v1alpha1.EndpointSliceManagedBy || labels[v1alpha1.MirroredFromLabel] == "" {
+			return
+		}
+		// The slice is named after its mirror, which names the remote Service.
+		var svc corev1.Service
+		if err := r.client.Get(ctx, types.NamespacedName{Namespace: o.GetNamespace(), Name: o.GetName()}, &svc, client.UnsafeDisableDeepCopy); err != nil {
+			for _, req := range r.linksOfCluster(ctx, labels[v1alpha1.MirroredFromLabel]) {
+				q.Add(req) // an orphaned slice: the whole-Link pass removes it
+			}
+			return
+		}
+		o, labels = &svc, svc.Labels
+	}
+	cluster := labels[v1alpha1.MirroredFromLabel]
+	if cluster == "" || labels[v1alpha1.ManagedByLabel] != v1alpha1.ManagedByValue {
+		return
+	}
+	remote := o.GetAnnotations()[v1alpha1.RemoteNameAnnotation]
+	for _, req := range r.linksOfCluster(ctx, cluster) {
+		if remote == "" {
+			q.Add(req)
+			continue
+		}
+		r.services.Add(serviceKey{Link: req.NamespacedName, Namespace: o.GetNamespace(), Name: remote})
+	}
+}
+
+// runServices mirrors single changes until ctx ends.
+func (r *Reconciler) runServices(ctx context.Context) error {
+	go func() {
+		<-ctx.Done()
+		r.services.ShutDown()
+	}()
+	for {
+		key, quit := r.services.Get()
+		if quit {
+			return nil
+		}
+		if err := r.syncOne(ctx, key); err != nil {
+			r.opts.Log.Debug("mirroring one service", "link", key.Link.Name, "service", key.Namespace+"/"+key.Name, "err", err)
+			r.services.AddRateLimited(key)
+		} else {
+			r.services.Forget(key)
+		}
+		r.services.Done(key)
+	}
+}
+
+// syncOne mirrors one remote Service of one Link. A Link that is not yet
+// (or no longer) synced with its remote is left to the whole-Link pass.
+func (r *Reconciler) syncOne(ctx context.Context, key serviceKey) error {
+	began := time.Now()
+	var link v1alpha1.Link
+	if err := r.client.Get(ctx, key.Link, &link); err != nil {
+		return client.IgnoreNotFound(err)
+	}
+	if !link.DeletionTimestamp.IsZero() || !controllerutil.ContainsFinalizer(&link, Finalizer) {
+		return nil
+	}
+	r.mu.Lock()
+	w := r.watches[key.Link]
+	r.mu.Unlock()
+	if w == nil || !w.isSynced() {
+		return nil
+	}
+	r.syncMu.Lock()
+	changed, err := r.syncService(ctx, &link, w, key.Namespace, key.Name)
+	r.syncMu.Unlock()
+	r.opts.Log.Debug("mirrored one service", "link", key.Link.Name, "service", key.Namespace+"/"+key.Name, "took", time.Since(began))
+	if err != nil {
+		r.opts.Metrics.SyncErrors.WithLabelValues(link.Spec.TargetClusterName).Inc()
+		r.scheduleLink(key.Link, time.Second)
+		return err
+	}
+	if changed {
+		// The mirror count and problems in the Link's status: one
+		// whole-Link pass shortly after, however many changes come.
+		r.scheduleLink(key.Link, time.Second)
+	}
+	return nil
+}
+
+// scheduleLink queues a whole-Link pass after d, once however often it is
+// asked for meanwhile.
+func (r *Reconciler) scheduleLink(key types.NamespacedName, d time.Duration) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.later[key] {
+		return
+	}
+	r.later[key] = true
+	time.AfterFunc(d, func() {
+		r.mu.Lock()
+		delete(r.later, key)
+		r.mu.Unlock()
+		r.enqueueLink(key)
+	})
+}
+
+func (r *Reconciler) enqueueLink(key types.NamespacedName) {
+	l := &v1alpha1.Link{ObjectMeta: metav1.ObjectMeta{Namespace: key.Namespace, Name: key.Name}}
+	select {
+	case r.events <- event.TypedGenericEvent[*v1alpha1.Link]{Object: l}:
+	default: // a reconcile is queued already
+	}
 }
 
 // Reconcile brings one Link's mirrors in line with its remote cluster.
@@ -185,7 +347,9 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 		st.keepSync = true
 		return reconcile.Result{RequeueAfter: time.Second}, nil
 	}
+	r.syncMu.Lock()
 	plan, err := r.sync(ctx, &link, w)
+	r.syncMu.Unlock()
 	if err != nil {
 		r.opts.Metrics.SyncErrors.WithLabelValues(cluster).Inc()
 		st.set(metav1.ConditionFalse, "SyncFailed", err.Error())
@@ -238,12 +402,8 @@ func (r *Reconciler) watch(ctx context.Context, link *v1alpha1.Link) (*remoteWat
 	} else if ok {
 		w.stop()
 	}
-	w, err := startRemoteWatch(link.Spec.TargetClusterName, cfg, token, func() {
-		l := &v1alpha1.Link{ObjectMeta: metav1.ObjectMeta{Namespace: key.Namespace, Name: key.Name}}
-		select {
-		case r.events <- event.TypedGenericEvent[*v1alpha1.Link]{Object: l}:
-		default: // a reconcile is queued already
-		}
+	w, err := startRemoteWatch(link.Spec.TargetClusterName, cfg, token, func() { r.enqueueLink(key) }, func(namespace, name string) {
+		r.services.Add(serviceKey{Link: key, Namespace: namespace, Name: name})
 	})
 	if err != nil {
 		return nil, err

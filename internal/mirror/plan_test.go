@@ -1,6 +1,7 @@
 package mirror
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 
@@ -298,5 +299,27 @@ func TestAllocatorIsStableAndUnique(t *testing.T) {
 	a.Release("b")
 	if p, err := a.Get("d"); err != nil || p != p1 {
 		t.Fatalf("released port not reused: %d %v", p, err)
+	}
+}
+
+func TestLazyAllocatorReadsAllOnlyForNewPorts(t *testing.T) {
+	loads := 0
+	all := map[string]int32{"mine": 100, "other": 101, "third": 103}
+	a := NewLazyAllocator(PortRange{100, 104}, map[string]int32{"mine": 100}, func() (map[string]int32, error) {
+		loads++
+		return all, nil
+	})
+	if p, err := a.Get("mine"); err != nil || p != 100 || loads != 0 {
+		t.Fatalf("known port: got %d %v after %d loads, want 100 without reading all", p, err, loads)
+	}
+	if p, err := a.Get("new"); err != nil || p != 102 || loads != 1 {
+		t.Fatalf("new port: got %d %v after %d loads, want 102 (100, 101, 103 are taken) after one load", p, err, loads)
+	}
+	if p, err := a.Get("new2"); err != nil || p != 104 || loads != 1 {
+		t.Fatalf("second new port: got %d %v after %d loads, want 104 and no second load", p, err, loads)
+	}
+	failing := NewLazyAllocator(PortRange{100, 104}, nil, func() (map[string]int32, error) { return nil, fmt.Errorf("cache gone") })
+	if _, err := failing.Get("x"); err == nil {
+		t.Fatal("a new port was handed out without knowing the others")
 	}
 }

@@ -30,6 +30,9 @@ type Allocator struct {
 	r     PortRange
 	byKey map[string]int32
 	used  map[int32]string
+	// load, when set, returns every allocation; it is called before the
+	// first new port is handed out (see NewLazyAllocator).
+	load func() (map[string]int32, error)
 }
 
 // NewAllocator returns an allocator over r with the existing allocations
@@ -48,6 +51,16 @@ func NewAllocator(r PortRange, existing map[string]int32) *Allocator {
 	return a
 }
 
+// NewLazyAllocator starts from a few known allocations (the ports one
+// mirror already has) and reads every allocation, through all, only when
+// a new port must be handed out: keeping a mirror costs nothing, and
+// uniqueness holds as with NewAllocator.
+func NewLazyAllocator(r PortRange, known map[string]int32, all func() (map[string]int32, error)) *Allocator {
+	a := NewAllocator(r, known)
+	a.load = all
+	return a
+}
+
 // PortKey identifies one port of one mirror Service.
 func PortKey(namespace, mirror, portName string) string {
 	return namespace + "/" + mirror + "/" + portName
@@ -57,6 +70,16 @@ func PortKey(namespace, mirror, portName string) string {
 func (a *Allocator) Get(key string) (int32, error) {
 	if p, ok := a.byKey[key]; ok {
 		return p, nil
+	}
+	if a.load != nil {
+		all, err := a.load()
+		if err != nil {
+			return 0, fmt.Errorf("reading the allocated gateway ports: %w", err)
+		}
+		*a = *NewAllocator(a.r, all)
+		if p, ok := a.byKey[key]; ok {
+			return p, nil
+		}
 	}
 	for p := a.r.Low; p <= a.r.High; p++ {
 		if _, taken := a.used[p]; !taken {

@@ -36,7 +36,12 @@ type remoteWatch struct {
 	once              sync.Once
 }
 
-func startRemoteWatch(cluster string, cfg *rest.Config, token string, onChange func()) (*remoteWatch, error) {
+// startRemoteWatch starts the informers. Until the first complete list,
+// every event calls onChange (the whole Link is planned once it is
+// synced); afterwards each event names the remote Service it concerns
+// (namespace, name) through onService, so a single change is mirrored
+// without re-planning the Link.
+func startRemoteWatch(cluster string, cfg *rest.Config, token string, onChange func(), onService func(namespace, name string)) (*remoteWatch, error) {
 	cfg = rest.CopyConfig(cfg)
 	cfg.QPS, cfg.Burst = 50, 100
 	cfg.Timeout = 15 * time.Second
@@ -63,16 +68,35 @@ func startRemoteWatch(cluster string, cfg *rest.Config, token string, onChange f
 	if w.hasServiceExports {
 		kinds = append(kinds, &mcsv1beta1.ServiceExport{})
 	}
-	h := toolscache.ResourceEventHandlerFuncs{
-		AddFunc:    func(any) { onChange() },
-		UpdateFunc: func(any, any) { onChange() },
-		DeleteFunc: func(any) { onChange() },
-	}
 	for _, k := range kinds {
 		inf, err := c.GetInformer(ctx, k, cache.BlockUntilSynced(false))
 		if err != nil {
 			cancel()
 			return nil, err
+		}
+		changed := func(obj any) {
+			if tomb, ok := obj.(toolscache.DeletedFinalStateUnknown); ok {
+				obj = tomb.Obj
+			}
+			o, ok := obj.(client.Object)
+			if !ok || !w.isSynced() {
+				onChange()
+				return
+			}
+			name := o.GetName()
+			if _, slice := o.(*discoveryv1.EndpointSlice); slice {
+				// Only the pod hostnames of headless Services are read from
+				// slices: the slice names its Service.
+				if name = o.GetLabels()[discoveryv1.LabelServiceName]; name == "" {
+					return
+				}
+			}
+			onService(o.GetNamespace(), name)
+		}
+		h := toolscache.ResourceEventHandlerFuncs{
+			AddFunc:    changed,
+			UpdateFunc: func(_, obj any) { changed(obj) },
+			DeleteFunc: changed,
 		}
 		if _, err := inf.AddEventHandler(h); err != nil {
 			cancel()
@@ -131,29 +155,66 @@ func (w *remoteWatch) exported(ctx context.Context) ([]RemoteService, error) {
 	}
 	var out []RemoteService
 	for _, s := range svcs.Items {
-		if s.Labels[v1alpha1.ExportedLabel] != "true" && !exports[s.Namespace+"/"+s.Name] {
+		if !isExported(&s, exports[s.Namespace+"/"+s.Name]) {
 			continue
 		}
-		if s.Labels[v1alpha1.MirroredFromLabel] != "" {
-			continue // never re-export a mirror: no loops between clusters
-		}
-		r := RemoteService{Service: s}
-		if s.Spec.ClusterIP == corev1.ClusterIPNone {
-			var slices discoveryv1.EndpointSliceList
-			if err := w.cache.List(ctx, &slices, client.InNamespace(s.Namespace), client.MatchingLabels{discoveryv1.LabelServiceName: s.Name}); err != nil {
-				return nil, err
-			}
-			for _, sl := range slices.Items {
-				for _, ep := range sl.Endpoints {
-					if ep.Hostname != nil && *ep.Hostname != "" {
-						r.Hostnames = append(r.Hostnames, *ep.Hostname)
-					}
-				}
-			}
+		r, err := w.remoteService(ctx, s)
+		if err != nil {
+			return nil, err
 		}
 		out = append(out, r)
 	}
 	return out, nil
+}
+
+// exportedOne returns the remote Service namespace/name if it is exported
+// (false when it is not, or no longer exists).
+func (w *remoteWatch) exportedOne(ctx context.Context, namespace, name string) (RemoteService, bool, error) {
+	key := client.ObjectKey{Namespace: namespace, Name: name}
+	var s corev1.Service
+	if err := w.cache.Get(ctx, key, &s, client.UnsafeDisableDeepCopy); err != nil {
+		return RemoteService{}, false, client.IgnoreNotFound(err)
+	}
+	export := false
+	if w.hasServiceExports {
+		var se mcsv1beta1.ServiceExport
+		err := w.cache.Get(ctx, key, &se, client.UnsafeDisableDeepCopy)
+		if client.IgnoreNotFound(err) != nil {
+			return RemoteService{}, false, err
+		}
+		export = err == nil
+	}
+	if !isExported(&s, export) {
+		return RemoteService{}, false, nil
+	}
+	r, err := w.remoteService(ctx, s)
+	return r, err == nil, err
+}
+
+// isExported: labelled, or with a ServiceExport; never a mirror itself, so
+// that mirrors do not loop between clusters.
+func isExported(s *corev1.Service, serviceExport bool) bool {
+	return (s.Labels[v1alpha1.ExportedLabel] == "true" || serviceExport) && s.Labels[v1alpha1.MirroredFromLabel] == ""
+}
+
+// remoteService adds the pod hostnames of a headless Service.
+func (w *remoteWatch) remoteService(ctx context.Context, s corev1.Service) (RemoteService, error) {
+	r := RemoteService{Service: s}
+	if s.Spec.ClusterIP != corev1.ClusterIPNone {
+		return r, nil
+	}
+	var slices discoveryv1.EndpointSliceList
+	if err := w.cache.List(ctx, &slices, client.InNamespace(s.Namespace), client.MatchingLabels{discoveryv1.LabelServiceName: s.Name}, client.UnsafeDisableDeepCopy); err != nil {
+		return r, err
+	}
+	for _, sl := range slices.Items {
+		for _, ep := range sl.Endpoints {
+			if ep.Hostname != nil && *ep.Hostname != "" {
+				r.Hostnames = append(r.Hostnames, *ep.Hostname)
+			}
+		}
+	}
+	return r, nil
 }
 
 func (w *remoteWatch) String() string { return fmt.Sprintf("%s (%s)", w.cluster, w.host) }

@@ -18,19 +18,15 @@ import (
 	"github.com/backbone-mesh/backbone/api/v1alpha1"
 )
 
-// sync reads the local state, calculates the plan and applies it.
+// sync reads the local state, calculates the plan for the whole Link and
+// applies it.
 func (r *Reconciler) sync(ctx context.Context, link *v1alpha1.Link, w *remoteWatch) (*Plan, error) {
 	cluster := link.Spec.TargetClusterName
 	remote, err := w.exported(ctx)
 	if err != nil {
 		return nil, err
 	}
-	in := Input{
-		Cluster: cluster, Remote: remote, Alive: link.Status.Probe == nil || link.Status.Probe.Alive,
-		Local: map[types.NamespacedName]*corev1.Service{}, LocalSlices: map[types.NamespacedName]*discoveryv1.EndpointSlice{},
-		Namespaces: map[string]bool{}, CreateNamespaces: link.Spec.CreateNamespaces,
-		ExcludedLabels: set(link.Spec.ExcludedLabels), ExcludedAnnotations: set(link.Spec.ExcludedAnnotations),
-	}
+	in := newInput(link, remote)
 	var nss corev1.NamespaceList
 	if err := r.client.List(ctx, &nss); err != nil {
 		return nil, err
@@ -51,48 +47,186 @@ func (r *Reconciler) sync(ctx context.Context, link *v1alpha1.Link, w *remoteWat
 		s := &local.Items[i]
 		key := types.NamespacedName{Namespace: s.Namespace, Name: s.Name}
 		byName[key] = s
-		if s.Labels[v1alpha1.MirroredFromLabel] == cluster && s.Labels[v1alpha1.ManagedByLabel] == v1alpha1.ManagedByValue {
+		if owned(s, cluster) {
 			in.Local[key] = s
 		}
 	}
 	for _, rs := range remote {
-		names := []string{MirrorName(rs.Service.Name, cluster)}
-		for _, h := range rs.Hostnames {
-			names = append(names, h+"-"+names[0])
-		}
-		for _, n := range names {
+		for _, n := range mirrorNames(rs, cluster) {
 			key := types.NamespacedName{Namespace: rs.Service.Namespace, Name: n}
 			if s, ok := byName[key]; ok {
 				in.Local[key] = s
 			}
 		}
 	}
-	// Every mirror slice of every Link: the persisted port allocations.
-	var slices discoveryv1.EndpointSliceList
-	if err := r.client.List(ctx, &slices, client.MatchingLabels{discoveryv1.LabelManagedBy: v1alpha1.EndpointSliceManagedBy}, client.UnsafeDisableDeepCopy); err != nil {
-		return nil, err
-	}
-	existing := map[string]int32{}
-	for i := range slices.Items {
-		sl := &slices.Items[i]
-		if sl.Labels[v1alpha1.MirroredFromLabel] == cluster {
-			in.LocalSlices[types.NamespacedName{Namespace: sl.Namespace, Name: sl.Name}] = sl
-		}
-		if sl.Labels[v1alpha1.HeadlessMirrorLabel] == "true" {
-			continue
-		}
-		for _, p := range sl.Ports {
-			if p.Name != nil && p.Port != nil {
-				existing[PortKey(sl.Namespace, sl.Name, *p.Name)] = *p.Port
-			}
-		}
-	}
-	in.Ports = NewAllocator(r.opts.Ports, existing)
-	if in.GatewayAddresses, err = GatewayAddresses(ctx, r.client); err != nil {
+	if err := r.readSlices(ctx, &in, func(*discoveryv1.EndpointSlice) bool { return true }); err != nil {
 		return nil, err
 	}
 	plan := Calculate(in)
 	return plan, r.apply(ctx, plan)
+}
+
+// syncService plans and applies the mirrors of one remote Service only:
+// what a single change in the linked cluster (or to one mirror here)
+// costs, whatever the number of services the Link mirrors. It reports
+// whether the Link's status (mirror count, problems) may have changed.
+func (r *Reconciler) syncService(ctx context.Context, link *v1alpha1.Link, w *remoteWatch, namespace, name string) (bool, error) {
+	cluster := link.Spec.TargetClusterName
+	rs, exported, err := w.exportedOne(ctx, namespace, name)
+	if err != nil {
+		return false, err
+	}
+	var remote []RemoteService
+	if exported {
+		remote = append(remote, rs)
+	}
+	in := newInput(link, remote)
+	var ns corev1.Namespace
+	switch err := r.client.Get(ctx, types.NamespacedName{Name: namespace}, &ns, client.UnsafeDisableDeepCopy); {
+	case err == nil:
+		in.Namespaces[namespace] = true
+	case !apierrors.IsNotFound(err):
+		return false, err
+	}
+	// The mirrors of this remote Service (its per-pod ones included), and
+	// whatever Services hold the names its mirrors would take.
+	var local corev1.ServiceList
+	if err := r.client.List(ctx, &local, client.InNamespace(namespace), client.MatchingFields{mirrorOfIndex: mirrorOf(cluster, name)}, client.UnsafeDisableDeepCopy); err != nil {
+		return false, err
+	}
+	names := map[string]bool{}
+	for i := range local.Items {
+		s := &local.Items[i]
+		in.Local[types.NamespacedName{Namespace: namespace, Name: s.Name}] = s
+		names[s.Name] = true
+	}
+	if exported {
+		for _, n := range mirrorNames(rs, cluster) {
+			key := types.NamespacedName{Namespace: namespace, Name: n}
+			names[n] = true
+			if _, ok := in.Local[key]; ok {
+				continue
+			}
+			var s corev1.Service
+			switch err := r.client.Get(ctx, key, &s, client.UnsafeDisableDeepCopy); {
+			case err == nil:
+				in.Local[key] = &s
+			case !apierrors.IsNotFound(err):
+				return false, err
+			}
+		}
+	}
+	if len(names) == 0 {
+		return false, nil // neither exported nor mirrored: nothing to do
+	}
+	// This Service's slices hold its allocations; the others are read only
+	// if a new port must be handed out.
+	known := map[string]int32{}
+	for n := range names {
+		var sl discoveryv1.EndpointSlice
+		switch err := r.client.Get(ctx, types.NamespacedName{Namespace: namespace, Name: n}, &sl, client.UnsafeDisableDeepCopy); {
+		case err == nil:
+			if sl.Labels[v1alpha1.MirroredFromLabel] == cluster && sl.Labels[discoveryv1.LabelManagedBy] == v1alpha1.EndpointSliceManagedBy {
+				in.LocalSlices[types.NamespacedName{Namespace: namespace, Name: n}] = &sl
+				addAllocations(known, &sl)
+			}
+		case !apierrors.IsNotFound(err):
+			return false, err
+		}
+	}
+	in.Ports = NewLazyAllocator(r.opts.Ports, known, func() (map[string]int32, error) { return r.allocations(ctx, nil) })
+	if in.GatewayAddresses, err = GatewayAddresses(ctx, r.client); err != nil {
+		return false, err
+	}
+	plan := Calculate(in)
+	if err := r.apply(ctx, plan); err != nil {
+		return true, err
+	}
+	return len(plan.CreateServices)+len(plan.DeleteServices) > 0 || len(plan.Problems) > 0, nil
+}
+
+// mirrorOfIndex indexes the local mirrors by the remote Service they
+// mirror (cluster/name; the namespace is the same on both sides).
+const mirrorOfIndex = "backbone.dev/mirror-of"
+
+func mirrorOf(cluster, name string) string { return cluster + "/" + name }
+
+func indexMirrorOf(o client.Object) []string {
+	s, ok := o.(*corev1.Service)
+	if !ok {
+		return nil
+	}
+	cluster, remote := s.Labels[v1alpha1.MirroredFromLabel], s.Annotations[v1alpha1.RemoteNameAnnotation]
+	if remote == "" || !owned(s, cluster) {
+		return nil
+	}
+	return []string{mirrorOf(cluster, remote)}
+}
+
+// newInput holds what the Link itself says.
+func newInput(link *v1alpha1.Link, remote []RemoteService) Input {
+	return Input{
+		Cluster: link.Spec.TargetClusterName, Remote: remote, Alive: link.Status.Probe == nil || link.Status.Probe.Alive,
+		Local: map[types.NamespacedName]*corev1.Service{}, LocalSlices: map[types.NamespacedName]*discoveryv1.EndpointSlice{},
+		Namespaces: map[string]bool{}, CreateNamespaces: link.Spec.CreateNamespaces,
+		ExcludedLabels: set(link.Spec.ExcludedLabels), ExcludedAnnotations: set(link.Spec.ExcludedAnnotations),
+	}
+}
+
+// mirrorNames are the names of the mirrors of rs: the mirror itself and,
+// for a headless Service, one per pod hostname.
+func mirrorNames(rs RemoteService, cluster string) []string {
+	names := []string{MirrorName(rs.Service.Name, cluster)}
+	for _, h := range rs.Hostnames {
+		names = append(names, h+"-"+names[0])
+	}
+	return names
+}
+
+// readSlices fills the port allocator from every mirror slice of every
+// Link (the persisted allocations), the Link's slices that mine selects,
+// and the gateway's addresses.
+func (r *Reconciler) readSlices(ctx context.Context, in *Input, mine func(*discoveryv1.EndpointSlice) bool) error {
+	existing, err := r.allocations(ctx, func(sl *discoveryv1.EndpointSlice) {
+		if sl.Labels[v1alpha1.MirroredFromLabel] == in.Cluster && mine(sl) {
+			in.LocalSlices[types.NamespacedName{Namespace: sl.Namespace, Name: sl.Name}] = sl
+		}
+	})
+	if err != nil {
+		return err
+	}
+	in.Ports = NewAllocator(r.opts.Ports, existing)
+	in.GatewayAddresses, err = GatewayAddresses(ctx, r.client)
+	return err
+}
+
+// allocations reads the gateway port of every mirror port from every
+// mirror slice, calling each (if set) on every slice.
+func (r *Reconciler) allocations(ctx context.Context, each func(*discoveryv1.EndpointSlice)) (map[string]int32, error) {
+	var slices discoveryv1.EndpointSliceList
+	if err := r.client.List(ctx, &slices, client.MatchingLabels{discoveryv1.LabelManagedBy: v1alpha1.EndpointSliceManagedBy}, client.UnsafeDisableDeepCopy); err != nil {
+		return nil, err
+	}
+	existing := make(map[string]int32, len(slices.Items))
+	for i := range slices.Items {
+		sl := &slices.Items[i]
+		if each != nil {
+			each(sl)
+		}
+		addAllocations(existing, sl)
+	}
+	return existing, nil
+}
+
+func addAllocations(m map[string]int32, sl *discoveryv1.EndpointSlice) {
+	if sl.Labels[v1alpha1.HeadlessMirrorLabel] == "true" {
+		return // a headless mirror's ports are the Service's own
+	}
+	for _, p := range sl.Ports {
+		if p.Name != nil && p.Port != nil {
+			m[PortKey(sl.Namespace, sl.Name, *p.Name)] = *p.Port
+		}
+	}
 }
 
 // GatewayAddresses are the ready IPv4 endpoints of the local gateway
