@@ -11,8 +11,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/backbone-mesh/backbone/internal/controller"
+	"github.com/backbone-mesh/backbone/internal/install"
 	"github.com/backbone-mesh/backbone/internal/mirror"
-	"github.com/backbone-mesh/backbone/internal/origin"
 )
 
 func init() { subcommands = append(subcommands, newControllerCmd) }
@@ -26,7 +26,9 @@ func newControllerCmd(root *rootOptions) *cobra.Command {
 		Short: "Run a cluster's control plane: mirrors, link probes, egress and ingress targets",
 		Long: `The controller mirrors the exported services of every linked cluster (a Link
 in backbone-system), allocates a gateway port to every mirrored service port,
-probes the linked gateways, and writes status, events and metrics.`,
+probes the linked gateways, and writes status, events and metrics. The
+status of the egress targets it serves comes from the local gateways, which
+probe them (their connections are the ones the cluster lets out).`,
 		Example: `  backbone controller --cluster-name west --leader-elect \
     --identity-dir /var/run/backbone/identity`,
 		Args: cobra.NoArgs,
@@ -40,8 +42,8 @@ probes the linked gateways, and writes status, events and metrics.`,
 			if opts.EgressPorts, err = mirror.ParsePortRange(egressPortRange); err != nil {
 				return fmt.Errorf("--egress-port-range: %w", err)
 			}
-			if opts.Resolve, err = origin.ParseResolve(resolve); err != nil {
-				return fmt.Errorf("--egress-resolve: %w", err)
+			if len(resolve) > 0 {
+				opts.Log.Warn("--egress-resolve is ignored by the controller: the gateway probes egress targets; give the pins to the gateway")
 			}
 			opts.TrustDomain = trustDomain
 			cfg, err := root.kube.RESTConfig()
@@ -68,7 +70,9 @@ probes the linked gateways, and writes status, events and metrics.`,
 	f.StringVar(&opts.Ingress.Domain, "ingress-domain", "", "domain of the default ingress host <service>.<cluster>.<domain>")
 	f.StringVar(&opts.Ingress.ClassName, "ingress-class", "nginx", "ingressClassName of the Ingresses made for IngressTargets")
 	f.StringVar(&opts.Ingress.ClusterIssuer, "cluster-issuer", "letsencrypt", "cert-manager ClusterIssuer annotated on those Ingresses (empty: none)")
-	f.StringArrayVar(&resolve, "egress-resolve", nil, "NAME=ADDRESS[,ADDRESS...]: pin an egress target's name for the egress probe (repeatable)")
+	f.Int32Var(&opts.GatewayAdminPort, "gateway-admin-port", install.AdminPort, "admin port of the local gateways, where each reports its egress probes (the controller writes EgressTarget status from them)")
+	f.StringArrayVar(&resolve, "egress-resolve", nil, "ignored: the gateway probes egress targets and takes the pins")
+	_ = f.MarkDeprecated("egress-resolve", "the gateway probes egress targets; give --egress-resolve to the gateway")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	_ = cmd.MarkFlagRequired("cluster-name")
 	return cmd

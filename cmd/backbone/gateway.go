@@ -28,7 +28,10 @@ func newGatewayCmd(root *rootOptions) *cobra.Command {
 inbound port (TLS 1.3, client certificates, HTTP/2 CONNECT) to reach the
 services this cluster exports; it listens on the port allocated to every
 mirrored service and tunnels each connection to the remote cluster's
-gateway over a pooled connection. SIGTERM drains it gracefully.`,
+gateway over a pooled connection. It originates TLS to the egress targets
+this cluster serves, probes them, and reports the probes on its admin port
+(metrics, and /egress/probes for the controller). SIGTERM drains it
+gracefully.`,
 		Example: `  backbone gateway --cluster-name west --identity-dir /var/run/backbone/identity \
     --outbound-bind-ip "$POD_IP"`,
 		Args: cobra.NoArgs,
@@ -39,6 +42,9 @@ gateway over a pooled connection. SIGTERM drains it gracefully.`,
 				return fmt.Errorf("--egress-resolve: %w", err)
 			}
 			opts.Resolve = pins
+			if opts.EgressProbePeriod <= 0 || opts.EgressProbeTimeout <= 0 {
+				return fmt.Errorf("--egress-probe-period and --egress-probe-timeout must be positive")
+			}
 			cfg, err := root.kube.RESTConfig()
 			if err != nil {
 				return err
@@ -63,6 +69,8 @@ gateway over a pooled connection. SIGTERM drains it gracefully.`,
 	f.DurationVar(&opts.DrainTimeout, "drain-timeout", 30*time.Second, "how long streams in flight may take to finish after SIGTERM")
 	f.DurationVar(&opts.DialTimeout, "dial-timeout", 5*time.Second, "timeout of dials to peer gateways and backends")
 	f.DurationVar(&opts.HeaderTimeout, "header-timeout", 10*time.Second, "time a peer has to complete its handshake and request headers")
+	f.DurationVar(&opts.EgressProbePeriod, "egress-probe-period", 10*time.Second, "how often each egress target this gateway serves is probed (±10% jitter); the controller writes status from the results")
+	f.DurationVar(&opts.EgressProbeTimeout, "egress-probe-timeout", 5*time.Second, "how long one egress probe (connect, TLS handshake, request) may take")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringArrayVar(&resolve, "egress-resolve", nil, "NAME=ADDRESS[,ADDRESS...]: pin an egress target's name to addresses instead of DNS (repeatable; dial-time checks still apply)")
 	_ = cmd.MarkFlagRequired("cluster-name")

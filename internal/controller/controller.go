@@ -1,7 +1,7 @@
 // Package controller runs backbone's control plane in one cluster: a
 // controller-runtime manager with leader election, health and metrics
 // endpoints, and the reconcilers and runnables of each concern (mirroring,
-// the link probe, egress and ingress targets).
+// the link probe, egress and ingress targets, whose probe the gateways run).
 package controller
 
 import (
@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"net/netip"
 	"sync"
 	"time"
 
@@ -28,7 +27,6 @@ import (
 	"github.com/backbone-mesh/backbone/internal/identity"
 	"github.com/backbone-mesh/backbone/internal/kube"
 	"github.com/backbone-mesh/backbone/internal/mirror"
-	"github.com/backbone-mesh/backbone/internal/origin"
 	"github.com/backbone-mesh/backbone/internal/probe"
 	"github.com/backbone-mesh/backbone/internal/targets"
 )
@@ -54,10 +52,10 @@ type Options struct {
 	EgressPorts mirror.PortRange
 	// Ingress configures the Ingresses made for IngressTargets.
 	Ingress targets.IngressOptions
-	// Resolve pins egress target names to addresses for the egress probe
-	// (the gateway takes the same pins); nil uses DNS.
-	Resolve map[string][]netip.Addr
-	Log     *slog.Logger
+	// GatewayAdminPort is the local gateways' admin port, where each
+	// serves its latest egress probe results (default 9090).
+	GatewayAdminPort int32
+	Log              *slog.Logger
 	// Extra reconcilers or runnables to add to the manager.
 	Extra []func(ctrl.Manager) error
 }
@@ -67,7 +65,6 @@ type Options struct {
 var (
 	mirrorMetrics = sync.OnceValue(func() *mirror.Metrics { return mirror.NewMetrics(metrics.Registry) })
 	probeMetrics  = sync.OnceValue(func() *probe.Metrics { return probe.NewMetrics(metrics.Registry) })
-	egressMetrics = sync.OnceValue(func() *targets.EgressMetrics { return targets.NewEgressMetrics(metrics.Registry) })
 )
 
 // Run runs the controller until ctx ends.
@@ -110,9 +107,9 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 	if err := mirror.Setup(mgr, mirror.Options{Ports: opts.Ports, Resync: opts.Resync, Metrics: mirrorMetrics(), Log: opts.Log}); err != nil {
 		return err
 	}
-	orig := origin.New(opts.Log)
-	orig.Dialer.LookupNetIP = origin.StaticLookup(opts.Resolve)
-	eopts := targets.EgressOptions{ClusterName: opts.ClusterName, Prober: orig.Probe, Metrics: egressMetrics(), Log: opts.Log}
+	// The gateways probe the egress targets; the reconciler reads their
+	// results to write status.
+	eopts := targets.EgressOptions{ClusterName: opts.ClusterName, GatewayAdminPort: opts.GatewayAdminPort, Log: opts.Log}
 	if opts.EgressPorts.Low != 0 {
 		eopts.Ports.Low, eopts.Ports.High = opts.EgressPorts.Low, opts.EgressPorts.High
 	}

@@ -4,7 +4,8 @@
 // target) it names, after checking the caller's identity. Outbound, it
 // listens on the port allocated to every mirrored service port and turns
 // each application connection into one stream of a pooled mTLS HTTP/2
-// connection to the remote cluster's gateway.
+// connection to the remote cluster's gateway. Egress, it originates TLS to
+// the egress targets its cluster serves, and probes them.
 package gateway
 
 import (
@@ -26,6 +27,7 @@ import (
 
 	"github.com/backbone-mesh/backbone/internal/identity"
 	"github.com/backbone-mesh/backbone/internal/origin"
+	"github.com/backbone-mesh/backbone/internal/targets"
 )
 
 // Options configure a gateway.
@@ -45,6 +47,11 @@ type Options struct {
 	// Resolve pins egress target names to addresses (like curl's
 	// --resolve); the dial-time address checks still apply.
 	Resolve map[string][]netip.Addr
+	// EgressProbePeriod is how often each egress target this gateway
+	// serves is probed (default 10s), EgressProbeTimeout how long one
+	// probe may take (default 5s).
+	EgressProbePeriod  time.Duration
+	EgressProbeTimeout time.Duration
 }
 
 func newOriginator(log *slog.Logger, pins map[string][]netip.Addr) *origin.Originator {
@@ -61,6 +68,7 @@ type Gateway struct {
 	view     *view
 	pool     *Pool
 	origin   *origin.Originator
+	prober   *egressProber
 	metrics  *metrics
 	registry *prometheus.Registry
 	drain    *drainTracker
@@ -87,6 +95,12 @@ func New(cfg *rest.Config, opts Options, log *slog.Logger) (*Gateway, error) {
 	}
 	if opts.Resync == 0 {
 		opts.Resync = 30 * time.Second
+	}
+	if opts.EgressProbePeriod == 0 {
+		opts.EgressProbePeriod = 10 * time.Second
+	}
+	if opts.EgressProbeTimeout == 0 {
+		opts.EgressProbeTimeout = 5 * time.Second
 	}
 	if log == nil {
 		log = slog.Default()
@@ -115,6 +129,7 @@ func New(cfg *rest.Config, opts Options, log *slog.Logger) (*Gateway, error) {
 		listeners:       map[int32]*listener{},
 		egressListeners: map[int32]*egressListener{},
 	}
+	g.prober = newEgressProber(g)
 	return g, nil
 }
 
@@ -172,6 +187,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 		case changed <- struct{}{}:
 		default:
 		}
+		g.prober.notify()
 	}
 	if err := g.watchChanges(viewCtx, notify); err != nil {
 		return err
@@ -179,6 +195,8 @@ func (g *Gateway) Run(ctx context.Context) error {
 	if err := g.syncListeners(streams); err != nil {
 		g.log.Warn("opening mirror listeners", "err", err)
 	}
+	// Probing stops with ctx: a draining gateway serves no new callers.
+	go g.prober.run(ctx)
 	g.ready.Store(true)
 	g.log.Info("gateway ready", "cluster", g.opts.ClusterName, "identity", g.identity.ID().String(), "inbound", inL.Addr().String(), "admin", adminL.Addr().String())
 
@@ -270,5 +288,6 @@ func (g *Gateway) adminHandler() http.Handler {
 		_, _ = w.Write([]byte("ok\n"))
 	})
 	mux.Handle("/metrics", promhttp.HandlerFor(g.registry, promhttp.HandlerOpts{}))
+	mux.HandleFunc(targets.EgressProbesPath, g.prober.serveReport)
 	return mux
 }

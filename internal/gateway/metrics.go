@@ -26,6 +26,10 @@ type metrics struct {
 	dialErrors    *prometheus.CounterVec
 	denied        *prometheus.CounterVec
 	listeners     prometheus.Gauge
+	// The egress probe's series: target is an EgressTarget this gateway
+	// serves (namespace/name), a bounded set.
+	egressProbe *prometheus.HistogramVec
+	egressUp    *prometheus.GaugeVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -55,13 +59,22 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		listeners: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "backbone_gateway_outbound_listeners", Help: "Ports the gateway listens on for mirrored services.",
 		}),
+		egressProbe: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "backbone_egress_probe_duration_seconds",
+			Help:    "Time of a TLS handshake plus a request of the probe path to an egress target (a connect, or a connect and handshake, for tcp and tls targets), from this gateway.",
+			Buckets: prometheus.ExponentialBucketsRange(0.001, 10, 40),
+		}, []string{"target"}),
+		egressUp: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "backbone_egress_up",
+			Help: "1 when this gateway's latest probe of the egress target succeeded.",
+		}, []string{"target"}),
 	}
 	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "backbone_build_info", Help: "Build of the running backbone.",
 	}, []string{"version", "commit", "go_version"})
 	info := version.Get()
 	build.WithLabelValues(info.Version, info.GitCommit, info.GoVersion).Set(1)
-	reg.MustRegister(m.streams, m.activeStreams, m.bytes, m.duration, m.connections, m.dialErrors, m.denied, m.listeners, build,
+	reg.MustRegister(m.streams, m.activeStreams, m.bytes, m.duration, m.connections, m.dialErrors, m.denied, m.listeners, m.egressProbe, m.egressUp, build,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

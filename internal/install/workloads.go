@@ -36,6 +36,9 @@ func controllerDeployment(v Values) *appsv1.Deployment {
 		// The link probe dials peer gateways with the cluster's identity.
 		"--identity-dir=" + IdentityMountPath,
 		fmt.Sprintf("--admin-address=:%d", AdminPort),
+		// The gateways probe the egress targets and report on their admin
+		// port; the controller writes the targets' status from it.
+		fmt.Sprintf("--gateway-admin-port=%d", AdminPort),
 	}
 	return deployment(ControllerName, "controller", v.Controller.Replicas, podSpec(v, ControllerName, args, v.Controller.Resources, nil, identityVolume(v)))
 }

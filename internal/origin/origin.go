@@ -210,7 +210,11 @@ func (o *Originator) serveHTTPS(ctx context.Context, client net.Conn, t Target, 
 }
 
 // Probe measures a TLS handshake plus a HEAD of the probe path (a TCP
-// connect for tcp targets): the egress probe.
+// connect for tcp targets, and a handshake for tls ones): the egress
+// probe. Every probe dials anew, so the handshake is measured and a dead
+// target is not hidden by a pooled connection; it goes through the same
+// dialer as traffic (the forbidden-address checks) and never follows a
+// redirect: any answer below 500 means the target is there.
 func (o *Originator) Probe(ctx context.Context, t Target) (time.Duration, error) {
 	start := time.Now()
 	if t.Protocol == TCP || t.Protocol == TLS {
@@ -221,10 +225,17 @@ func (o *Originator) Probe(ctx context.Context, t Target) (time.Duration, error)
 		_ = c.Close()
 		return time.Since(start), nil
 	}
-	tr, err := o.transport(t)
+	cfg, err := t.tlsConfig()
 	if err != nil {
 		return 0, err
 	}
+	tr := &http.Transport{
+		DialContext:            o.Dialer.DialContext,
+		TLSClientConfig:        cfg,
+		DisableKeepAlives:      true,
+		MaxResponseHeaderBytes: 64 << 10,
+	}
+	defer tr.CloseIdleConnections()
 	path := t.ProbePath
 	if path == "" {
 		path = "/"
@@ -233,9 +244,13 @@ func (o *Originator) Probe(ctx context.Context, t Target) (time.Duration, error)
 	if err != nil {
 		return 0, err
 	}
+	req.Host = t.DNSName
+	if t.Port != 443 {
+		req.Host = t.address()
+	}
 	resp, err := tr.RoundTrip(req)
 	if err != nil {
-		return 0, err
+		return 0, fmt.Errorf("egress target %s: probe %s: %w", t.Name, path, err)
 	}
 	_ = resp.Body.Close()
 	if resp.StatusCode >= 500 {

@@ -15,7 +15,6 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -50,36 +49,13 @@ type EgressOptions struct {
 	// Ports is the gateway port range egress targets get ports from
 	// (default 30000-30999).
 	Ports struct{ Low, High int32 }
-	// ProbePeriod is how often each target is probed (default 10s).
+	// ProbePeriod is how often the gateways' probe results are read when
+	// no gateway says how often it probes (default 10s).
 	ProbePeriod time.Duration
-	// Prober probes a target; nil disables probing (the target is then
-	// Ready once its Service exists).
-	Prober  func(ctx context.Context, t origin.Target) (time.Duration, error)
-	Metrics *EgressMetrics
-	Log     *slog.Logger
-}
-
-// EgressMetrics are the egress probe's series.
-type EgressMetrics struct {
-	Duration *prometheus.HistogramVec
-	Up       *prometheus.GaugeVec
-}
-
-// NewEgressMetrics registers the egress probe's series with reg.
-func NewEgressMetrics(reg prometheus.Registerer) *EgressMetrics {
-	m := &EgressMetrics{
-		Duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name:    "backbone_egress_probe_duration_seconds",
-			Help:    "Time of a TLS handshake plus a request of the probe path to an egress target, from the gateway's cluster.",
-			Buckets: prometheus.ExponentialBucketsRange(0.001, 10, 40),
-		}, []string{"target"}),
-		Up: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "backbone_egress_up",
-			Help: "1 when the latest probe of the egress target succeeded.",
-		}, []string{"target"}),
-	}
-	reg.MustRegister(m.Duration, m.Up)
-	return m
+	// GatewayAdminPort is the local gateways' admin port, where each
+	// serves its latest probe of every target (default 9090).
+	GatewayAdminPort int32
+	Log              *slog.Logger
 }
 
 // EgressReconciler keeps the Service and EndpointSlice of every EgressTarget
@@ -87,6 +63,7 @@ func NewEgressMetrics(reg prometheus.Registerer) *EgressMetrics {
 type EgressReconciler struct {
 	client client.Client
 	opts   EgressOptions
+	probes *probeReader
 }
 
 // SetupEgress registers the EgressTarget reconciler with the manager.
@@ -97,10 +74,13 @@ func SetupEgress(mgr ctrl.Manager, opts EgressOptions) error {
 	if opts.ProbePeriod == 0 {
 		opts.ProbePeriod = 10 * time.Second
 	}
+	if opts.GatewayAdminPort == 0 {
+		opts.GatewayAdminPort = 9090
+	}
 	if opts.Log == nil {
 		opts.Log = slog.Default()
 	}
-	r := &EgressReconciler{client: mgr.GetClient(), opts: opts}
+	r := &EgressReconciler{client: mgr.GetClient(), opts: opts, probes: newProbeReader(opts.GatewayAdminPort)}
 	allTargets := handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []reconcile.Request {
 		if o.GetNamespace() != v1alpha1.SystemNamespace || o.GetLabels()[discoveryv1.LabelServiceName] != v1alpha1.GatewayServiceName {
 			return nil
@@ -138,16 +118,16 @@ func (r *EgressReconciler) Reconcile(ctx context.Context, req reconcile.Request)
 	if et.Spec.Environment != r.opts.ClusterName {
 		// Served by another cluster, which exports it; this one mirrors it.
 		return reconcile.Result{}, r.setStatus(ctx, &et, metav1.ConditionFalse, "OtherEnvironment",
-			fmt.Sprintf("served by the gateway of %s; here it is the mirror %s-%s", et.Spec.Environment, et.Spec.HostName, et.Spec.Environment), nil)
+			fmt.Sprintf("served by the gateway of %s; here it is the mirror %s-%s", et.Spec.Environment, et.Spec.HostName, et.Spec.Environment), nil, nil)
 	}
 	port, err := r.port(ctx, &et)
 	if err != nil {
-		return reconcile.Result{}, r.setStatus(ctx, &et, metav1.ConditionFalse, "NoGatewayPort", err.Error(), nil)
+		return reconcile.Result{}, r.setStatus(ctx, &et, metav1.ConditionFalse, "NoGatewayPort", err.Error(), nil, nil)
 	}
 	svc, err := r.service(ctx, &et, port)
 	var conflict *conflictError
 	if errors.As(err, &conflict) {
-		return reconcile.Result{}, r.setStatus(ctx, &et, metav1.ConditionFalse, "ServiceConflict", conflict.msg, nil)
+		return reconcile.Result{}, r.setStatus(ctx, &et, metav1.ConditionFalse, "ServiceConflict", conflict.msg, nil, nil)
 	}
 	if err != nil {
 		return reconcile.Result{}, err
@@ -161,30 +141,24 @@ func (r *EgressReconciler) Reconcile(ctx context.Context, req reconcile.Request)
 	}
 	if len(gateways) == 0 {
 		return reconcile.Result{RequeueAfter: r.opts.ProbePeriod}, r.setStatus(ctx, &et, metav1.ConditionFalse, "NoGateway",
-			"the local gateway has no ready endpoints (Service backbone-system/backbone-gateway)", nil)
+			"the local gateway has no ready endpoints (Service backbone-system/backbone-gateway)", nil, nil)
 	}
-	if r.opts.Prober == nil {
-		return reconcile.Result{}, r.setStatus(ctx, &et, metav1.ConditionTrue, "Serving",
-			fmt.Sprintf("Service %s/%s, gateway port %d", svc.Namespace, svc.Name, port), nil)
-	}
-	t := TargetOf(&et)
-	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	took, perr := r.opts.Prober(pctx, t)
-	cancel()
-	alive := perr == nil
-	if m := r.opts.Metrics; m != nil {
-		m.Up.WithLabelValues(t.Name).Set(map[bool]float64{true: 1, false: 0}[alive])
-		if alive {
-			m.Duration.WithLabelValues(t.Name).Observe(took.Seconds())
-		}
-	}
+	// The gateways probe the target (their connections are the ones the
+	// cluster lets out); this reconciler, the one writer, reads what every
+	// ready gateway found.
+	v := judge(&et, r.probes.read(ctx, gateways))
 	next := reconcile.Result{RequeueAfter: r.opts.ProbePeriod}
-	if !alive {
-		return next, r.setStatus(ctx, &et, metav1.ConditionFalse, "TargetUnreachable",
-			fmt.Sprintf("probe of %s:%d failed: %v", et.Spec.DNSName, t.Port, perr), ptr.To(false))
+	if v.period > 0 {
+		next.RequeueAfter = v.period
 	}
-	return next, r.setStatus(ctx, &et, metav1.ConditionTrue, "Serving",
-		fmt.Sprintf("Service %s/%s, gateway port %d; probe took %s", svc.Namespace, svc.Name, port, took.Round(time.Millisecond)), ptr.To(true))
+	if v.reason == "ProbePending" {
+		next.RequeueAfter = time.Second
+	}
+	msg := v.message
+	if v.reason == "Serving" {
+		msg = fmt.Sprintf("Service %s/%s, gateway port %d; %s", svc.Namespace, svc.Name, port, v.message)
+	}
+	return next, r.setStatus(ctx, &et, v.ready, v.reason, msg, v.alive, v.probed)
 }
 
 type conflictError struct{ msg string }
@@ -310,13 +284,16 @@ func (r *EgressReconciler) slice(ctx context.Context, et *v1alpha1.EgressTarget,
 	return err
 }
 
-// setStatus writes the Ready condition (and the probe's verdict) when it
-// changed, or when the last probe time is a minute old.
-func (r *EgressReconciler) setStatus(ctx context.Context, et *v1alpha1.EgressTarget, st metav1.ConditionStatus, reason, msg string, alive *bool) error {
-	now := metav1.Now()
+// setStatus writes the Ready condition (and the probe's verdict, alive
+// and the time of the probe it rests on) when it changed, or when the
+// recorded probe time is a minute behind.
+func (r *EgressReconciler) setStatus(ctx context.Context, et *v1alpha1.EgressTarget, st metav1.ConditionStatus, reason, msg string, alive *bool, probeTime *metav1.Time) error {
 	cur := meta.FindStatusCondition(et.Status.Conditions, v1alpha1.ConditionReady)
-	stale := alive != nil && (et.Status.LastProbeTime == nil || now.Sub(et.Status.LastProbeTime.Time) > time.Minute)
-	if cur != nil && cur.Status == st && cur.Reason == reason && (cur.Message == msg || reason == "Serving") &&
+	stale := probeTime != nil && (et.Status.LastProbeTime == nil || probeTime.Sub(et.Status.LastProbeTime.Time) > time.Minute)
+	// Serving's message carries latencies, and a probe failing from one
+	// gateway may fail with a new port number each time: neither is worth
+	// a write on its own.
+	if cur != nil && cur.Status == st && cur.Reason == reason && (cur.Message == msg || reason == "Serving" || reason == "TargetUnreachable") &&
 		et.Status.ObservedGeneration == et.Generation && ptr.Equal(et.Status.Alive, alive) && !stale {
 		return nil
 	}
@@ -324,8 +301,8 @@ func (r *EgressReconciler) setStatus(ctx context.Context, et *v1alpha1.EgressTar
 	meta.SetStatusCondition(&et.Status.Conditions, metav1.Condition{Type: v1alpha1.ConditionReady, Status: st, Reason: reason, Message: msg, ObservedGeneration: et.Generation})
 	et.Status.ObservedGeneration = et.Generation
 	et.Status.Alive = alive
-	if alive != nil {
-		et.Status.LastProbeTime = &now
+	if probeTime != nil {
+		et.Status.LastProbeTime = probeTime
 	}
 	return client.IgnoreNotFound(r.client.Status().Patch(ctx, et, patch))
 }

@@ -211,8 +211,8 @@ func TestEgressTargetBecomesAnExportedService(t *testing.T) {
 	}
 	eventually(t, "the other environment's target reported", func() bool { return reason("elsewhere") == "OtherEnvironment" })
 	eventually(t, "the conflicting Service reported", func() bool { return reason("taken") == "ServiceConflict" })
-	// example.com names do not answer the probe here.
-	eventually(t, "the unreachable target reported", func() bool { return reason("resource-a") == "TargetUnreachable" })
+	// The gateways probe; no gateway runs at 10.1.0.7 to report.
+	eventually(t, "the target without gateway reports reported", func() bool { return reason("resource-a") == "ProbeUnavailable" })
 	if err := c.Client.Get(bg, types.NamespacedName{Namespace: v1alpha1.SystemNamespace, Name: "elsewhere"}, &corev1.Service{}); !apierrors.IsNotFound(err) {
 		t.Fatalf("a target of another environment got a Service here: %v", err)
 	}

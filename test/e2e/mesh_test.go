@@ -91,7 +91,7 @@ func TestMesh(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	startController(t, east, eastID, 1, "--egress-resolve", resolve)
+	startController(t, east, eastID, 1)
 	startController(t, west, westID, 2)
 
 	// The mirror appears in west, and a call through it reaches east.
@@ -234,8 +234,11 @@ func registerGateway(t *testing.T, c *testenv.Cluster, g *gatewayProc) {
 func startController(t *testing.T, c *testenv.Cluster, identityDir string, ipIndex int, extra ...string) *process {
 	t.Helper()
 	ip := testenv.NetnsAddr(ipIndex)
+	// The gateways' admin port (startGateway's) is where the controller
+	// reads their egress probes.
 	args := append([]string{"controller", "--kubeconfig", c.Kubeconfig, "--cluster-name", c.Name,
-		"--identity-dir", identityDir, "--admin-address", net.JoinHostPort(ip, "9091"), "--resync", "5s"}, extra...)
+		"--identity-dir", identityDir, "--admin-address", net.JoinHostPort(ip, "9091"), "--resync", "5s",
+		"--gateway-admin-port", "9990"}, extra...)
 	p := startProcess(t, "controller "+c.Name, args...)
 	waitFor(t, 60*time.Second, "controller "+c.Name+" ready", func() bool {
 		resp, err := http.Get("http://" + net.JoinHostPort(ip, "9091") + "/readyz")
@@ -344,6 +347,15 @@ func grepLine(log []byte, substr string) string {
 // or Host is not creditScoreHost.
 func creditScoreServer(t *testing.T, l net.Listener) string {
 	t.Helper()
+	cert, caPEM := creditScoreIdentity(t)
+	serveCreditScore(t, l, cert, nil)
+	return caPEM
+}
+
+// creditScoreIdentity is a certificate for creditScoreHost from a fresh CA,
+// and that CA (PEM).
+func creditScoreIdentity(t *testing.T) (tls.Certificate, string) {
+	t.Helper()
 	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "credit score test CA"},
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true,
@@ -361,10 +373,21 @@ func creditScoreServer(t *testing.T, l net.Listener) string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return tls.Certificate{Certificate: [][]byte{leafDER}, PrivateKey: key}, string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}))
+}
+
+// serveCreditScore serves the credit score stand-in on l with cert until
+// the test ends or the returned server is closed; seen, if set, is told
+// of every request it answers.
+func serveCreditScore(t *testing.T, l net.Listener, cert tls.Certificate, seen func(*http.Request)) *http.Server {
+	t.Helper()
 	srv := &http.Server{
 		ReadHeaderTimeout: 5 * time.Second,
-		TLSConfig:         &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{leafDER}, PrivateKey: key}}},
+		TLSConfig:         &tls.Config{Certificates: []tls.Certificate{cert}},
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if seen != nil {
+				seen(r)
+			}
 			host, _, _ := net.SplitHostPort(r.Host)
 			if host == "" {
 				host = r.Host
@@ -382,5 +405,5 @@ func creditScoreServer(t *testing.T, l net.Listener) string {
 	}
 	go func() { _ = srv.ServeTLS(l, "", "") }()
 	t.Cleanup(func() { _ = srv.Close() })
-	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}))
+	return srv
 }
