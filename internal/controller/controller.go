@@ -23,6 +23,7 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/backbone-mesh/backbone/api/v1alpha1"
+	"github.com/backbone-mesh/backbone/internal/export"
 	"github.com/backbone-mesh/backbone/internal/gateway"
 	"github.com/backbone-mesh/backbone/internal/identity"
 	"github.com/backbone-mesh/backbone/internal/kube"
@@ -105,6 +106,9 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 		}
 	}
 	if err := mirror.Setup(mgr, mirror.Options{Ports: opts.Ports, Resync: opts.Resync, Metrics: mirrorMetrics(), Log: opts.Log}); err != nil {
+		return err
+	}
+	if err := export.Setup(mgr, opts.ClusterName, opts.Log); err != nil {
 		return err
 	}
 	// The gateways probe the egress targets; the reconciler reads their

@@ -99,6 +99,11 @@ func Calculate(in Input) *Plan {
 	})
 	for _, r := range remote {
 		rs := r.Service
+		if rs.Spec.Type == corev1.ServiceTypeExternalName {
+			// No endpoints to tunnel to: its clients resolve the name themselves.
+			p.Problems = append(p.Problems, fmt.Sprintf("%s/%s: an ExternalName Service is not mirrored (it has no endpoints behind the remote gateway); point the local clients at %s directly", rs.Namespace, rs.Name, rs.Spec.ExternalName))
+			continue
+		}
 		if !in.Namespaces[rs.Namespace] && !newNamespaces[rs.Namespace] {
 			if !in.CreateNamespaces {
 				p.Problems = append(p.Problems, fmt.Sprintf("%s/%s: namespace %s does not exist here (set spec.createNamespaces to create it)", rs.Namespace, rs.Name, rs.Namespace))

@@ -196,6 +196,19 @@ func TestCalculate(t *testing.T) {
 				}
 			},
 		},
+		"an ExternalName service is reported, not mirrored, and an existing mirror of it goes": {
+			before: []RemoteService{{Service: remoteSvc("shop", "cart", httpPort(8080))}},
+			remote: []RemoteService{{Service: func() corev1.Service {
+				s := remoteSvc("shop", "cart", httpPort(8080))
+				s.Spec.Type, s.Spec.ExternalName = corev1.ServiceTypeExternalName, "cart.example.com"
+				return s
+			}()}},
+			check: func(t *testing.T, p *Plan, s *state) {
+				if len(p.DeleteServices) != 1 || len(s.local) != 0 || len(p.Problems) != 1 || !strings.Contains(p.Problems[0], "ExternalName") {
+					t.Fatalf("plan %+v", p)
+				}
+			},
+		},
 		"a missing namespace is reported": {
 			wantEmpty: true,
 			remote:    []RemoteService{{Service: remoteSvc("billing", "invoices", httpPort(80))}},
