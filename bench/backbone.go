@@ -41,11 +41,9 @@ func backbonePath(ctx context.Context, dir, httpBackend, sinkBackend string, wan
 	if !testenv.InNetns() {
 		return nil, errors.New("backbone's path needs the private network namespace (run the bench as root)")
 	}
-	bin := filepath.Join(dir, "backbone")
-	build := exec.Command("go", "build", "-o", bin, "./cmd/backbone")
-	build.Dir = testenv.RepoRoot()
-	if out, err := build.CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("go build: %v\n%s", err, out)
+	bin, err := buildBackbone(dir)
+	if err != nil {
+		return nil, err
 	}
 	var stops []func()
 	stop := func() {

@@ -20,6 +20,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/go-logr/logr"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
+
 	"github.com/backbone-mesh/backbone/internal/faultproxy"
 	"github.com/backbone-mesh/backbone/internal/testenv"
 )
@@ -32,6 +35,11 @@ type options struct {
 	peers     []string
 	wanOneWay time.Duration
 	bulkBytes int64
+	sections  map[string]bool
+	// Mirroring at scale.
+	mirrorSizes []int
+	mirrorRate  int
+	mirrorFor   time.Duration
 }
 
 // path is one way from the client to the backend.
@@ -47,6 +55,7 @@ type path struct {
 }
 
 func main() {
+	ctrllog.SetLogger(logr.Discard()) // the clients' own logs are not the bench's output
 	// Backbone's path runs real API servers, which refuse loopback
 	// endpoints: the whole bench runs in a private network namespace.
 	if testenv.EnterNetns() {
@@ -55,7 +64,7 @@ func main() {
 		log.Print("no private network namespace (not root): measuring the peers only")
 	}
 	var o options
-	var rates, peers string
+	var rates, peers, sections, sizes string
 	flag.StringVar(&o.out, "out", "bench/results.md", "file to write the results to")
 	flag.IntVar(&o.repeat, "repeat", 3, "runs per measurement; medians are reported")
 	flag.DurationVar(&o.duration, "duration", 5*time.Second, "length of each fixed-rate and saturation run")
@@ -63,18 +72,36 @@ func main() {
 	flag.StringVar(&peers, "peers", "nginx,haproxy", "peers to compare with (nginx, haproxy)")
 	flag.DurationVar(&o.wanOneWay, "wan-latency", 30*time.Millisecond, "one-way latency between the clusters for the new-connection test")
 	flag.Int64Var(&o.bulkBytes, "bulk-bytes", 1<<30, "bytes of the single-stream bulk transfer")
+	flag.StringVar(&sections, "sections", "paths,mirroring", "what to measure: paths (latency, throughput, new connections against the peers), mirroring (at scale)")
+	flag.StringVar(&sizes, "mirror-services", "1000,10000", "numbers of exported services to mirror")
+	flag.IntVar(&o.mirrorRate, "mirror-rate", 20, "single changes per second while propagation is measured")
+	flag.DurationVar(&o.mirrorFor, "mirror-changes-for", 15*time.Second, "how long single changes are made")
 	flag.Parse()
-	for _, r := range strings.Split(rates, ",") {
-		var n int
-		if _, err := fmt.Sscan(r, &n); err != nil || n <= 0 {
-			log.Fatalf("-rates: %q is not a positive number", r)
+	o.rates = positiveInts("-rates", rates)
+	o.mirrorSizes = positiveInts("-mirror-services", sizes)
+	o.sections = map[string]bool{}
+	for _, s := range strings.Split(sections, ",") {
+		if s != "paths" && s != "mirroring" {
+			log.Fatalf("-sections: %q is neither paths nor mirroring", s)
 		}
-		o.rates = append(o.rates, n)
+		o.sections[s] = true
 	}
 	o.peers = strings.Split(peers, ",")
 	if err := run(context.Background(), o); err != nil {
 		log.Fatal(err)
 	}
+}
+
+func positiveInts(flag, list string) []int {
+	var out []int
+	for _, r := range strings.Split(list, ",") {
+		var n int
+		if _, err := fmt.Sscan(r, &n); err != nil || n <= 0 {
+			log.Fatalf("%s: %q is not a positive number", flag, r)
+		}
+		out = append(out, n)
+	}
+	return out
 }
 
 // backendHost is where the backends listen: an address the API servers
@@ -109,6 +136,22 @@ func run(ctx context.Context, o options) error {
 		return err
 	}
 	defer func() { _ = os.RemoveAll(dir) }()
+	r := &report{machine: machine(), opts: o}
+	if o.sections["paths"] {
+		if err := measurePaths(ctx, dir, o, r); err != nil {
+			return err
+		}
+	}
+	if o.sections["mirroring"] {
+		var err error
+		if r.mirroring, err = measureMirroring(ctx, dir, o.mirrorSizes, o.mirrorRate, o.mirrorFor); err != nil {
+			return err
+		}
+	}
+	return r.write(o.out)
+}
+
+func measurePaths(ctx context.Context, dir string, o options, r *report) error {
 	if err := peerPKI(dir); err != nil {
 		return err
 	}
@@ -146,7 +189,6 @@ func run(ctx context.Context, o options) error {
 		}
 	}
 
-	r := &report{machine: machine(), opts: o}
 	for _, p := range paths {
 		log.Printf("measuring %s", p.name)
 		r.add(measure(ctx, p, o))
@@ -154,7 +196,7 @@ func run(ctx context.Context, o options) error {
 			r.probe, r.tcpRTT = measureProbe(p.probe)
 		}
 	}
-	return r.write(o.out)
+	return nil
 }
 
 // peerPath starts one pair of proxies for HTTP and one for bulk, plus the

@@ -104,6 +104,7 @@ type report struct {
 	// probe is the link probe's median round trip; tcpRTT a bare TCP
 	// round trip on the same loopback, for its overhead.
 	probe, tcpRTT time.Duration
+	mirroring     []mirrorResult
 }
 
 // measureProbe times 200 link probes (GET /ready over the pooled mTLS
@@ -160,6 +161,33 @@ func ratio(a, b float64) string {
 func (r *report) write(path string) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# backbone benchmark results\n\nMachine: %s  \nRun: %s, %d repeats of %s, medians reported.\n\n", r.machine, time.Now().UTC().Format(time.RFC3339), r.opts.repeat, r.opts.duration)
+	if len(r.results) > 0 {
+		r.writePaths(&b)
+	}
+	if len(r.mirroring) > 0 {
+		r.writeMirroring(&b)
+	}
+	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
+		return err
+	}
+	fmt.Print(b.String())
+	return nil
+}
+
+func (r *report) writeMirroring(b *strings.Builder) {
+	b.WriteString("\n## Mirroring at scale\n\nTwo fresh clusters per size; n exported Services in east; a `backbone controller` process for west with the link reader's real credentials. " +
+		"First sync: from the controller's start to every mirror Service and EndpointSlice existing. Propagation: single label changes at a sustained rate, each on another Service, " +
+		"from the write to east (its round trip included) to the mirror's update reaching a watch on west. Steady state: 40 s with nothing changing (a resync every 30 s). " +
+		"Requests and writes are the controller's own counters (`rest_client_requests_total`, `backbone_mirror_api_writes_total`); one run per size.\n\n")
+	b.WriteString("| services | first sync | API requests | writes | CPU s | changes | propagation p50 | p99 | max | not seen | steady requests/min | steady writes/min | steady CPU s/min | peak RSS MiB |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+	for _, m := range r.mirroring {
+		fmt.Fprintf(b, "| %d | %.1f s | %.0f | %.0f | %.1f | %d at %d/s | %s ms | %s ms | %s ms | %d | %.1f | %.1f | %.2f | %.0f |\n",
+			m.services, m.mirrorAll.Seconds(), m.syncReqs, m.syncWrite, m.syncCPU, m.changes, m.rate, ms(m.p50), ms(m.p99), ms(m.maxProp), m.lost,
+			m.steadyReqsPerMin, m.steadyWritesPerMin, m.steadyCPUPerMin, m.peakRSSMiB)
+	}
+}
+
+func (r *report) writePaths(b *strings.Builder) {
 	var direct *result
 	for i := range r.results {
 		if r.results[i].name == "direct" {
@@ -167,7 +195,7 @@ func (r *report) write(path string) error {
 		}
 	}
 	for ri, rate := range r.opts.rates {
-		fmt.Fprintf(&b, "## Latency at %d req/s (1 KiB responses, keep-alive, 64 connections)\n\n| path | p50 ms | p99 ms | p99.9 ms | added p50 | added p99 | added p99.9 | errors |\n|---|---|---|---|---|---|---|---|\n", rate)
+		fmt.Fprintf(b, "## Latency at %d req/s (1 KiB responses, keep-alive, 64 connections)\n\n| path | p50 ms | p99 ms | p99.9 ms | added p50 | added p99 | added p99.9 | errors |\n|---|---|---|---|---|---|---|---|\n", rate)
 		for _, res := range r.results {
 			rr := res.rates[ri]
 			added := func(d, base time.Duration) string {
@@ -180,18 +208,18 @@ func (r *report) write(path string) error {
 			if direct != nil {
 				d = direct.rates[ri]
 			}
-			fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %d |\n", res.name, ms(rr.p50), ms(rr.p99), ms(rr.p999), added(rr.p50, d.p50), added(rr.p99, d.p99), added(rr.p999, d.p999), rr.errors)
+			fmt.Fprintf(b, "| %s | %s | %s | %s | %s | %s | %s | %d |\n", res.name, ms(rr.p50), ms(rr.p99), ms(rr.p999), added(rr.p50, d.p50), added(rr.p99, d.p99), added(rr.p999, d.p999), rr.errors)
 		}
 		b.WriteString("\n")
 	}
 	b.WriteString("## Saturation, new connections across a WAN-like link, bulk\n\n")
-	fmt.Fprintf(&b, "| path | req/s at saturation | proxy CPU s per 100k req | connect→first byte, %s one way | 1 stream MB/s | CPU s | 64 streams MB/s | CPU s |\n|---|---|---|---|---|---|---|---|\n", r.opts.wanOneWay)
+	fmt.Fprintf(b, "| path | req/s at saturation | proxy CPU s per 100k req | connect→first byte, %s one way | 1 stream MB/s | CPU s | 64 streams MB/s | CPU s |\n|---|---|---|---|---|---|---|---|\n", r.opts.wanOneWay)
 	for _, res := range r.results {
 		nc := "–"
 		if res.newConn > 0 {
 			nc = ms(res.newConn) + " ms"
 		}
-		fmt.Fprintf(&b, "| %s | %.0f | %.2f | %s | %.0f | %.2f | %.0f | %.2f |\n", res.name, res.saturationRPS, res.cpuPer100k, nc, res.bulkMBps, res.bulkCPU, res.parallelMBps, res.parallelCPU)
+		fmt.Fprintf(b, "| %s | %.0f | %.2f | %s | %.0f | %.2f | %.0f | %.2f |\n", res.name, res.saturationRPS, res.cpuPer100k, nc, res.bulkMBps, res.bulkCPU, res.parallelMBps, res.parallelCPU)
 	}
 	var bb *result
 	for i := range r.results {
@@ -213,16 +241,11 @@ func (r *report) write(path string) error {
 				}
 				return 100000 / x.cpuPer100k
 			}
-			fmt.Fprintf(&b, "| %s | %s | %s | %s | %s |\n", res.name, ratio(addedBB, addedPeer), ratio(eff(*bb), eff(res)), ratio(float64(bb.newConn), float64(res.newConn)), ratio(bb.bulkMBps, res.bulkMBps))
+			fmt.Fprintf(b, "| %s | %s | %s | %s | %s |\n", res.name, ratio(addedBB, addedPeer), ratio(eff(*bb), eff(res)), ratio(float64(bb.newConn), float64(res.newConn)), ratio(bb.bulkMBps, res.bulkMBps))
 		}
 	}
 	if r.probe > 0 {
-		fmt.Fprintf(&b, "\n## Link probe\n\nGET /ready over the pooled mTLS HTTP/2 connection between the gateways, as the controller probes: median %s ms; a bare TCP round trip on the same loopback: %s ms; the probe's overhead: %s ms.\n",
+		fmt.Fprintf(b, "\n## Link probe\n\nGET /ready over the pooled mTLS HTTP/2 connection between the gateways, as the controller probes: median %s ms; a bare TCP round trip on the same loopback: %s ms; the probe's overhead: %s ms.\n",
 			ms(r.probe), ms(r.tcpRTT), ms(r.probe-r.tcpRTT))
 	}
-	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
-		return err
-	}
-	fmt.Print(b.String())
-	return nil
 }
