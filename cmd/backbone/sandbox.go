@@ -41,7 +41,7 @@ workloads. Everything runs as local processes; nothing leaves the machine.`,
 	}
 	cmd.PersistentFlags().StringVar(&opts.dir, "dir", ".sandbox", "directory for the sandbox's kubeconfigs, certificates, logs and state")
 	cmd.AddCommand(newSandboxUpCmd(opts), newSandboxDownCmd(opts), newSandboxStatusCmd(opts),
-		newSandboxServeCmd(opts), newSandboxCurlCmd(opts), newDemoServerCmd())
+		newSandboxServeCmd(opts), newSandboxCurlCmd(opts), newDemoServerCmd(), newSandboxChildCmd())
 	return cmd
 }
 
@@ -102,12 +102,19 @@ func newSandboxUpCmd(opts *sandboxOptions) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if st, err := sandbox.ReadState(ro.Dir); err == nil && processAlive(st.PID) {
+			if st, err := sandbox.ReadState(ro.Dir); err == nil && st.Running() {
+				if !st.Ready {
+					return fmt.Errorf("a sandbox is starting from %s (pid %d): wait for it, or backbone sandbox down --dir %s", ro.Dir, st.PID, opts.dir)
+				}
 				// Idempotent: the sandbox is up; say so and show it.
 				fmt.Fprintf(cmd.ErrOrStderr(), "==> a sandbox already runs from %s (pid %d); backbone sandbox down --dir %s stops it\n", ro.Dir, st.PID, opts.dir)
 				return sandbox.WriteSummary(cmd.Context(), cmd.OutOrStdout(), ro.Dir, st)
 			}
-			_ = os.Remove(filepath.Join(ro.Dir, "state.json"))
+			// A sandbox whose supervisor was killed leaves its network, its
+			// clusters' data and its state behind.
+			if err := sandbox.Recover(ro.Dir, cmd.ErrOrStderr()); err != nil {
+				return fmt.Errorf("cleaning up after the last sandbox in %s: %w", ro.Dir, err)
+			}
 			if foreground {
 				ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 				defer stop()
@@ -187,13 +194,6 @@ func followUntilReady(ctx context.Context, w io.Writer, logPath, dir string, exi
 	}
 }
 
-func processAlive(pid int) bool {
-	if pid <= 0 {
-		return false
-	}
-	return syscall.Kill(pid, 0) == nil
-}
-
 func newSandboxServeCmd(opts *sandboxOptions) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:    "serve",
@@ -221,27 +221,27 @@ func newSandboxDownCmd(opts *sandboxOptions) *cobra.Command {
 		Example: "  backbone sandbox down",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			st, err := sandbox.ReadState(opts.dir)
-			if err != nil {
-				return fmt.Errorf("no sandbox state in %s: %w", opts.dir, err)
-			}
-			if !processAlive(st.PID) {
-				fmt.Fprintf(cmd.OutOrStdout(), "the sandbox (pid %d) is not running\n", st.PID)
-				return nil
-			}
-			if err := syscall.Kill(st.PID, syscall.SIGTERM); err != nil {
-				return err
-			}
-			for deadline := time.Now().Add(60 * time.Second); processAlive(st.PID); {
-				if time.Now().After(deadline) {
-					return fmt.Errorf("the sandbox (pid %d) did not stop within 60s", st.PID)
-				}
-				time.Sleep(200 * time.Millisecond)
-			}
-			fmt.Fprintln(cmd.OutOrStdout(), "sandbox stopped")
-			return nil
+			return sandbox.Down(opts.dir, 60*time.Second, cmd.OutOrStdout())
 		},
 	}
+}
+
+// newSandboxChildCmd is how the supervisor starts what it cannot start
+// itself with a parent-death signal (envtest's etcd and kube-apiserver).
+func newSandboxChildCmd() *cobra.Command {
+	var parent int
+	cmd := &cobra.Command{
+		Use:    "child --parent PID -- PROGRAM [ARG...]",
+		Short:  "Run PROGRAM so that it dies with the sandbox supervisor PID",
+		Hidden: true,
+		Args:   cobra.MinimumNArgs(1),
+		RunE: func(_ *cobra.Command, args []string) error {
+			return sandbox.ExecChild(parent, args)
+		},
+	}
+	cmd.Flags().IntVar(&parent, "parent", 0, "pid of the supervisor")
+	_ = cmd.MarkFlagRequired("parent")
+	return cmd
 }
 
 func newSandboxStatusCmd(opts *sandboxOptions) *cobra.Command {
@@ -255,12 +255,12 @@ func newSandboxStatusCmd(opts *sandboxOptions) *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("no sandbox state in %s: %w", opts.dir, err)
 			}
-			if !processAlive(st.PID) {
+			if !st.Running() {
 				return fmt.Errorf("the sandbox (pid %d) is not running: backbone sandbox up", st.PID)
 			}
 			var dead []string
 			for _, p := range st.Procs {
-				if !processAlive(p.PID) {
+				if syscall.Kill(p.PID, 0) != nil {
 					dead = append(dead, fmt.Sprintf("%s (log: %s)", p.Name, p.Log))
 				}
 			}

@@ -3,8 +3,10 @@ package sandbox
 import (
 	"fmt"
 	"net"
+	"os"
 	"path/filepath"
 	"strconv"
+	"time"
 
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	"k8s.io/client-go/rest"
@@ -37,8 +39,9 @@ func freePort(ip string) (string, error) {
 
 // startCluster starts a control plane whose API server binds apiIP (its
 // serving certificate names that address) and installs backbone's CRDs
-// and the MCS ServiceExport CRD.
-func startCluster(name, binDir, crdDir, apiIP, dir string) (*cluster, error) {
+// and the MCS ServiceExport CRD. bins are the etcd and kube-apiserver to
+// run (tieToSupervisor's); their data lives in dir/clusters/<name>.
+func startCluster(name string, bins map[string]string, crdDir, apiIP, dir string) (*cluster, error) {
 	port, err := freePort(apiIP)
 	if err != nil {
 		return nil, err
@@ -47,14 +50,25 @@ func startCluster(name, binDir, crdDir, apiIP, dir string) (*cluster, error) {
 	if err := yaml.Unmarshal(mcscrd.ServiceExportCRD, exportCRD); err != nil {
 		return nil, err
 	}
+	data := filepath.Join(dir, "clusters", name)
+	for _, sub := range []string{"etcd", "apiserver"} {
+		if err := os.MkdirAll(filepath.Join(data, sub), 0o700); err != nil {
+			return nil, err
+		}
+	}
 	env := &envtest.Environment{
-		BinaryAssetsDirectory: binDir,
 		CRDDirectoryPaths:     []string{crdDir},
 		CRDs:                  []*apiextensionsv1.CustomResourceDefinition{exportCRD},
 		ErrorIfCRDPathMissing: true,
 		Scheme:                kube.Scheme,
+		// Generous: three control planes start at once, on two cores in CI.
+		ControlPlaneStartTimeout: 90 * time.Second,
+		ControlPlaneStopTimeout:  30 * time.Second,
 	}
+	env.ControlPlane.Etcd = &envtest.Etcd{Path: bins["etcd"], DataDir: filepath.Join(data, "etcd")}
 	env.ControlPlane.APIServer = &envtest.APIServer{
+		Path:          bins["kube-apiserver"],
+		CertDir:       filepath.Join(data, "apiserver"),
 		SecureServing: envtest.SecureServing{ListenAddr: envtest.ListenAddr{Address: apiIP, Port: port}},
 	}
 	cfg, err := env.Start()

@@ -28,8 +28,8 @@ type procs struct {
 	list []*proc
 }
 
-// start runs argv (already wrapped for the network) and dies with the
-// sandbox: the kernel sends it SIGTERM when the supervisor exits.
+// start runs argv (already wrapped for the network) in the sandbox's
+// directory; it dies with the supervisor, however that dies.
 func (ps *procs) start(name string, argv []string, env ...string) (*proc, error) {
 	logPath := filepath.Join(ps.dir, "logs", name+".log")
 	if err := os.MkdirAll(filepath.Dir(logPath), 0o755); err != nil {
@@ -42,7 +42,8 @@ func (ps *procs) start(name string, argv []string, env ...string) (*proc, error)
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	cmd.Env = append(os.Environ(), env...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
+	cmd.Dir = ps.dir
+	cmd.SysProcAttr = diesWithSupervisor()
 	if err := cmd.Start(); err != nil {
 		_ = logFile.Close()
 		return nil, fmt.Errorf("starting %s: %w", name, err)

@@ -37,8 +37,13 @@ type Options struct {
 // State is what `sandbox up` leaves in <dir>/state.json for `status`,
 // `down` and the user.
 type State struct {
-	PID        int            `json:"pid"`
-	Network    string         `json:"network"`
+	PID int `json:"pid"`
+	// StartTime is when the supervisor started (clock ticks after boot,
+	// Linux), so a pid reused after a crash is not taken for it.
+	StartTime uint64 `json:"startTime,omitempty"`
+	Network   string `json:"network"`
+	// Namespace is the network namespace the sandbox created, if any.
+	Namespace  string         `json:"namespace,omitempty"`
 	Kubeconfig string         `json:"kubeconfig"`
 	Clusters   []ClusterState `json:"clusters"`
 	Links      []LinkState    `json:"links"`
@@ -91,23 +96,39 @@ func (s *Sandbox) step(format string, args ...any) func() {
 }
 
 // Run brings the sandbox up, writes state.json, and keeps it running
-// until ctx ends; then it tears everything down.
+// until ctx ends; then it tears everything down. The calling process is
+// the supervisor: Run makes the sandbox's directory its working directory
+// and marks its environment, which every process it starts inherits.
 func Run(ctx context.Context, opts Options) error {
 	if opts.Progress == nil {
 		opts.Progress = io.Discard
 	}
+	dir, err := filepath.Abs(opts.Dir)
+	if err != nil {
+		return err
+	}
+	opts.Dir = dir
 	if err := os.MkdirAll(opts.Dir, 0o755); err != nil {
 		return err
 	}
 	// Every sandbox starts fresh: a new trust anchor, clusters and output.
-	for _, sub := range []string{"pki", "gitops", "clusters", "logs"} {
+	for _, sub := range append([]string{"pki", "gitops", "logs"}, scratchDirs...) {
 		if err := os.RemoveAll(filepath.Join(opts.Dir, sub)); err != nil {
 			return err
 		}
 	}
+	if err := becomeSupervisor(opts.Dir); err != nil {
+		return err
+	}
 	s := &Sandbox{opts: opts, procs: &procs{dir: opts.Dir}}
 	s.state.PID = os.Getpid()
-	err := s.up(ctx)
+	s.state.StartTime, _, _ = processStart(s.state.PID)
+	// Written at once, so that `down` finds a supervisor killed while it
+	// starts, and `up` does not start a second one.
+	if err := s.writeState(); err != nil {
+		return err
+	}
+	err = s.up(ctx)
 	if err != nil {
 		s.state.Error = err.Error()
 	} else {
@@ -122,6 +143,30 @@ func Run(ctx context.Context, opts Options) error {
 	}
 	s.teardown()
 	return err
+}
+
+// becomeSupervisor prepares this process: its children's temporary files
+// (envtest's among them) go to <dir>/tmp, removed with the sandbox even
+// after a crash; they work in dir and carry its name in dirEnv.
+func becomeSupervisor(dir string) error {
+	// Made absolute before the working directory changes.
+	if assets := os.Getenv("KUBEBUILDER_ASSETS"); assets != "" {
+		abs, err := filepath.Abs(assets)
+		if err != nil {
+			return err
+		}
+		_ = os.Setenv("KUBEBUILDER_ASSETS", abs)
+	}
+	tmp := filepath.Join(dir, "tmp")
+	if err := os.MkdirAll(tmp, 0o755); err != nil {
+		return err
+	}
+	for k, v := range map[string]string{"TMPDIR": tmp, dirEnv: dir} {
+		if err := os.Setenv(k, v); err != nil {
+			return err
+		}
+	}
+	return os.Chdir(dir)
 }
 
 func (s *Sandbox) writeState() error {
@@ -170,6 +215,9 @@ func (s *Sandbox) teardown() {
 		if err := s.net.Teardown(); err != nil {
 			fmt.Fprintln(s.opts.Progress, "removing the network:", err)
 		}
+	}
+	for _, sub := range scratchDirs {
+		_ = os.RemoveAll(filepath.Join(s.opts.Dir, sub))
 	}
 }
 

@@ -38,6 +38,15 @@ func (s *Sandbox) up(ctx context.Context) error {
 		return err
 	}
 	s.state.Network = s.net.Describe()
+	if _, ok := s.net.(netnsNetwork); ok {
+		s.state.Namespace = netnsName
+	}
+	if _, ok := s.net.(hostNetwork); ok && len(s.opts.Clusters) > maxHostClusters {
+		return fmt.Errorf("on the machine's own address the sandbox has gateway ports for %d clusters, not %d", maxHostClusters, len(s.opts.Clusters))
+	}
+	if err := s.writeState(); err != nil {
+		return err
+	}
 	fmt.Fprintf(s.opts.Progress, "    %s\n", s.state.Network)
 	done()
 
@@ -65,7 +74,7 @@ func (s *Sandbox) clusterBinaries(ctx context.Context) (string, error) {
 	done := s.step("locating the kube-apiserver and etcd binaries (built once, then cached)")
 	defer done()
 	if dir := os.Getenv("KUBEBUILDER_ASSETS"); dir != "" {
-		return dir, nil
+		return filepath.Abs(dir)
 	}
 	if s.opts.RepoRoot == "" {
 		return "", errors.New("the cluster binaries are not cached and no backbone checkout was found to build them: run the sandbox from a checkout (make sandbox) or set KUBEBUILDER_ASSETS")
@@ -94,6 +103,10 @@ func (s *Sandbox) clusterBinaries(ctx context.Context) (string, error) {
 func (s *Sandbox) startClusters(binDir string) error {
 	done := s.step("starting %d clusters (etcd + kube-apiserver each): %s", len(s.opts.Clusters), strings.Join(s.opts.Clusters, ", "))
 	crdDir := filepath.Join(s.opts.RepoRoot, "config", "crd", "bases")
+	bins, err := tieToSupervisor(filepath.Join(s.opts.Dir, "bin"), binDir, s.opts.Self)
+	if err != nil {
+		return err
+	}
 	s.clusters = make([]*cluster, len(s.opts.Clusters))
 	errs := make([]error, len(s.opts.Clusters))
 	var wg sync.WaitGroup
@@ -101,7 +114,7 @@ func (s *Sandbox) startClusters(binDir string) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			s.clusters[i], errs[i] = startCluster(name, binDir, crdDir, s.net.APIAddress(), s.opts.Dir)
+			s.clusters[i], errs[i] = startCluster(name, bins, crdDir, s.net.APIAddress(), s.opts.Dir)
 		}()
 	}
 	wg.Wait()
@@ -197,6 +210,24 @@ func portOffset(n Network, i int) int {
 	return 0
 }
 
+// maxHostClusters is how many clusters' gateway ports gatewayPortRanges
+// fits into the controller's default ranges (20000-29999, 30000-30999).
+const maxHostClusters = 20
+
+// gatewayPortRanges gives each cluster's controller ranges of its own to
+// allocate gateway ports from where gateways share one address (host
+// network): 500 mirror ports and 50 egress ports per cluster.
+func gatewayPortRanges(n Network, i int) []string {
+	if _, ok := n.(hostNetwork); !ok {
+		return nil
+	}
+	mirrors, egress := 20000+500*i, 30000+50*i
+	return []string{
+		"--gateway-port-range", fmt.Sprintf("%d-%d", mirrors, mirrors+499),
+		"--egress-port-range", fmt.Sprintf("%d-%d", egress, egress+49),
+	}
+}
+
 // linkClusters puts a latency-injecting proxy on every directed link and
 // applies `backbone link` of the target to the source.
 func (s *Sandbox) linkClusters(ctx context.Context) error {
@@ -247,7 +278,7 @@ func (s *Sandbox) startControllers() error {
 			"--identity-dir", st.IdentityDir,
 			"--admin-address", st.ControllerAdmin,
 			"--ingress-domain", ingressDomain,
-		}, s.egressResolve()...))
+		}, append(s.egressResolve(), gatewayPortRanges(s.net, i)...)...))
 		if _, err := s.procs.start("controller-"+c.name, argv); err != nil {
 			return err
 		}

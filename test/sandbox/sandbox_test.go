@@ -1,17 +1,18 @@
 // Package sandbox_test runs the README's quick start end to end: `backbone
 // sandbox up` with three clusters, the calls it suggests, the latency
-// matrix against the delays it injected, and `sandbox down` leaving nothing
-// behind.
+// matrix against the delays it injected, recovery after its supervisor is
+// killed, `sandbox down` leaving nothing behind, and the same as a user
+// without root (no network namespace).
 package sandbox_test
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -19,7 +20,6 @@ import (
 	"time"
 
 	"github.com/backbone-mesh/backbone/internal/linkmatrix"
-	"github.com/backbone-mesh/backbone/internal/sandbox"
 	"github.com/backbone-mesh/backbone/internal/testenv"
 )
 
@@ -31,32 +31,13 @@ func TestQuickStart(t *testing.T) {
 		}
 		t.Skip("the sandbox needs root for its network namespace")
 	}
-	bin := filepath.Join(t.TempDir(), "backbone")
-	build := exec.Command("go", "build", "-o", bin, "./cmd/backbone")
-	build.Dir = testenv.RepoRoot()
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	dir := filepath.Join(t.TempDir(), "sandbox")
-	run := func(args ...string) (string, error) {
-		cmd := exec.Command(bin, args...)
-		cmd.Dir = testenv.RepoRoot()
-		var out, errOut bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &out, &errOut
-		err := cmd.Run()
-		if err != nil {
-			err = fmt.Errorf("backbone %s: %v\n%s%s", strings.Join(args, " "), err, out.String(), errOut.String())
-		}
-		return out.String(), err
-	}
-	t.Cleanup(func() { _, _ = run("sandbox", "down", "--dir", dir) })
+	sb := &sandboxRun{bin: backboneBinary(t), dir: filepath.Join(t.TempDir(), "sandbox"), cwd: testenv.RepoRoot()}
+	t.Cleanup(func() { sb.cleanup(t) })
 
 	start := time.Now()
-	out, err := run("sandbox", "up", "--dir", dir, "--clusters", "east,west,platform", "--timeout", "5m")
+	out, err := sb.run("sandbox", "up", "--dir", sb.dir, "--clusters", "east,west,platform", "--timeout", "5m")
 	if err != nil {
-		if b, rerr := os.ReadFile(filepath.Join(dir, "logs", "controller-west.log")); rerr == nil {
-			t.Logf("controller-west.log:\n%s", tail(b, 40))
-		}
+		sb.logTail(t, "controller-west.log")
 		t.Fatal(err)
 	}
 	t.Logf("sandbox up took %s:\n%s", time.Since(start).Round(time.Millisecond), out)
@@ -65,92 +46,109 @@ func TestQuickStart(t *testing.T) {
 			t.Errorf("the summary lacks %q", want)
 		}
 	}
-	st, err := sandbox.ReadState(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// up is idempotent: over a running sandbox it shows it and changes nothing.
-	again, err := run("sandbox", "up", "--dir", dir, "--clusters", "east,west,platform")
-	if err != nil || !strings.Contains(again, "LINK LATENCY") {
-		t.Fatalf("a second sandbox up: %v\n%s", err, again)
-	}
-	if st2, err := sandbox.ReadState(dir); err != nil || st2.PID != st.PID {
-		t.Fatalf("a second sandbox up replaced the sandbox: %v", err)
-	}
 
-	// The calls the summary suggests: cross-cluster, egress, platform.
-	for _, c := range []struct {
-		args []string
-		want string
-	}{
-		{[]string{"west", "demo/hello-east"}, "hello from east"},
-		{[]string{"west", "http://credit-score-east.backbone-system.svc.cluster.local/"}, "credit score: 742"},
-		{[]string{"platform", "backbone-system/credit-score-east"}, "credit score: 742"},
-		{[]string{"east", "logging/log-collector-platform"}, "log-collector in platform"},
-	} {
-		got, err := run(append([]string{"sandbox", "curl", "--dir", dir}, c.args...)...)
+	t.Run("answers the tour's calls and shows the latency matrix", func(t *testing.T) {
+		st := sb.state(t)
+		// up is idempotent: over a running sandbox it shows it and changes nothing.
+		again, err := sb.run("sandbox", "up", "--dir", sb.dir, "--clusters", "east,west,platform")
+		if err != nil || !strings.Contains(again, "LINK LATENCY") {
+			t.Fatalf("a second sandbox up: %v\n%s", err, again)
+		}
+		if st2 := sb.state(t); st2.PID != st.PID {
+			t.Fatalf("a second sandbox up replaced the sandbox (pid %d, then %d)", st.PID, st2.PID)
+		}
+		sb.checkCalls(t)
+
+		// The matrix: every link within ±10% + 2 ms of the round trip the
+		// sandbox injected on it. Probes run every 3 s; wait for a window.
+		want := map[string]int64{}
+		for _, l := range st.Links {
+			want[l.From+"->"+l.To] = l.RoundTripM
+		}
+		var m linkmatrix.Matrix
+		deadline := time.Now().Add(2 * time.Minute)
+		for {
+			js, err := sb.run("--kubeconfig", st.Kubeconfig, "links", "--all-contexts", "-o", "json")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := json.Unmarshal([]byte(js), &m); err != nil {
+				t.Fatal(err)
+			}
+			bad := matrixProblems(m, want)
+			if len(bad) == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("latency matrix off after 2 minutes:\n%s", strings.Join(bad, "\n"))
+			}
+			time.Sleep(3 * time.Second)
+		}
+		for _, c := range m.Links {
+			t.Logf("%s -> %s: p50 %.1f ms (injected round trip %d ms)", c.Source, c.Target, *c.P50Millis, want[c.Source+"->"+c.Target])
+		}
+
+		checkDashboard(t, sb.bin, st.Kubeconfig, want)
+
+		// Memory of everything the sandbox runs, all together.
+		pids := tree(st.PID)
+		var rss int64
+		for _, pid := range pids {
+			rss += rssKiB(pid)
+		}
+		t.Logf("three-cluster sandbox: %d processes, %.0f MiB resident in all", len(pids), float64(rss)/1024)
+
+		if out, err := sb.run("sandbox", "status", "--dir", sb.dir); err != nil || !strings.Contains(out, "MIRRORS") {
+			t.Fatalf("sandbox status: %v\n%s", err, out)
+		}
+	})
+
+	t.Run("recovers when its supervisor is killed", func(t *testing.T) {
+		st := sb.state(t)
+		before := sandboxProcesses(sb.dir)
+		for _, want := range []string{"etcd", "kube-apiserver", "gateway", "controller", "demo-server"} {
+			if !slices.ContainsFunc(before, func(p process) bool { return strings.Contains(p.cmdline, want) }) {
+				t.Fatalf("no %s among the sandbox's processes: %v", want, before)
+			}
+		}
+		if err := syscall.Kill(st.PID, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		// Every child dies with the supervisor, without help.
+		left := waitGone(sb.dir, 30*time.Second)
+		for _, p := range left {
+			t.Errorf("%s outlived its supervisor's SIGKILL", p)
+		}
+		if out, err := sb.run("sandbox", "status", "--dir", sb.dir); err == nil || !strings.Contains(err.Error(), "not running") {
+			t.Errorf("sandbox status after the crash: %v\n%s", err, out)
+		}
+
+		out, err := sb.run("sandbox", "up", "--dir", sb.dir, "--clusters", "east,west,platform", "--timeout", "5m")
 		if err != nil {
-			t.Fatal(err)
+			sb.logTail(t, "sandbox.log")
+			t.Fatalf("sandbox up after a crash: %v", err)
 		}
-		if !strings.Contains(got, c.want) {
-			t.Errorf("sandbox curl %v answered %q, want %q", c.args, got, c.want)
+		if st2 := sb.state(t); st2.PID == st.PID || !st2.Ready || st2.Namespace != "backbone-sandbox" {
+			t.Fatalf("sandbox up after a crash: state %+v", st2)
 		}
-	}
+		if !strings.Contains(out, "LINK LATENCY") {
+			t.Errorf("sandbox up after a crash printed no summary:\n%s", out)
+		}
+		got, err := sb.run("sandbox", "curl", "--dir", sb.dir, "west", "demo/hello-east")
+		if err != nil || !strings.Contains(got, "hello from east") {
+			t.Fatalf("a cross-cluster call after recovery: %v\n%s", err, got)
+		}
+	})
 
-	// The matrix: every link within ±10% + 2 ms of the round trip the
-	// sandbox injected on it. Probes run every 3 s; wait for a window.
-	want := map[string]int64{}
-	for _, l := range st.Links {
-		want[l.From+"->"+l.To] = l.RoundTripM
-	}
-	var m linkmatrix.Matrix
-	deadline := time.Now().Add(2 * time.Minute)
-	for {
-		js, err := run("--kubeconfig", st.Kubeconfig, "links", "--all-contexts", "-o", "json")
-		if err != nil {
-			t.Fatal(err)
+	t.Run("down leaves nothing behind", func(t *testing.T) {
+		sb.checkDown(t)
+		if _, err := os.Stat("/run/netns/backbone-sandbox"); err == nil {
+			t.Errorf("the sandbox's network namespace outlived sandbox down")
 		}
-		if err := json.Unmarshal([]byte(js), &m); err != nil {
-			t.Fatal(err)
+		if _, err := os.Stat("/sys/class/net/bbsbx0"); err == nil {
+			t.Errorf("the sandbox's veth outlived sandbox down")
 		}
-		bad := matrixProblems(m, want)
-		if len(bad) == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("latency matrix off after 2 minutes:\n%s", strings.Join(bad, "\n"))
-		}
-		time.Sleep(3 * time.Second)
-	}
-	for _, c := range m.Links {
-		t.Logf("%s -> %s: p50 %.1f ms (injected round trip %d ms)", c.Source, c.Target, *c.P50Millis, want[c.Source+"->"+c.Target])
-	}
-
-	checkDashboard(t, bin, st.Kubeconfig, want)
-
-	// Memory of everything the sandbox runs, all together.
-	pids := tree(st.PID)
-	var rss int64
-	for _, pid := range pids {
-		rss += rssKiB(pid)
-	}
-	t.Logf("three-cluster sandbox: %d processes, %.0f MiB resident in all", len(pids), float64(rss)/1024)
-
-	if out, err := run("sandbox", "status", "--dir", dir); err != nil || !strings.Contains(out, "MIRRORS") {
-		t.Fatalf("sandbox status: %v\n%s", err, out)
-	}
-	if _, err := run("sandbox", "down", "--dir", dir); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(500 * time.Millisecond)
-	for _, pid := range pids {
-		if alive(pid) {
-			t.Errorf("process %d (%s) outlived sandbox down", pid, cmdline(pid))
-		}
-	}
-	if _, err := os.Stat("/run/netns/backbone-sandbox"); err == nil {
-		t.Errorf("the sandbox's network namespace outlived sandbox down")
-	}
+	})
 }
 
 func matrixProblems(m linkmatrix.Matrix, want map[string]int64) []string {
@@ -217,19 +215,6 @@ func rssKiB(pid int) int64 {
 		}
 	}
 	return 0
-}
-
-func alive(pid int) bool {
-	if syscall.Kill(pid, 0) != nil {
-		return false
-	}
-	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	return !strings.Contains(string(b), ") Z ") // a zombie is gone
-}
-
-func cmdline(pid int) string {
-	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-	return strings.ReplaceAll(string(b), "\x00", " ")
 }
 
 func tail(b []byte, n int) string {
