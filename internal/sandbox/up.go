@@ -278,7 +278,9 @@ func (s *Sandbox) startControllers() error {
 			"--identity-dir", st.IdentityDir,
 			"--admin-address", st.ControllerAdmin,
 			"--ingress-domain", ingressDomain,
-		}, append(s.egressResolve(), gatewayPortRanges(s.net, i)...)...))
+			// Where the controller reads the gateways' egress probes.
+			"--gateway-admin-port", fmt.Sprint(gatewayAdminPort + portOffset(s.net, i)),
+		}, gatewayPortRanges(s.net, i)...))
 		if _, err := s.procs.start("controller-"+c.name, argv); err != nil {
 			return err
 		}

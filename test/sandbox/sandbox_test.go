@@ -6,6 +6,7 @@
 package sandbox_test
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -19,6 +20,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-logr/logr"
+	"k8s.io/client-go/tools/clientcmd"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
+
+	"github.com/backbone-mesh/backbone/api/v1alpha1"
+	"github.com/backbone-mesh/backbone/internal/kube"
 	"github.com/backbone-mesh/backbone/internal/linkmatrix"
 	"github.com/backbone-mesh/backbone/internal/testenv"
 )
@@ -86,6 +94,16 @@ func TestQuickStart(t *testing.T) {
 		}
 		for _, c := range m.Links {
 			t.Logf("%s -> %s: p50 %.1f ms (injected round trip %d ms)", c.Source, c.Target, *c.P50Millis, want[c.Source+"->"+c.Target])
+		}
+
+		// The credit-score stand-in, probed by east's gateways, reported
+		// reachable by east's controller.
+		et := egressTarget(t, st.Kubeconfig, "east", "backbone-system", "credit-score")
+		for deadline := time.Now().Add(time.Minute); et.Status.Alive == nil || !*et.Status.Alive; time.Sleep(time.Second) {
+			if time.Now().After(deadline) {
+				t.Fatalf("egress target credit-score not reported reachable after a minute: %+v", et.Status)
+			}
+			et = egressTarget(t, st.Kubeconfig, "east", "backbone-system", "credit-score")
 		}
 
 		checkDashboard(t, sb.bin, st.Kubeconfig, want)
@@ -302,4 +320,24 @@ func checkDashboard(t *testing.T, bin, kubeconfig string, want map[string]int64)
 		t.Fatalf("chromium --screenshot: %v\n%s", err, out)
 	}
 	t.Logf("dashboard screenshot: %s", shot)
+}
+
+// egressTarget reads an EgressTarget from the sandbox's cluster.
+func egressTarget(t *testing.T, kubeconfig, cluster, namespace, name string) *v1alpha1.EgressTarget {
+	t.Helper()
+	cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(&clientcmd.ClientConfigLoadingRules{ExplicitPath: kubeconfig},
+		&clientcmd.ConfigOverrides{CurrentContext: cluster}).ClientConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctrllog.SetLogger(logr.Discard()) // the client's own logs are not the test's
+	c, err := client.New(cfg, client.Options{Scheme: kube.Scheme})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var et v1alpha1.EgressTarget
+	if err := c.Get(context.Background(), client.ObjectKey{Namespace: namespace, Name: name}, &et); err != nil {
+		t.Fatal(err)
+	}
+	return &et
 }
