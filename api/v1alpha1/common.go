@@ -35,6 +35,12 @@ const (
 	// ConditionGatewayReachable reports the link probe's view of the remote
 	// gateway.
 	ConditionGatewayReachable = "GatewayReachable"
+	// ConditionCertificatesValid reports, on a Link, whether the identity
+	// certificates on both ends of the mTLS path to the remote gateway are
+	// trusted and valid: False once either has expired or the clusters do
+	// not trust each other's anchor, True with reason Expiring while one
+	// expires within the controller's warning window.
+	ConditionCertificatesValid = "CertificatesValid"
 )
 
 // SecretReference names a Secret in the Link's own namespace.

@@ -106,12 +106,47 @@ type LinkProbeStatus struct {
 	LatencyP99 *metav1.Duration `json:"latencyP99,omitempty"`
 }
 
+// CertificateInfo describes one gateway identity certificate.
+type CertificateInfo struct {
+	// Identity is the certificate's SPIFFE ID.
+	// +optional
+	Identity string `json:"identity,omitempty"`
+	// Issuer is the distinguished name of the certificate's issuer, the
+	// trust anchor (or intermediate) that signed it.
+	// +optional
+	Issuer string `json:"issuer,omitempty"`
+	// NotBefore is when the certificate becomes valid.
+	NotBefore metav1.Time `json:"notBefore"`
+	// NotAfter is when the certificate expires.
+	NotAfter metav1.Time `json:"notAfter"`
+}
+
+// LinkCertificatesStatus is what the link probe last saw of the
+// certificates on the mTLS path to the remote gateway. The probe makes a
+// handshake of its own now and then (pooled connections outlive the
+// certificates they were made with), so this describes what a new
+// connection meets.
+type LinkCertificatesStatus struct {
+	// Local is this cluster's gateway identity, which the remote gateway
+	// verifies.
+	// +optional
+	Local *CertificateInfo `json:"local,omitempty"`
+	// Peer is the certificate the remote gateway presented in the latest
+	// handshake, recorded even when it failed verification.
+	// +optional
+	Peer *CertificateInfo `json:"peer,omitempty"`
+	// LastHandshakeTime is when the latest handshake that reached the
+	// remote gateway took place.
+	// +optional
+	LastHandshakeTime *metav1.Time `json:"lastHandshakeTime,omitempty"`
+}
+
 // LinkStatus is the observed state of a Link.
 type LinkStatus struct {
 	// ObservedGeneration is the generation the status describes.
 	// +optional
 	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
-	// Conditions: Ready, GatewayReachable.
+	// Conditions: Ready, GatewayReachable, CertificatesValid.
 	// +optional
 	// +listType=map
 	// +listMapKey=type
@@ -132,6 +167,10 @@ type LinkStatus struct {
 	// Probe is the link probe's latest view.
 	// +optional
 	Probe *LinkProbeStatus `json:"probe,omitempty"`
+	// Certificates are the identities on both ends of the mTLS path, as the
+	// link probe last saw them.
+	// +optional
+	Certificates *LinkCertificatesStatus `json:"certificates,omitempty"`
 }
 
 // Link lets this cluster mirror the exported services of a remote cluster
@@ -147,6 +186,8 @@ type LinkStatus struct {
 // +kubebuilder:printcolumn:name="Mirrors",type=integer,JSONPath=`.status.mirroredServices`
 // +kubebuilder:printcolumn:name="Alive",type=boolean,JSONPath=`.status.probe.alive`
 // +kubebuilder:printcolumn:name="Latency",type=string,JSONPath=`.status.probe.latencyP50`
+// +kubebuilder:printcolumn:name="Certificates",type=string,JSONPath=`.status.conditions[?(@.type=="CertificatesValid")].reason`
+// +kubebuilder:printcolumn:name="Peer Cert Expiry",type=string,JSONPath=`.status.certificates.peer.notAfter`,priority=1
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type Link struct {
 	metav1.TypeMeta   `json:",inline"`

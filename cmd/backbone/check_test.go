@@ -14,6 +14,7 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
@@ -24,6 +25,7 @@ import (
 	"github.com/backbone-mesh/backbone/internal/check"
 	"github.com/backbone-mesh/backbone/internal/install"
 	"github.com/backbone-mesh/backbone/internal/link"
+	"github.com/backbone-mesh/backbone/internal/probe"
 	"github.com/backbone-mesh/backbone/internal/testenv"
 )
 
@@ -145,13 +147,43 @@ func identitySecret(t *testing.T, c *testenv.Cluster, validity time.Duration) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	identitySecretFrom(t, c, anchor, validity)
+}
+
+// identitySecretFrom stores (or replaces) a gateway identity issued by the
+// anchor, which is also its whole trust bundle.
+func identitySecretFrom(t *testing.T, c *testenv.Cluster, anchor *certs.Anchor, validity time.Duration) {
+	t.Helper()
 	crt, key, err := anchor.Issue(c.Name, validity)
 	if err != nil {
 		t.Fatal(err)
 	}
 	s := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: backbonev1alpha1.SystemNamespace, Name: check.IdentitySecret},
 		Type: corev1.SecretTypeTLS, Data: map[string][]byte{corev1.TLSCertKey: crt, corev1.TLSPrivateKeyKey: key, "ca.crt": anchor.CertPEM()}}
-	if err := c.Client.Create(context.Background(), s); err != nil {
+	ctx := context.Background()
+	if err := c.Client.Delete(ctx, s); err != nil && !apierrors.IsNotFound(err) {
+		t.Fatal(err)
+	}
+	if err := c.Client.Create(ctx, s); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// setCertificates writes what the link probe's handshake would: the
+// CertificatesValid condition beside the others, and the peer's expiry.
+func setCertificates(t *testing.T, c *testenv.Cluster, link string, status metav1.ConditionStatus, reason, message string, peerNotAfter time.Time) {
+	t.Helper()
+	ctx := context.Background()
+	l := &backbonev1alpha1.Link{}
+	if err := c.Client.Get(ctx, client.ObjectKey{Namespace: backbonev1alpha1.SystemNamespace, Name: link}, l); err != nil {
+		t.Fatal(err)
+	}
+	meta.SetStatusCondition(&l.Status.Conditions, metav1.Condition{Type: backbonev1alpha1.ConditionCertificatesValid, Status: status, Reason: reason, Message: message})
+	l.Status.Certificates = &backbonev1alpha1.LinkCertificatesStatus{
+		Local: &backbonev1alpha1.CertificateInfo{NotBefore: metav1.Now(), NotAfter: metav1.NewTime(time.Now().Add(300 * 24 * time.Hour))},
+		Peer:  &backbonev1alpha1.CertificateInfo{NotBefore: metav1.Now(), NotAfter: metav1.NewTime(peerNotAfter)},
+	}
+	if err := c.Client.Status().Update(ctx, l); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -179,6 +211,7 @@ func TestCheckNamesEachProblem(t *testing.T) {
 	}
 	createMirror(t, west, "payments", "api-east", "east", true)
 	setProbe(t, west, "east", true)
+	setCertificates(t, west, "east", metav1.ConditionTrue, probe.ReasonCertificatesValid, "valid", time.Now().Add(300*24*time.Hour))
 
 	out, _, err = run(t, "--kubeconfig", west.Kubeconfig, "check")
 	if err != nil {
@@ -189,6 +222,8 @@ func TestCheckNamesEachProblem(t *testing.T) {
 	addLink(t, west, east, "south", "not-a-token")
 	setProbe(t, west, "north", true)
 	setProbe(t, west, "south", false)
+	setCertificates(t, west, "north", metav1.ConditionTrue, probe.ReasonCertificatesValid, "valid", time.Now().Add(10*24*time.Hour))
+	setCertificates(t, west, "east", metav1.ConditionFalse, probe.ReasonUnknownAuthority, "east's gateway certificate, issued by CN=other, does not chain to this cluster's trust bundle", time.Now().Add(300*24*time.Hour))
 	identitySecret(t, west, 5*24*time.Hour)
 	createMirror(t, west, "payments", "cache-east", "east", false)
 	createMirror(t, west, "payments", "db-gone", "gone", true)
@@ -228,6 +263,8 @@ func TestCheckNamesEachProblem(t *testing.T) {
 		"mirror payments/db-gone":        "orphaned",
 		"link south gateway":             "dead",
 		"gateway identity certificate":   "expires in",
+		"link north certificates":        "north's expires at",
+		"link east certificates":         "does not share our trust anchor",
 	}
 	for name, msg := range wantFailures {
 		r, ok := got[name]
@@ -245,5 +282,65 @@ func TestCheckNamesEachProblem(t *testing.T) {
 	}
 	if report.Failed != len(wantFailures) {
 		t.Errorf("%d failures, want %d:\n%s", report.Failed, len(wantFailures), out)
+	}
+}
+
+// TestCheckComparesTrustAnchors runs backbone check across two contexts:
+// linked clusters whose identities come from one anchor pass; when east's
+// identity is reissued from another anchor, the pair fails naming both
+// sides, with a fix.
+func TestCheckComparesTrustAnchors(t *testing.T) {
+	clusters := testenv.Start(t, "east", "west")
+	east, west := clusters["east"], clusters["west"]
+	kubeconfig := testenv.MergedKubeconfig(t, clusters)
+	anchor, err := certs.NewAnchor("backbone.local", 24*time.Hour*365)
+	if err != nil {
+		t.Fatal(err)
+	}
+	identitySecretFrom(t, east, anchor, 90*24*time.Hour)
+	identitySecretFrom(t, west, anchor, 90*24*time.Hour)
+	addLink(t, west, east, "east", unsignedJWT(time.Now().Add(300*24*time.Hour)))
+
+	trust := func() check.Result {
+		t.Helper()
+		out, _, _ := run(t, "--kubeconfig", kubeconfig, "check", "--contexts", "east,west", "-o", "json")
+		var report check.Report
+		if err := json.Unmarshal([]byte(out), &report); err != nil {
+			t.Fatalf("-o json: %v\n%s", err, out)
+		}
+		clustersSeen := map[string]bool{}
+		var pair *check.Result
+		for _, r := range report.Results {
+			clustersSeen[r.Cluster] = true
+			if r.Check == "trust between east and west" {
+				pair = &r
+			}
+		}
+		if !clustersSeen["east"] || !clustersSeen["west"] {
+			t.Errorf("results do not name both clusters: %v", clustersSeen)
+		}
+		if pair == nil {
+			t.Fatalf("no trust result for east and west:\n%s", out)
+		}
+		return *pair
+	}
+
+	if r := trust(); !r.OK {
+		t.Errorf("clusters with one anchor should trust each other: %+v", r)
+	}
+
+	other, err := certs.NewAnchor("backbone.local", 24*time.Hour*365)
+	if err != nil {
+		t.Fatal(err)
+	}
+	identitySecretFrom(t, east, other, 90*24*time.Hour)
+	r := trust()
+	for _, want := range []string{"east's identity", "does not chain to west's ca.crt", "west's identity", "does not chain to east's ca.crt", "no shared anchor"} {
+		if r.OK || !strings.Contains(r.Message, want) {
+			t.Errorf("want a failure mentioning %q, got %+v", want, r)
+		}
+	}
+	if !strings.Contains(r.Fix, "--bundle") {
+		t.Errorf("the fix should say how to bundle the anchors: %q", r.Fix)
 	}
 }

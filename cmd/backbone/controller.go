@@ -13,6 +13,7 @@ import (
 	"github.com/backbone-mesh/backbone/internal/controller"
 	"github.com/backbone-mesh/backbone/internal/install"
 	"github.com/backbone-mesh/backbone/internal/mirror"
+	"github.com/backbone-mesh/backbone/internal/probe"
 )
 
 func init() { subcommands = append(subcommands, newControllerCmd) }
@@ -64,6 +65,8 @@ probe them (their connections are the ones the cluster lets out).`,
 	f.BoolVar(&opts.LeaderElection, "leader-elect", false, "elect a leader among replicas (a Lease in backbone-system)")
 	f.StringVar(&opts.AdminAddress, "admin-address", ":9090", "address of /metrics, /healthz and /readyz")
 	f.StringVar(&opts.IdentityDir, "identity-dir", "", "gateway identity (tls.crt, tls.key, ca.crt) the link probe dials peers with; empty disables probing")
+	f.DurationVar(&opts.CertificateExpiryWarning, "certificate-expiry-warning", probe.DefaultExpiryWarning, "report a Link's certificates (ours or the peer gateway's) as Expiring this long before they expire")
+	f.DurationVar(&opts.CertificateInspectPeriod, "certificate-inspect-period", 5*time.Minute, "how often the link probe makes a handshake of its own to read the certificates on both ends of each link")
 	f.StringVar(&trustDomain, "trust-domain", "", "expected trust domain of the identity in --identity-dir (checked at start)")
 	f.DurationVar(&opts.Resync, "resync", 30*time.Second, "how often every Link is re-checked without events")
 	f.StringVar(&egressPortRange, "egress-port-range", "30000-30999", "gateway ports allocated to the egress targets this cluster serves")

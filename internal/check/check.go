@@ -15,6 +15,9 @@ import (
 
 // Result is one check's outcome.
 type Result struct {
+	// Cluster is the kubeconfig context the check ran against, when
+	// several were checked at once.
+	Cluster string `json:"cluster,omitempty"`
 	// Check names what was checked, e.g. "link east credentials".
 	Check string `json:"check"`
 	OK    bool   `json:"ok"`
@@ -44,8 +47,10 @@ type Options struct {
 
 // Run performs every check against the cluster c (an administrator's
 // client). Peer gateways are judged by the controller's link probe, which
-// dials them with the cluster's identity; whether two clusters share a
-// trust anchor shows there too (a foreign anchor fails the handshake).
+// dials them with the cluster's identity and reports, besides liveness,
+// the certificates on both ends and whether each side's chain verifies
+// against the other's trust anchor. Trust compares the anchors directly
+// when several clusters can be read.
 func Run(ctx context.Context, c client.Client, o Options) Report {
 	if o.ExpiryWarning == 0 {
 		o.ExpiryWarning = 30 * 24 * time.Hour
@@ -70,9 +75,23 @@ func Run(ctx context.Context, c client.Client, o Options) Report {
 	add(res...)
 	for i := range links {
 		add(checkLinkProbe(&links[i]))
+		add(checkLinkCertificates(&links[i], o))
 	}
 	add(checkMirrors(ctx, c, links)...)
 	return r
+}
+
+// Add appends the results of another cluster's report, naming it.
+func (r *Report) Add(cluster string, other Report) {
+	for _, res := range other.Results {
+		if cluster != "" {
+			res.Cluster = cluster
+		}
+		if !res.OK {
+			r.Failed++
+		}
+		r.Results = append(r.Results, res)
+	}
 }
 
 // Print writes the report as text (one line per check, the fix indented
@@ -85,7 +104,11 @@ func (r Report) Print(w io.Writer, format string) error {
 			if !res.OK {
 				mark = "FAIL"
 			}
-			if _, err := fmt.Fprintf(w, "%s %s: %s\n", mark, res.Check, res.Message); err != nil {
+			check := res.Check
+			if res.Cluster != "" {
+				check = res.Cluster + ": " + check
+			}
+			if _, err := fmt.Fprintf(w, "%s %s: %s\n", mark, check, res.Message); err != nil {
 				return err
 			}
 			if !res.OK && res.Fix != "" {

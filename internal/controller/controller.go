@@ -46,6 +46,13 @@ type Options struct {
 	// IdentityDir enables the link probe, which dials peer gateways with
 	// this identity over the same mTLS path traffic takes.
 	IdentityDir string
+	// CertificateExpiryWarning is how long before expiry the link probe
+	// reports a certificate on either end of a link as Expiring (default
+	// 30 days, as backbone check).
+	CertificateExpiryWarning time.Duration
+	// CertificateInspectPeriod is how often the link probe makes a
+	// handshake of its own to read the certificates (default 5m).
+	CertificateInspectPeriod time.Duration
 	// TrustDomain, when set, is checked against the identity's.
 	TrustDomain string
 	Resync      time.Duration
@@ -145,6 +152,9 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 				pool.Ensure(*link)
 				return pool.Probe(ctx, link.Spec.TargetClusterName)
 			},
+			Inspect:       probe.Handshake(id),
+			InspectPeriod: opts.CertificateInspectPeriod,
+			ExpiryWarning: opts.CertificateExpiryWarning,
 		}); err != nil {
 			return err
 		}

@@ -12,6 +12,8 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"k8s.io/apimachinery/pkg/api/meta"
+
 	"github.com/backbone-mesh/backbone/api/v1alpha1"
 )
 
@@ -28,6 +30,11 @@ type Cell struct {
 	// ConsecutiveFailures of the probe.
 	ConsecutiveFailures int32      `json:"consecutiveFailures,omitempty"`
 	LastProbeTime       *time.Time `json:"lastProbeTime,omitempty"`
+	// Certificates is the reason of the Link's CertificatesValid condition
+	// (Valid, Expiring, Expired, UnknownAuthority, ...), and
+	// CertificatesExpire the earlier expiry of the two identities.
+	Certificates       string     `json:"certificates,omitempty"`
+	CertificatesExpire *time.Time `json:"certificatesExpire,omitempty"`
 }
 
 // Matrix is every link between the clusters read.
@@ -74,6 +81,17 @@ func Build(linksBySource map[string][]v1alpha1.Link, errs map[string]error) Matr
 				}
 				if p.LatencyP99 != nil {
 					c.P99Millis = millis(&p.LatencyP99.Duration)
+				}
+			}
+			if cond := meta.FindStatusCondition(l.Status.Conditions, v1alpha1.ConditionCertificatesValid); cond != nil {
+				c.Certificates = cond.Reason
+			}
+			if cs := l.Status.Certificates; cs != nil {
+				for _, info := range []*v1alpha1.CertificateInfo{cs.Local, cs.Peer} {
+					if info != nil && (c.CertificatesExpire == nil || info.NotAfter.Time.Before(*c.CertificatesExpire)) {
+						t := info.NotAfter.UTC()
+						c.CertificatesExpire = &t
+					}
 				}
 			}
 			m.Links = append(m.Links, c)

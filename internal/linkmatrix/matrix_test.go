@@ -45,3 +45,21 @@ onprem: could not read links: connection refused
 		t.Errorf("errors: %v", m.Errors)
 	}
 }
+
+func TestCellsCarryCertificates(t *testing.T) {
+	soon, later := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC), time.Date(2031, 1, 1, 0, 0, 0, 0, time.UTC)
+	withCerts := link("east", true, 10*time.Millisecond)
+	withCerts.Status.Conditions = []metav1.Condition{{Type: v1alpha1.ConditionCertificatesValid, Status: metav1.ConditionTrue, Reason: "Expiring"}}
+	withCerts.Status.Certificates = &v1alpha1.LinkCertificatesStatus{
+		Local: &v1alpha1.CertificateInfo{NotAfter: metav1.NewTime(later)},
+		Peer:  &v1alpha1.CertificateInfo{NotAfter: metav1.NewTime(soon)},
+	}
+	m := Build(map[string][]v1alpha1.Link{"west": {withCerts, link("north", true, time.Millisecond)}}, nil)
+	east, north := m.Links[0], m.Links[1]
+	if east.Certificates != "Expiring" || east.CertificatesExpire == nil || !east.CertificatesExpire.Equal(soon) {
+		t.Errorf("west -> east: certificates %q expiring %v, want Expiring at the peer's %v", east.Certificates, east.CertificatesExpire, soon)
+	}
+	if north.Certificates != "" || north.CertificatesExpire != nil {
+		t.Errorf("a Link without certificate status got %q %v", north.Certificates, north.CertificatesExpire)
+	}
+}

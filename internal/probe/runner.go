@@ -2,11 +2,13 @@ package probe
 
 import (
 	"context"
+	"crypto/x509"
 	"log/slog"
 	"math/rand/v2"
 	"sync"
 	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -38,6 +40,15 @@ type Runner struct {
 	Log       *slog.Logger
 	// Resync is how often the Link list is re-read (default 1s).
 	Resync time.Duration
+	// Inspect, when set, makes a handshake of its own with each Link's
+	// gateway to read the certificates on both ends: status.certificates
+	// and the CertificatesValid condition. It runs every InspectPeriod
+	// (default 5m), and sooner (at most every 30s) while probes fail.
+	Inspect       InspectFunc
+	InspectPeriod time.Duration
+	// ExpiryWarning is how long before expiry a certificate is reported
+	// Expiring (default DefaultExpiryWarning).
+	ExpiryWarning time.Duration
 
 	mu    sync.Mutex
 	links map[types.NamespacedName]*linkProber
@@ -51,11 +62,21 @@ type linkProber struct {
 	written  time.Time
 	lastSeen probeStatusKey
 	since    time.Time // last transition of GatewayReachable
+
+	inspected time.Time         // latest handshake attempt
+	local     *x509.Certificate // this cluster's identity then
+	handshake *Inspection       // latest handshake that reached the gateway
+	certSince time.Time         // last transition of CertificatesValid
+	certState metav1.ConditionStatus
 }
 
+// probeStatusKey is what, when it changes, is written at once; the rest
+// (lastProbeTime, latencies, lastHandshakeTime) rides along with the
+// periodic refresh.
 type probeStatusKey struct {
 	alive    bool
 	failures int32
+	certs    certVerdict
 }
 
 // NeedLeaderElection makes the manager run the prober on the leader only.
@@ -65,6 +86,12 @@ func (r *Runner) NeedLeaderElection() bool { return true }
 func (r *Runner) Start(ctx context.Context) error {
 	if r.Resync == 0 {
 		r.Resync = time.Second
+	}
+	if r.InspectPeriod == 0 {
+		r.InspectPeriod = 5 * time.Minute
+	}
+	if r.ExpiryWarning == 0 {
+		r.ExpiryWarning = DefaultExpiryWarning
 	}
 	if r.Log == nil {
 		r.Log = slog.Default()
@@ -181,8 +208,29 @@ func (r *Runner) loop(ctx context.Context, key types.NamespacedName, lp *linkPro
 		r.Metrics.Up.WithLabelValues(r.Cluster, target).Set(up)
 
 		k := probeStatusKey{alive: lp.state.Alive, failures: lp.state.ConsecutiveFailures}
+		if r.Inspect != nil {
+			if r.inspectDue(lp, now, err != nil) {
+				ictx, icancel := context.WithTimeout(ctx, timeout)
+				in := r.Inspect(ictx, link)
+				icancel()
+				if ctx.Err() != nil {
+					return
+				}
+				lp.inspected, lp.local = now, in.Local
+				if in.Reached {
+					lp.handshake = &in
+				}
+			}
+			k.certs = judgeCertificates(lp.local, lp.handshake, target, link.Spec.GatewayIdentity, now, r.ExpiryWarning)
+			if k.certs.status != lp.certState || lp.certSince.IsZero() {
+				lp.certSince, lp.certState = now, k.certs.status
+				if !lp.written.IsZero() {
+					r.Log.Info("link certificates changed", "target_cluster", target, "reason", k.certs.reason, "message", k.certs.message)
+				}
+			}
+		}
 		if k != lp.lastSeen || now.Sub(lp.written) >= statusRefresh {
-			if err := r.writeStatus(ctx, key, lp); err != nil {
+			if err := r.writeStatus(ctx, key, lp, k.certs); err != nil {
 				r.Log.Warn("writing link probe status", "link", key.Name, "err", err)
 			} else {
 				lp.lastSeen, lp.written = k, now
@@ -195,4 +243,13 @@ func (r *Runner) loop(ctx context.Context, key types.NamespacedName, lp *linkPro
 		case <-time.After(jitter(period)):
 		}
 	}
+}
+
+// inspectDue says whether to make a handshake now: the first time, every
+// InspectPeriod, and while probes fail every statusRefresh, so that the
+// status says why (an expired or foreign certificate) soon after a
+// failure without a handshake per failed probe.
+func (r *Runner) inspectDue(lp *linkProber, now time.Time, probeFailed bool) bool {
+	since := now.Sub(lp.inspected)
+	return lp.inspected.IsZero() || since >= r.InspectPeriod || (probeFailed && since >= statusRefresh)
 }

@@ -12,8 +12,9 @@ import (
 	"github.com/backbone-mesh/backbone/api/v1alpha1"
 )
 
-// FieldOwner is the server-side-apply manager of status.probe and the
-// GatewayReachable condition; the mirror controller owns the rest of the
+// FieldOwner is the server-side-apply manager of status.probe,
+// status.certificates and the GatewayReachable and CertificatesValid
+// conditions; the mirror controller owns the rest of the
 // Link's status, and apply merges conditions by type, so neither clobbers
 // the other.
 const FieldOwner = "backbone-probe"
@@ -25,7 +26,7 @@ const (
 	ReasonGatewayDown    = "GatewayUnreachable"
 )
 
-func (r *Runner) writeStatus(ctx context.Context, key types.NamespacedName, lp *linkProber) error {
+func (r *Runner) writeStatus(ctx context.Context, key types.NamespacedName, lp *linkProber, certs certVerdict) error {
 	lp.mu.Lock()
 	generation := lp.link.Generation
 	lp.mu.Unlock()
@@ -47,25 +48,54 @@ func (r *Runner) writeStatus(ctx context.Context, key types.NamespacedName, lp *
 		"observedGeneration": generation,
 		"lastTransitionTime": lp.since.UTC().Format(time.RFC3339),
 	}
+	// The pool reports a dial in backoff without its cause; a failed
+	// handshake of the probe's own says why (an expired or foreign
+	// certificate).
+	lastError := s.LastError
+	if certs.status == metav1.ConditionFalse {
+		lastError += "; " + certs.message
+	}
 	switch {
 	case s.ConsecutiveFailures == 0:
 		cond["status"], cond["reason"] = string(metav1.ConditionTrue), ReasonProbeSucceeded
 		cond["message"] = "the gateway answers probes"
 	case s.Alive:
 		cond["status"], cond["reason"] = string(metav1.ConditionTrue), ReasonProbeFailing
-		cond["message"] = "recent probes failed: " + s.LastError
+		cond["message"] = "recent probes failed: " + lastError
 	default:
 		cond["status"], cond["reason"] = string(metav1.ConditionFalse), ReasonGatewayDown
-		cond["message"] = s.LastError
+		cond["message"] = lastError
+	}
+	status := map[string]any{
+		"probe":      probe,
+		"conditions": []any{cond},
+	}
+	if r.Inspect != nil {
+		status["conditions"] = append(status["conditions"].([]any), map[string]any{
+			"type":               v1alpha1.ConditionCertificatesValid,
+			"status":             string(certs.status),
+			"reason":             certs.reason,
+			"message":            certs.message,
+			"observedGeneration": generation,
+			"lastTransitionTime": stamp(lp.certSince),
+		})
+		c := map[string]any{}
+		if lp.local != nil {
+			c["local"] = certificateInfo(lp.local)
+		}
+		if hs := lp.handshake; hs != nil {
+			if hs.Peer != nil {
+				c["peer"] = certificateInfo(hs.Peer)
+			}
+			c["lastHandshakeTime"] = stamp(hs.At)
+		}
+		status["certificates"] = c
 	}
 	u := &unstructured.Unstructured{Object: map[string]any{
 		"apiVersion": v1alpha1.GroupVersion.String(),
 		"kind":       "Link",
 		"metadata":   map[string]any{"name": key.Name, "namespace": key.Namespace},
-		"status": map[string]any{
-			"probe":      probe,
-			"conditions": []any{cond},
-		},
+		"status":     status,
 	}}
 	return r.Client.Status().Apply(ctx, client.ApplyConfigurationFromUnstructured(u),
 		client.FieldOwner(FieldOwner), client.ForceOwnership)
