@@ -23,6 +23,9 @@ type Proxy struct {
 
 	latency   atomic.Int64 // one-way, nanoseconds
 	bandwidth atomic.Int64 // bytes per second per direction, 0 = unlimited
+	link      atomic.Int64 // bytes per second per direction shared by all connections, 0 = unlimited
+	up, down  linkQueue    // the shared limit's two directions
+	queued    atomic.Int64 // bytes read and not yet delivered
 	refuse    atomic.Bool
 	stalled   atomic.Bool
 	stallMu   sync.Mutex
@@ -69,6 +72,37 @@ func (p *Proxy) Latency() time.Duration { return time.Duration(p.latency.Load())
 // SetBandwidth limits each direction of each connection to bytesPerSecond
 // (0: unlimited).
 func (p *Proxy) SetBandwidth(bytesPerSecond int64) { p.bandwidth.Store(bytesPerSecond) }
+
+// SetLinkBandwidth limits each direction of the whole link, all
+// connections together, to bytesPerSecond (0: unlimited), as a saturated
+// WAN link shares its capacity: connections take turns chunk by chunk,
+// each with its own backlog.
+func (p *Proxy) SetLinkBandwidth(bytesPerSecond int64) { p.link.Store(bytesPerSecond) }
+
+// Queued is how many bytes the proxy has read and not yet delivered, in
+// both directions of every connection: the backlog on the link.
+func (p *Proxy) Queued() int64 { return p.queued.Load() }
+
+// linkQueue serialises the chunks of all connections in one direction
+// through the shared bandwidth.
+type linkQueue struct {
+	mu   sync.Mutex
+	next time.Time // when the link is free
+}
+
+// transmit waits until n bytes have crossed the link after those already
+// on it.
+func (q *linkQueue) transmit(n int, bytesPerSecond int64) {
+	q.mu.Lock()
+	start := time.Now()
+	if start.Before(q.next) {
+		start = q.next
+	}
+	q.next = start.Add(time.Duration(int64(n) * int64(time.Second) / bytesPerSecond))
+	done := q.next
+	q.mu.Unlock()
+	time.Sleep(time.Until(done))
+}
 
 // SetRefuse makes the proxy close new connections at once (a dead link
 // whose packets are rejected).
@@ -171,8 +205,8 @@ func (p *Proxy) handle(client net.Conn) {
 	time.Sleep(2 * p.Latency())
 	var wg sync.WaitGroup
 	wg.Add(2)
-	go func() { defer wg.Done(); p.pipe(server, client) }()
-	go func() { defer wg.Done(); p.pipe(client, server) }()
+	go func() { defer wg.Done(); p.pipe(server, client, &p.up) }()
+	go func() { defer wg.Done(); p.pipe(client, server, &p.down) }()
 	wg.Wait()
 }
 
@@ -184,7 +218,7 @@ type chunk struct {
 // pipe copies src to dst, delivering each chunk latency after it was read:
 // a reader and a writer goroutine with a queue between them, so the delay
 // models propagation and does not throttle throughput.
-func (p *Proxy) pipe(dst, src net.Conn) {
+func (p *Proxy) pipe(dst, src net.Conn, link *linkQueue) {
 	queue := make(chan chunk, 256)
 	done := make(chan struct{})
 	go func() {
@@ -203,9 +237,14 @@ func (p *Proxy) pipe(dst, src net.Conn) {
 			if bw := p.bandwidth.Load(); bw > 0 {
 				time.Sleep(time.Duration(int64(len(c.data)) * int64(time.Second) / bw))
 			}
-			if _, err := dst.Write(c.data); err != nil {
+			if bw := p.link.Load(); bw > 0 {
+				link.transmit(len(c.data), bw)
+			}
+			_, err := dst.Write(c.data)
+			p.queued.Add(-int64(len(c.data)))
+			if err != nil {
 				_ = src.Close()
-				drain(queue)
+				p.drain(queue)
 				return
 			}
 		}
@@ -214,6 +253,7 @@ func (p *Proxy) pipe(dst, src net.Conn) {
 		buf := make([]byte, 32<<10)
 		n, err := src.Read(buf)
 		if n > 0 {
+			p.queued.Add(int64(n))
 			queue <- chunk{data: buf[:n], due: time.Now().Add(p.Latency())}
 		}
 		if err != nil {
@@ -242,10 +282,8 @@ func (p *Proxy) waitStall() {
 }
 
 // drain empties a queue whose writer failed, so its reader never blocks.
-func drain(queue <-chan chunk) {
-	n := 0
-	for range queue {
-		n++
+func (p *Proxy) drain(queue <-chan chunk) {
+	for c := range queue {
+		p.queued.Add(-int64(len(c.data)))
 	}
-	_ = n
 }

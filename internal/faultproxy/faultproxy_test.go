@@ -175,3 +175,63 @@ func TestCloseLeavesNoConnectionsBehind(t *testing.T) {
 		t.Fatalf("%d connections left after Close", p.Open())
 	}
 }
+
+// sendAndEcho writes n bytes on a new connection and reads them back.
+func sendAndEcho(t *testing.T, p *Proxy, n int) (net.Conn, chan error) {
+	t.Helper()
+	c, err := net.Dial("tcp", p.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+	go func() { _, _ = c.Write(make([]byte, n)) }()
+	done := make(chan error, 1)
+	go func() {
+		_, err := io.ReadFull(c, make([]byte, n))
+		done <- err
+	}()
+	return c, done
+}
+
+func TestLinkBandwidthIsSharedButBacklogsAreNot(t *testing.T) {
+	p := newProxy(t)
+	const bw = 1 << 20
+	p.SetLinkBandwidth(bw)
+	start := time.Now()
+	_, bulkA := sendAndEcho(t, p, 512<<10)
+	_, bulkB := sendAndEcho(t, p, 512<<10)
+	time.Sleep(100 * time.Millisecond)
+	if q := p.Queued(); q < 256<<10 {
+		t.Errorf("%d bytes queued behind a 1 MiB/s link fed 1 MiB at once, want at least 256 KiB", q)
+	}
+	// A connection with no backlog of its own crosses the busy link
+	// without waiting behind the others' bytes.
+	_, small := sendAndEcho(t, p, 1)
+	if err := <-small; err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-bulkA:
+		t.Error("a small exchange waited for a bulk transfer on another connection")
+	default:
+	}
+	for _, done := range []chan error{bulkA, bulkB} {
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+	// 1 MiB through a shared 1 MiB/s link, each way: at least a second.
+	if took := time.Since(start); took < 900*time.Millisecond {
+		t.Errorf("1 MiB crossed a 1 MiB/s link in %s: the limit is not shared", took)
+	}
+	// The proxy counts a chunk delivered once its write returned, which
+	// may be just after the reader had it.
+	deadline := time.Now().Add(5 * time.Second)
+	for p.Queued() != 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if q := p.Queued(); q != 0 {
+		t.Errorf("%d bytes still queued after every transfer completed", q)
+	}
+}

@@ -4,10 +4,13 @@ import (
 	"bytes"
 	"context"
 	"io"
+	"log"
 	"log/slog"
 	"net"
 	"net/http"
 	"path/filepath"
+	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -22,55 +25,82 @@ import (
 // path: stream setup, the application's bytes into the stream (pump,
 // attempt body), the answer back (copyBuffered).
 func benchPeer(b *testing.B) (*Pool, string) {
-	b.Helper()
+	pp := startPeer(b, http.HandlerFunc(echoTunnel), 5*time.Second, nil)
+	return pp.pool, "web.demo.svc.cluster.local:80"
+}
+
+// echoTunnel answers a CONNECT and echoes the stream.
+func echoTunnel(w http.ResponseWriter, r *http.Request) {
+	rc := http.NewResponseController(w)
+	w.WriteHeader(http.StatusOK)
+	_ = rc.Flush()
+	_, _ = copyBuffered(flushWriter{w: w, rc: rc}, r.Body)
+}
+
+// testPeer is a peer gateway served by a test handler, and a Pool dialing
+// it (through a proxy when startPeer was given one).
+type testPeer struct {
+	pool     *Pool
+	addr     string // the peer's listener
+	accepted atomic.Int64
+}
+
+// startPeer serves handler with the inbound server's TLS and HTTP/2
+// settings; via, if set, returns the address the pool dials instead of
+// the listener's (a fault proxy in front of it).
+func startPeer(tb testing.TB, handler http.Handler, dialTimeout time.Duration, via func(addr string) string) *testPeer {
+	tb.Helper()
 	anchor, err := certs.NewAnchor("bench.test", time.Hour)
 	if err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
 	load := func(cluster string) *identity.Files {
-		dir := filepath.Join(b.TempDir(), cluster)
+		dir := filepath.Join(tb.TempDir(), cluster)
 		crt, key, err := anchor.Issue(cluster, time.Hour)
 		if err != nil {
-			b.Fatal(err)
+			tb.Fatal(err)
 		}
 		if err := certs.WriteIdentity(dir, crt, key, anchor.CertPEM()); err != nil {
-			b.Fatal(err)
+			tb.Fatal(err)
 		}
 		id, err := identity.Load(dir)
 		if err != nil {
-			b.Fatal(err)
+			tb.Fatal(err)
 		}
 		return id
 	}
 	east, west := load("east"), load("west")
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
+	pp := &testPeer{addr: l.Addr().String()}
 	var protocols http.Protocols
 	protocols.SetHTTP2(true)
 	srv := &http.Server{
 		TLSConfig: east.ServerTLS("h2"), Protocols: &protocols, HTTP2: h2Config(),
-		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			rc := http.NewResponseController(w)
-			w.WriteHeader(http.StatusOK)
-			_ = rc.Flush()
-			_, _ = copyBuffered(flushWriter{w: w, rc: rc}, r.Body)
-		}),
+		Handler:  handler,
+		ErrorLog: log.New(io.Discard, "", 0),
+		ConnState: func(_ net.Conn, s http.ConnState) {
+			if s == http.StateNew {
+				pp.accepted.Add(1)
+			}
+		},
 	}
 	go func() { _ = srv.ServeTLS(l, "", "") }()
-	b.Cleanup(func() { _ = srv.Close() })
-	host, port, _ := net.SplitHostPort(l.Addr().String())
-	var p int32
-	for _, c := range port {
-		p = p*10 + int32(c-'0')
+	tb.Cleanup(func() { _ = srv.Close() })
+	target := pp.addr
+	if via != nil {
+		target = via(pp.addr)
 	}
-	pool := NewPool(west, 5*time.Second, slog.New(slog.DiscardHandler), nil)
-	b.Cleanup(pool.Close)
-	pool.Ensure(v1alpha1.Link{Spec: v1alpha1.LinkSpec{TargetClusterName: "east",
-		GatewayAddresses: []v1alpha1.GatewayAddress{{Host: host, Port: p}},
+	host, port, _ := net.SplitHostPort(target)
+	p, _ := strconv.Atoi(port)
+	pp.pool = NewPool(west, dialTimeout, slog.New(slog.DiscardHandler), nil)
+	tb.Cleanup(pp.pool.Close)
+	pp.pool.Ensure(v1alpha1.Link{Spec: v1alpha1.LinkSpec{TargetClusterName: "east",
+		GatewayAddresses: []v1alpha1.GatewayAddress{{Host: host, Port: int32(p)}},
 		GatewayIdentity:  "spiffe://bench.test/cluster/east"}})
-	return pool, "web.demo.svc.cluster.local:80"
+	return pp
 }
 
 // BenchmarkTunnelStream: one tunnel stream per operation over a pooled

@@ -3,12 +3,12 @@ package gateway
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/url"
 	"sync"
 	"sync/atomic"
-	"time"
 )
 
 // A tunnel's first bytes travel with its CONNECT: the application's
@@ -71,6 +71,7 @@ var errAbandoned = errors.New("tunnel attempt abandoned")
 // attemptBody is one attempt's request body. It counts what it handed to
 // the transport; once abandoned it takes nothing more from the pump.
 type attemptBody struct {
+	watch    answerWatch // bounds the wait for the peer's answer
 	p        *pump
 	abandon  chan struct{}
 	once     sync.Once
@@ -161,8 +162,9 @@ func (s *Stream) Close() error {
 // OpenStream opens a tunnel stream to authority in cluster whose request
 // body is src, sent as soon as it arrives (not after the peer's answer).
 //
-// ctx bounds the stream's whole life; waiting for the peer's answer is
-// bounded by the dial timeout.
+// ctx bounds the stream's whole life. Waiting for the peer's answer is
+// bounded by the dial timeout while the connection is silent, and by
+// maxAnswerWait dial timeouts while it still delivers bytes (liveness.go).
 func (p *Pool) OpenStream(ctx context.Context, cluster, authority string, src io.Reader) (*Stream, error) {
 	pr, err := p.peer(cluster)
 	if err != nil {
@@ -178,7 +180,7 @@ func (p *Pool) OpenStream(ctx context.Context, cluster, authority string, src io
 	var carry *chunk
 	var lastErr error
 	for attempt := 0; attempt < max(2, len(pr.addrs)+1); attempt++ {
-		cc, addr, err := p.conn(ctx, pr)
+		pc, err := p.conn(ctx, pr)
 		if err != nil {
 			return nil, err
 		}
@@ -192,10 +194,11 @@ func (p *Pool) OpenStream(ctx context.Context, cluster, authority string, src io
 		}
 		sctx, cancel := context.WithCancel(ctx)
 		req = req.WithContext(sctx)
-		timer := time.AfterFunc(p.dialTimeout, cancel)
-		resp, err := cc.RoundTrip(req)
-		if !timer.Stop() && err == nil {
-			err = context.DeadlineExceeded // answered just as the timer fired
+		body.watch.begin(pc, p.dialTimeout, cancel)
+		resp, err := pc.cc.RoundTrip(req)
+		verdict := body.watch.end()
+		if verdict != waiting && err == nil {
+			err = context.DeadlineExceeded // answered just as the watch gave up
 			_ = resp.Body.Close()
 		}
 		if err != nil {
@@ -205,7 +208,13 @@ func (p *Pool) OpenStream(ctx context.Context, cluster, authority string, src io
 			if ctx.Err() != nil {
 				return nil, err
 			}
-			pr.markBroken(addr, cc)
+			if verdict == stalled || pc.cc.Err() != nil {
+				pr.markBroken(pc)
+			}
+			if verdict == tooSlow {
+				// The connection is alive; only this stream gave up.
+				return nil, fmt.Errorf("peer gateway of %s did not answer within %s on a live connection: %w", pr.cluster, maxAnswerWait*p.dialTimeout, err)
+			}
 			if body.consumed.Load() > 0 {
 				return nil, err // bytes may have reached the peer: never resend
 			}

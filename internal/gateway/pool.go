@@ -41,7 +41,7 @@ type peer struct {
 	transport *http.Transport
 
 	mu      sync.Mutex
-	conns   map[string][]*http.ClientConn
+	conns   map[string][]*poolConn
 	backoff map[string]backoffState
 	next    int
 	dialing map[string]*sync.Mutex
@@ -121,7 +121,7 @@ func (p *Pool) Update(links []v1alpha1.Link) {
 		}
 		pr := &peer{
 			cluster: cluster, expected: expected, addrs: addrs,
-			conns: map[string][]*http.ClientConn{}, backoff: map[string]backoffState{}, dialing: map[string]*sync.Mutex{},
+			conns: map[string][]*poolConn{}, backoff: map[string]backoffState{}, dialing: map[string]*sync.Mutex{},
 			next: rand.IntN(max(len(addrs), 1)),
 		}
 		pr.transport = p.transportFor(pr)
@@ -151,11 +151,11 @@ func (pr *peer) closeAll() {
 	pr.mu.Lock()
 	defer pr.mu.Unlock()
 	for _, cs := range pr.conns {
-		for _, cc := range cs {
-			go closeWhenIdle(cc)
+		for _, pc := range cs {
+			go closeWhenIdle(pc.cc)
 		}
 	}
-	pr.conns = map[string][]*http.ClientConn{}
+	pr.conns = map[string][]*poolConn{}
 }
 
 func (p *Pool) peer(cluster string) (*peer, error) {
@@ -171,7 +171,7 @@ func (p *Pool) peer(cluster string) (*peer, error) {
 // conn returns a connection to the peer able to take one more stream:
 // addresses are tried round-robin from a random start, skipping those in
 // backoff after a failed dial.
-func (p *Pool) conn(ctx context.Context, pr *peer) (*http.ClientConn, string, error) {
+func (p *Pool) conn(ctx context.Context, pr *peer) (*poolConn, error) {
 	pr.mu.Lock()
 	n := len(pr.addrs)
 	start := pr.next
@@ -180,28 +180,33 @@ func (p *Pool) conn(ctx context.Context, pr *peer) (*http.ClientConn, string, er
 	var errs []error
 	for i := range n {
 		addr := pr.addrs[(start+i)%n]
-		cc, err := p.connTo(ctx, pr, addr)
+		pc, err := p.connTo(ctx, pr, addr)
 		if err == nil {
-			return cc, addr, nil
+			return pc, nil
 		}
 		errs = append(errs, err)
 	}
 	if len(errs) == 0 {
-		return nil, "", fmt.Errorf("cluster %s: no gateway addresses", pr.cluster)
+		return nil, fmt.Errorf("cluster %s: no gateway addresses", pr.cluster)
 	}
-	return nil, "", errors.Join(errs...)
+	return nil, errors.Join(errs...)
 }
 
-func (p *Pool) connTo(ctx context.Context, pr *peer, addr string) (*http.ClientConn, error) {
+// connTo reserves a stream on a connection to addr. Connections whose
+// answers queue behind a backlog (congested) are passed over while a
+// spare may still be dialled: a new stream's CONNECT then travels on a
+// connection of its own instead of waiting behind other streams' bytes.
+func (p *Pool) connTo(ctx context.Context, pr *peer, addr string) (*poolConn, error) {
 	pr.mu.Lock()
-	for _, cc := range pr.conns[addr] {
-		if cc.Reserve() == nil {
-			pr.mu.Unlock()
-			return cc, nil
-		}
+	if pc := pr.reserve(addr, pr.congestedLocked(addr) >= maxCongestedConns); pc != nil {
+		pr.mu.Unlock()
+		return pc, nil
 	}
 	if b := pr.backoff[addr]; time.Now().Before(b.until) {
-		pr.mu.Unlock()
+		defer pr.mu.Unlock()
+		if pc := pr.reserve(addr, true); pc != nil {
+			return pc, nil
+		}
 		return nil, fmt.Errorf("%s: backing off after a failed dial", addr)
 	}
 	lock, ok := pr.dialing[addr]
@@ -216,21 +221,20 @@ func (p *Pool) connTo(ctx context.Context, pr *peer, addr string) (*http.ClientC
 	defer lock.Unlock()
 	pr.mu.Lock()
 	live := pr.conns[addr][:0]
-	for _, cc := range pr.conns[addr] {
-		if cc.Err() == nil {
-			live = append(live, cc)
+	for _, pc := range pr.conns[addr] {
+		if pc.cc.Err() == nil {
+			live = append(live, pc)
 		}
 	}
+	clear(pr.conns[addr][len(live):])
 	pr.conns[addr] = live
-	for _, cc := range live {
-		if cc.Reserve() == nil {
-			pr.mu.Unlock()
-			return cc, nil
-		}
+	if pc := pr.reserve(addr, pr.congestedLocked(addr) >= maxCongestedConns); pc != nil {
+		pr.mu.Unlock()
+		return pc, nil
 	}
 	pr.mu.Unlock()
 
-	cc, err := p.dial(ctx, pr, addr)
+	pc, err := p.dial(ctx, pr, addr)
 	pr.mu.Lock()
 	defer pr.mu.Unlock()
 	if err != nil {
@@ -238,14 +242,43 @@ func (p *Pool) connTo(ctx context.Context, pr *peer, addr string) (*http.ClientC
 		b.delay = min(max(b.delay*2, minBackoff), maxBackoff)
 		b.until = time.Now().Add(b.delay/2 + rand.N(b.delay/2+1))
 		pr.backoff[addr] = b
+		if pc := pr.reserve(addr, true); pc != nil {
+			return pc, nil // slow beats failed
+		}
 		return nil, err
 	}
 	delete(pr.backoff, addr)
-	pr.conns[addr] = append(pr.conns[addr], cc)
-	if err := cc.Reserve(); err != nil {
+	pr.conns[addr] = append(pr.conns[addr], pc)
+	if err := pc.cc.Reserve(); err != nil {
 		return nil, err
 	}
-	return cc, nil
+	return pc, nil
+}
+
+// reserve takes a stream slot on a live connection to addr, passing over
+// congested ones unless congestedToo. pr.mu is held.
+func (pr *peer) reserve(addr string, congestedToo bool) *poolConn {
+	now := monotime()
+	for _, pc := range pr.conns[addr] {
+		if !congestedToo && pc.congested(now) {
+			continue
+		}
+		if pc.cc.Reserve() == nil {
+			return pc
+		}
+	}
+	return nil
+}
+
+// congestedLocked counts the congested connections to addr. pr.mu is held.
+func (pr *peer) congestedLocked(addr string) int {
+	now, n := monotime(), 0
+	for _, pc := range pr.conns[addr] {
+		if pc.congested(now) {
+			n++
+		}
+	}
+	return n
 }
 
 // transportFor builds the transport whose connections go to one peer:
@@ -264,6 +297,9 @@ func (p *Pool) transportFor(pr *peer) *http.Transport {
 				p.metrics.dialErrors.WithLabelValues(pr.cluster, "connect").Inc()
 				return nil, fmt.Errorf("dialing gateway of %s at %s: %w", pr.cluster, addr, err)
 			}
+			if pc, ok := ctx.Value(dialingConnKey{}).(*poolConn); ok {
+				raw = &readTracker{Conn: raw, last: &pc.lastRead}
+			}
 			tc := tls.Client(raw, p.identity.ClientTLS(pr.expected, "h2"))
 			if err := tc.HandshakeContext(ctx); err != nil {
 				_ = raw.Close()
@@ -280,27 +316,35 @@ func (p *Pool) transportFor(pr *peer) *http.Transport {
 	}
 }
 
-func (p *Pool) dial(ctx context.Context, pr *peer, addr string) (*http.ClientConn, error) {
+// dialingConnKey carries the poolConn being dialled to DialTLSContext,
+// which counts the bytes arriving on it.
+type dialingConnKey struct{}
+
+func (p *Pool) dial(ctx context.Context, pr *peer, addr string) (*poolConn, error) {
 	ctx, cancel := context.WithTimeout(ctx, p.dialTimeout)
 	defer cancel()
-	cc, err := pr.transport.NewClientConn(ctx, "https", addr)
+	pc := &poolConn{addr: addr}
+	pc.lastRead.Store(int64(monotime()))
+	cc, err := pr.transport.NewClientConn(context.WithValue(ctx, dialingConnKey{}, pc), "https", addr)
 	if err != nil {
 		return nil, err
 	}
+	pc.cc = cc
 	p.metrics.connections.WithLabelValues(outbound, pr.cluster).Inc()
 	p.log.Info("connected to peer gateway", "peer_cluster", pr.cluster, "address", addr)
-	return cc, nil
+	return pc, nil
 }
 
-// markBroken drops a connection whose stream failed at the transport.
-func (pr *peer) markBroken(addr string, cc *http.ClientConn) {
+// markBroken drops a connection that is dead: its transport failed, or
+// the peer has sent nothing for the dial timeout while a stream waited.
+func (pr *peer) markBroken(pc *poolConn) {
 	pr.mu.Lock()
 	defer pr.mu.Unlock()
-	list := pr.conns[addr]
+	list := pr.conns[pc.addr]
 	for i, c := range list {
-		if c == cc {
-			pr.conns[addr] = append(list[:i:i], list[i+1:]...)
-			_ = cc.Close()
+		if c == pc {
+			pr.conns[pc.addr] = append(list[:i:i], list[i+1:]...)
+			_ = pc.cc.Close()
 			return
 		}
 	}
@@ -324,19 +368,21 @@ func (p *Pool) Probe(ctx context.Context, cluster string) (time.Duration, error)
 	if err != nil {
 		return 0, err
 	}
-	cc, addr, err := p.conn(ctx, pr)
+	pc, err := p.conn(ctx, pr)
 	if err != nil {
 		return 0, err
 	}
+	addr := pc.addr
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+addr+"/ready", nil)
 	if err != nil {
+		pc.cc.Release()
 		return 0, err
 	}
 	start := time.Now()
-	resp, err := cc.RoundTrip(req)
+	resp, err := pc.cc.RoundTrip(req)
 	if err != nil {
-		if ctx.Err() == nil {
-			pr.markBroken(addr, cc)
+		if ctx.Err() == nil && pc.cc.Err() != nil {
+			pr.markBroken(pc)
 		}
 		return 0, err
 	}

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -161,7 +162,8 @@ func settledGauges(t *testing.T, admins map[string]string) map[string]map[string
 // bandwidth while tunnel streams are open. Streams caught by a reset or a
 // stall end within the gateway's timeouts (none hangs), a new stream
 // during a stall fails within its bound, the pool reconnects once the
-// fault is gone, streams through a slow link all complete, and
+// fault is gone, streams through a slow link all complete, a saturated
+// link keeps the streams open on it while new ones still get through, and
 // afterwards both gateway processes are back to their goroutines and
 // open file descriptors.
 func TestLinkFaultsFailFastAndLeakNothing(t *testing.T) {
@@ -237,8 +239,7 @@ func TestLinkFaultsFailFastAndLeakNothing(t *testing.T) {
 	})
 
 	t.Run("streams through a slow link complete, and abandoned ones are cleaned up", func(t *testing.T) {
-		// Limited, not saturated past the dial timeout: a CONNECT queued
-		// behind more than 5 s of bytes times out (docs/reliability.md).
+		// Limited, not saturated: the next subtest saturates it.
 		const bandwidth = 1 << 20
 		proxy.SetBandwidth(bandwidth)
 		proxy.SetLatency(15 * time.Millisecond)
@@ -305,6 +306,93 @@ func TestLinkFaultsFailFastAndLeakNothing(t *testing.T) {
 		}
 		t.Logf("bandwidth %d KiB/s, 15 ms each way: 2 MiB upload, %d requests and %d echo streams in %s, %d failed; %d streams abandoned half-way",
 			bandwidth>>10, streams, streams, time.Since(start).Round(time.Millisecond), failed, streams)
+	})
+
+	t.Run("a saturated link keeps its streams and still opens new ones", func(t *testing.T) {
+		// 256 KiB/s for the whole link, shared by its connections, and an
+		// upload that keeps megabytes queued on the pooled connection: a
+		// new stream's CONNECT would wait behind them for longer than the
+		// dial timeout.
+		const bandwidth = 256 << 10
+		healthy := openStreams(t, echo, streams)
+		waitFor(t, 30*time.Second, "the streams to reach east", func() bool { return inboundStreams(t, p.eastGW.admin) >= streams })
+		proxy.SetLinkBandwidth(bandwidth)
+		proxy.SetLatency(15 * time.Millisecond)
+		defer func() { proxy.SetLinkBandwidth(0); proxy.SetLatency(0) }()
+		before := proxy.Accepted()
+		start := time.Now()
+
+		payload := make([]byte, 3<<20)
+		_, _ = rand.Read(payload)
+		uploaded := make(chan error, 1)
+		go func() {
+			want := sha256.Sum256(payload)
+			c, err := net.Dial("tcp", sink)
+			if err != nil {
+				uploaded <- err
+				return
+			}
+			defer func() { _ = c.Close() }()
+			_ = c.SetDeadline(time.Now().Add(2 * inFlightBound))
+			go func() { _, _ = c.Write(payload); _ = c.(*net.TCPConn).CloseWrite() }()
+			got, err := io.ReadAll(c)
+			if err == nil && !bytes.Equal(got, want[:]) {
+				err = fmt.Errorf("upload checksum %x, want %x", got, want)
+			}
+			uploaded <- err
+		}()
+		waitFor(t, 30*time.Second, "the upload to queue up on the link", func() bool { return proxy.Queued() >= 1<<20 })
+		queued := proxy.Queued()
+
+		// New requests arrive while the backlog drains, one every 400 ms.
+		var mu sync.Mutex
+		var wg sync.WaitGroup
+		var took []time.Duration
+		failed := 0
+		for range streams {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				s := time.Now()
+				err := request(web, inFlightBound)
+				mu.Lock()
+				defer mu.Unlock()
+				if err != nil {
+					failed++
+					t.Errorf("new request through the saturated link: %v", err)
+					return
+				}
+				took = append(took, time.Since(s))
+			}()
+			time.Sleep(400 * time.Millisecond)
+		}
+		wg.Wait()
+		slices.Sort(took)
+		uploadErr := <-uploaded
+		uploadTook := time.Since(start)
+		if uploadErr != nil {
+			t.Errorf("the upload on the saturated connection: %v", uploadErr)
+		}
+
+		// The streams that were open all along still work end to end.
+		survived := 0
+		for _, c := range healthy {
+			_ = c.(*net.TCPConn).CloseWrite()
+			got, err := io.ReadAll(c)
+			if err == nil && string(got) == "X" {
+				survived++
+			}
+		}
+		if survived != streams {
+			t.Errorf("%d of %d streams open through the saturation still answer", survived, streams)
+		}
+		var fastest, median, slowest time.Duration
+		if len(took) > 0 {
+			fastest, median, slowest = took[0], took[len(took)/2], took[len(took)-1]
+		}
+		t.Logf("saturated: link %d KiB/s shared, 15 ms each way, %.1f MiB queued by a 3 MiB upload; %d new requests, %d failed, answered in %s (fastest) / %s (median) / %s (slowest); the upload ended after %s (error: %v); %d of %d streams open throughout still answer; %d new link connections",
+			bandwidth>>10, float64(queued)/(1<<20), streams, failed, fastest.Round(time.Millisecond), median.Round(time.Millisecond), slowest.Round(time.Millisecond),
+			uploadTook.Round(100*time.Millisecond), uploadErr, survived, streams, proxy.Accepted()-before)
 	})
 
 	// Afterwards: every stream the faults ended, and every connection the
