@@ -40,6 +40,7 @@ type options struct {
 	mirrorSizes []int
 	mirrorRate  int
 	mirrorFor   time.Duration
+	outage      time.Duration
 }
 
 // path is one way from the client to the backend.
@@ -74,7 +75,8 @@ func main() {
 	flag.Int64Var(&o.bulkBytes, "bulk-bytes", 1<<30, "bytes of the single-stream bulk transfer")
 	flag.StringVar(&sections, "sections", "paths,mirroring", "what to measure: paths (latency, throughput, new connections against the peers), mirroring (at scale)")
 	flag.StringVar(&sizes, "mirror-services", "1000,10000", "numbers of exported services to mirror")
-	flag.IntVar(&o.mirrorRate, "mirror-rate", 20, "single changes per second while propagation is measured")
+	flag.IntVar(&o.mirrorRate, "mirror-rate", 10, "single changes per second while sustained propagation is measured")
+	flag.DurationVar(&o.outage, "mirror-outage", 30*time.Second, "how long the remote API server is away before changes are timed (0: no outage)")
 	flag.DurationVar(&o.mirrorFor, "mirror-changes-for", 15*time.Second, "how long single changes are made")
 	flag.Parse()
 	o.rates = positiveInts("-rates", rates)
@@ -144,7 +146,7 @@ func run(ctx context.Context, o options) error {
 	}
 	if o.sections["mirroring"] {
 		var err error
-		if r.mirroring, err = measureMirroring(ctx, dir, o.mirrorSizes, o.mirrorRate, o.mirrorFor); err != nil {
+		if r.mirroring, err = measureMirroring(ctx, dir, o.mirrorSizes, o.mirrorRate, o.mirrorFor, o.outage); err != nil {
 			return err
 		}
 	}

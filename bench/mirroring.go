@@ -7,6 +7,7 @@ import (
 	"log"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -26,6 +27,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/backbone-mesh/backbone/api/v1alpha1"
+	"github.com/backbone-mesh/backbone/internal/faultproxy"
 	"github.com/backbone-mesh/backbone/internal/install"
 	"github.com/backbone-mesh/backbone/internal/kube"
 	"github.com/backbone-mesh/backbone/internal/link"
@@ -41,10 +43,9 @@ type mirrorResult struct {
 	syncCPU   float64 // controller CPU seconds during it
 	syncReqs  float64 // API requests the controller made during it
 	syncWrite float64 // of which writes (mirrors, slices, status)
-	// Propagation of single changes made at a sustained rate.
-	changes, rate     int
-	p50, p99, maxProp time.Duration
-	lost              int
+	// Propagation of single changes: isolated, sustained, and right
+	// after the remote API server comes back from an outage.
+	props []propagation
 	// Steady state: nothing changes.
 	steadyReqsPerMin, steadyWritesPerMin, steadyCPUPerMin float64
 	peakRSSMiB                                            float64
@@ -55,7 +56,7 @@ type mirrorResult struct {
 // holding the link reader's real, least-privilege credentials, and
 // measures the first sync, single changes at a sustained rate and the
 // steady state, from the controller's own metrics and /proc.
-func measureMirroring(ctx context.Context, dir string, sizes []int, rate int, changeFor time.Duration) ([]mirrorResult, error) {
+func measureMirroring(ctx context.Context, dir string, sizes []int, rate int, changeFor, outage time.Duration) ([]mirrorResult, error) {
 	if !testenv.InNetns() {
 		return nil, errors.New("mirroring needs the private network namespace (run the bench as root)")
 	}
@@ -66,7 +67,7 @@ func measureMirroring(ctx context.Context, dir string, sizes []int, rate int, ch
 	var out []mirrorResult
 	for _, n := range sizes {
 		log.Printf("mirroring %d services", n)
-		res, err := mirrorOnce(ctx, filepath.Join(dir, fmt.Sprintf("mirror-%d", n)), bin, n, rate, changeFor)
+		res, err := mirrorOnce(ctx, filepath.Join(dir, fmt.Sprintf("mirror-%d", n)), bin, n, rate, changeFor, outage)
 		if err != nil {
 			return out, fmt.Errorf("%d services: %w", n, err)
 		}
@@ -88,8 +89,8 @@ func buildBackbone(dir string) (string, error) {
 	return bin, nil
 }
 
-func mirrorOnce(ctx context.Context, dir, bin string, n, rate int, changeFor time.Duration) (mirrorResult, error) {
-	res := mirrorResult{services: n, rate: rate}
+func mirrorOnce(ctx context.Context, dir, bin string, n, rate int, changeFor, outage time.Duration) (mirrorResult, error) {
+	res := mirrorResult{services: n}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return res, err
 	}
@@ -137,8 +138,19 @@ func mirrorOnce(ctx context.Context, dir, bin string, n, rate int, changeFor tim
 	if err != nil {
 		return res, err
 	}
+	// The link reaches east's API server through a proxy that can take it
+	// away, as a SIGSTOPped API server would: connections hang.
+	apiURL, err := url.Parse(east.Config.Host)
+	if err != nil {
+		return res, err
+	}
+	apiProxy, err := faultproxy.New("127.0.0.1:0", apiURL.Host)
+	if err != nil {
+		return res, err
+	}
+	defer func() { _ = apiProxy.Close() }()
 	l, err := link.Generate(ctx, east.Config, cs, link.Options{
-		ClusterName: "east", GatewayAddresses: []string{net.JoinHostPort(testenv.NetnsAddr(1), "4143")},
+		ClusterName: "east", APIServer: "https://" + apiProxy.Addr(), GatewayAddresses: []string{net.JoinHostPort(testenv.NetnsAddr(1), "4143")},
 		GatewayIdentity: "spiffe://" + benchTrustDomain + "/cluster/east", CreateToken: true, TokenDuration: time.Hour,
 	})
 	if err != nil {
@@ -197,13 +209,29 @@ func mirrorOnce(ctx context.Context, dir, bin string, n, rate int, changeFor tim
 	res.syncReqs, res.syncWrite = m.requests, m.writes
 	log.Printf("  mirrored in %s: %.0f API requests, %.0f writes, %.1f CPU s", res.mirrorAll.Round(time.Millisecond), res.syncReqs, res.syncWrite, res.syncCPU)
 
-	// Let the follow-up passes (status) settle, then single changes at a
-	// sustained rate, each to another Service.
+	// Let the follow-up passes (status) settle, then single changes:
+	// isolated, then at a sustained rate.
 	time.Sleep(3 * time.Second)
-	if res.p50, res.p99, res.maxProp, res.changes, res.lost, err = propagation(ctx, east, west, n, rate, changeFor); err != nil {
+	ch, err := newChanger(ctx, east, west, n)
+	if err != nil {
 		return res, err
 	}
-	log.Printf("  %d changes at %d/s: p50 %s, p99 %s, max %s, %d not seen", res.changes, rate, res.p50, res.p99, res.maxProp, res.lost)
+	defer ch.stop()
+	record := func(p propagation, err error) error {
+		if err != nil {
+			return err
+		}
+		all := p.all()
+		log.Printf("  %s: %d changes, p50 %s, p99 %s, max %s, %d not seen", p.mode, p.changes, pct(all, 0.5), pct(all, 0.99), pct(all, 1), p.lost)
+		res.props = append(res.props, p)
+		return nil
+	}
+	if err := record(ch.isolated(ctx, 30)); err != nil {
+		return res, err
+	}
+	if err := record(ch.sustained(ctx, rate, changeFor)); err != nil {
+		return res, err
+	}
 
 	// Steady state: a full resync period (30s) and then some.
 	time.Sleep(3 * time.Second)
@@ -222,8 +250,22 @@ func mirrorOnce(ctx context.Context, dir, bin string, n, rate int, changeFor tim
 	res.steadyReqsPerMin = (after.requests - before.requests) * perMin
 	res.steadyWritesPerMin = (after.writes - before.writes) * perMin
 	res.steadyCPUPerMin = (cpuSeconds(pid) - cpu0) * perMin
+	log.Printf("  steady: %.1f requests/min, %.1f writes/min, %.2f CPU s/min", res.steadyReqsPerMin, res.steadyWritesPerMin, res.steadyCPUPerMin)
+
+	// The remote API server is away (hung connections) for outage; the
+	// changes made right after it returns are timed.
+	if outage > 0 {
+		apiProxy.SetStalled(true)
+		time.Sleep(outage)
+		apiProxy.SetStalled(false)
+		p, err := ch.isolated(ctx, 3)
+		p.mode = fmt.Sprintf("right after a %s outage", outage)
+		if err := record(p, err); err != nil {
+			return res, err
+		}
+	}
 	res.peakRSSMiB = peakRSS(cmd.Process.Pid)
-	log.Printf("  steady: %.1f requests/min, %.1f writes/min, %.2f CPU s/min; peak RSS %.0f MiB", res.steadyReqsPerMin, res.steadyWritesPerMin, res.steadyCPUPerMin, res.peakRSSMiB)
+	log.Printf("  peak RSS %.0f MiB", res.peakRSSMiB)
 	return res, nil
 }
 
@@ -234,12 +276,7 @@ func createScaleServices(ctx context.Context, c client.Client, n int) error {
 	for range 32 {
 		wg.Go(func() {
 			for i := range work {
-				svc := &corev1.Service{
-					ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("svc-%05d", i), Namespace: "scale",
-						Labels: map[string]string{v1alpha1.ExportedLabel: "true", "app": "scale"}},
-					Spec: corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "http", Port: 8080}}},
-				}
-				if err := c.Create(ctx, svc); err != nil {
+				if err := c.Create(ctx, scaleService(fmt.Sprintf("svc-%05d", i))); err != nil {
 					select {
 					case errs <- err:
 					default:
@@ -257,6 +294,14 @@ func createScaleServices(ctx context.Context, c client.Client, n int) error {
 	return <-errs
 }
 
+func scaleService(name string) *corev1.Service {
+	return &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "scale",
+			Labels: map[string]string{v1alpha1.ExportedLabel: "true", "app": "scale"}},
+		Spec: corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "http", Port: 8080}}},
+	}
+}
+
 func countMeta(ctx context.Context, c client.Client, list *metav1.PartialObjectMetadataList) (int, error) {
 	if err := c.List(ctx, list, client.InNamespace("scale"), client.MatchingLabels{v1alpha1.MirroredFromLabel: "east"}); err != nil {
 		return 0, err
@@ -264,82 +309,197 @@ func countMeta(ctx context.Context, c client.Client, list *metav1.PartialObjectM
 	return len(list.Items), nil
 }
 
-// propagation changes a label on one Service after another at rate per
-// second for d and times each change from its write in east to the
-// mirror's update reaching a watch on west.
-func propagation(ctx context.Context, east, west *testenv.Cluster, n, rate int, d time.Duration) (p50, p99, maxd time.Duration, changes, lost int, err error) {
+// changer makes single changes in east — updates of existing Services,
+// creations of new ones, deletions of those — and times each from its
+// write (the API round trip included) to the mirror's event reaching a
+// watch on west: Added, Modified with the change, Deleted.
+type changer struct {
+	east    *testenv.Cluster
+	n       int
+	mu      sync.Mutex
+	sent    map[string]time.Time // "op/mirror[#seq]" → when written
+	took    map[string][]time.Duration
+	created []string // remote names whose mirror was seen
+	next    int
+	stop    func()
+}
+
+var ops = []string{"update", "create", "delete"}
+
+func newChanger(ctx context.Context, east, west *testenv.Cluster, n int) (*changer, error) {
 	wc, err := client.NewWithWatch(west.Config, client.Options{Scheme: west.Client.Scheme()})
 	if err != nil {
-		return
+		return nil, err
 	}
 	var list corev1.ServiceList
-	if err = wc.List(ctx, &list, client.InNamespace("scale"), client.Limit(1)); err != nil {
-		return
+	if err := wc.List(ctx, &list, client.InNamespace("scale"), client.Limit(1)); err != nil {
+		return nil, err
 	}
 	wctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	w, err := wc.Watch(wctx, &corev1.ServiceList{}, client.InNamespace("scale"), client.MatchingLabels{v1alpha1.MirroredFromLabel: "east"},
 		&client.ListOptions{Raw: &metav1.ListOptions{ResourceVersion: list.ResourceVersion}})
 	if err != nil {
-		return
+		cancel()
+		return nil, err
 	}
-	defer w.Stop()
-	var mu sync.Mutex
-	sent := map[string]time.Time{}
-	var took []time.Duration
+	c := &changer{east: east, n: n, sent: map[string]time.Time{}, took: map[string][]time.Duration{}, stop: func() { w.Stop(); cancel() }}
 	go func() {
 		for ev := range w.ResultChan() {
 			s, ok := ev.Object.(*corev1.Service)
-			if !ok || ev.Type != watch.Modified {
+			if !ok {
 				continue
 			}
 			seen := time.Now()
-			mu.Lock()
-			if t, ok := sent[s.Labels["bench-seq"]]; ok {
-				took = append(took, seen.Sub(t))
-				delete(sent, s.Labels["bench-seq"])
+			remote := s.Annotations[v1alpha1.RemoteNameAnnotation]
+			var key string
+			switch ev.Type {
+			case watch.Added:
+				key = "create/" + remote
+			case watch.Modified:
+				key = "update/" + remote + "#" + s.Labels["bench-seq"]
+			case watch.Deleted:
+				key = "delete/" + remote
 			}
-			mu.Unlock()
+			c.mu.Lock()
+			if t, ok := c.sent[key]; ok {
+				op, _, _ := strings.Cut(key, "/")
+				c.took[op] = append(c.took[op], seen.Sub(t))
+				delete(c.sent, key)
+				if op == "create" {
+					c.created = append(c.created, remote)
+				}
+			}
+			c.mu.Unlock()
 		}
 	}()
-	tick := time.NewTicker(time.Second / time.Duration(rate))
-	defer tick.Stop()
-	end := time.Now().Add(d)
-	for i := 0; time.Now().Before(end); i++ {
-		<-tick.C
-		var s corev1.Service
-		name := fmt.Sprintf("svc-%05d", (i*7919)%n)
-		if err = east.Client.Get(ctx, client.ObjectKey{Namespace: "scale", Name: name}, &s); err != nil {
-			return
-		}
-		seq := strconv.Itoa(i)
-		s.Labels["bench-seq"] = seq
-		mu.Lock()
-		sent[seq] = time.Now()
-		mu.Unlock()
-		if err = east.Client.Update(ctx, &s); err != nil {
-			return
-		}
-		changes++
+	return c, nil
+}
+
+// change makes the i-th change: update, create, delete in turn (a
+// delete removes the oldest Service whose creation was seen mirrored;
+// without one it updates). It returns the key it waits for.
+func (c *changer) change(ctx context.Context, i int) (string, error) {
+	op := ops[i%len(ops)]
+	c.mu.Lock()
+	if op == "delete" && len(c.created) == 0 {
+		op = "update"
 	}
+	var victim string
+	if op == "delete" {
+		victim, c.created = c.created[0], c.created[1:]
+	}
+	c.next++
+	seq := c.next
+	c.mu.Unlock()
+	key, write := "", func() error { return nil }
+	switch op {
+	case "update":
+		var s corev1.Service
+		name := fmt.Sprintf("svc-%05d", (seq*7919)%c.n)
+		if err := c.east.Client.Get(ctx, client.ObjectKey{Namespace: "scale", Name: name}, &s); err != nil {
+			return "", err
+		}
+		s.Labels["bench-seq"] = strconv.Itoa(seq)
+		key, write = "update/"+name+"#"+strconv.Itoa(seq), func() error { return c.east.Client.Update(ctx, &s) }
+	case "create":
+		name := fmt.Sprintf("new-%05d", seq)
+		key, write = "create/"+name, func() error { return c.east.Client.Create(ctx, scaleService(name)) }
+	case "delete":
+		key, write = "delete/"+victim, func() error {
+			return c.east.Client.Delete(ctx, &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "scale", Name: victim}})
+		}
+	}
+	c.mu.Lock()
+	c.sent[key] = time.Now()
+	c.mu.Unlock()
+	return key, write()
+}
+
+// wait waits until key was seen (false after timeout).
+func (c *changer) wait(key string, timeout time.Duration) bool {
+	for deadline := time.Now().Add(timeout); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+		c.mu.Lock()
+		_, pending := c.sent[key]
+		c.mu.Unlock()
+		if !pending {
+			return true
+		}
+	}
+	return false
+}
+
+// collect returns the times measured since the last collect, by
+// operation, and how many changes were never seen (within 30 s).
+func (c *changer) collect() (map[string][]time.Duration, int) {
 	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-		mu.Lock()
-		pending := len(sent)
-		mu.Unlock()
+		c.mu.Lock()
+		pending := len(c.sent)
+		c.mu.Unlock()
 		if pending == 0 {
 			break
 		}
 	}
-	mu.Lock()
-	defer mu.Unlock()
-	lost = len(sent)
-	if len(took) == 0 {
-		err = errors.New("no change reached the mirrors")
-		return
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	took, lost := c.took, len(c.sent)
+	c.took, c.sent = map[string][]time.Duration{}, map[string]time.Time{}
+	return took, lost
+}
+
+// propagation is one way of changing: its times by operation.
+type propagation struct {
+	mode    string
+	changes int
+	lost    int
+	byOp    map[string][]time.Duration
+}
+
+func (p propagation) all() []time.Duration {
+	var all []time.Duration
+	for _, ds := range p.byOp {
+		all = append(all, ds...)
 	}
-	slices.Sort(took)
-	pct := func(p float64) time.Duration { return took[min(len(took)-1, int(p*float64(len(took))))] }
-	return pct(0.50), pct(0.99), took[len(took)-1], changes, lost, nil
+	slices.Sort(all)
+	return all
+}
+
+func pct(ds []time.Duration, p float64) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	ds = slices.Clone(ds)
+	slices.Sort(ds)
+	return ds[min(len(ds)-1, int(p*float64(len(ds))))]
+}
+
+// isolated makes count changes one at a time, each after the previous
+// one was seen.
+func (c *changer) isolated(ctx context.Context, count int) (propagation, error) {
+	for i := range count {
+		key, err := c.change(ctx, i)
+		if err != nil {
+			return propagation{}, err
+		}
+		c.wait(key, 10*time.Second)
+		time.Sleep(100 * time.Millisecond)
+	}
+	byOp, lost := c.collect()
+	return propagation{mode: "isolated", changes: count, lost: lost, byOp: byOp}, nil
+}
+
+// sustained makes changes at rate per second for d.
+func (c *changer) sustained(ctx context.Context, rate int, d time.Duration) (propagation, error) {
+	tick := time.NewTicker(time.Second / time.Duration(rate))
+	defer tick.Stop()
+	count := 0
+	for end := time.Now().Add(d); time.Now().Before(end); count++ {
+		<-tick.C
+		if _, err := c.change(ctx, count); err != nil {
+			return propagation{}, err
+		}
+	}
+	byOp, lost := c.collect()
+	return propagation{mode: fmt.Sprintf("%d/s for %s", rate, d), changes: count, lost: lost, byOp: byOp}, nil
 }
 
 type controllerMetrics struct{ requests, writes float64 }

@@ -94,8 +94,18 @@ func startRemoteWatch(cluster string, cfg *rest.Config, token string, onChange f
 			onService(o.GetNamespace(), name)
 		}
 		h := toolscache.ResourceEventHandlerFuncs{
-			AddFunc:    changed,
-			UpdateFunc: func(_, obj any) { changed(obj) },
+			AddFunc: changed,
+			UpdateFunc: func(old, obj any) {
+				// A relist after an outage replays every object: only real
+				// changes are queued, so they are not stuck behind thousands
+				// of unchanged ones.
+				if o, ok := old.(client.Object); ok {
+					if n, ok := obj.(client.Object); ok && o.GetResourceVersion() == n.GetResourceVersion() {
+						return
+					}
+				}
+				changed(obj)
+			},
 			DeleteFunc: changed,
 		}
 		if _, err := inf.AddEventHandler(h); err != nil {
