@@ -296,22 +296,11 @@ URL whose host is SERVICE.NAMESPACE[.svc[.cluster.local]].`,
 			if err != nil {
 				return err
 			}
-			ep, err := sandbox.WaitForMirror(cmd.Context(), st, args[0], ns, svc, 5*time.Second)
-			if err != nil {
-				return err
-			}
-			target := "http://" + ep + path
-			fmt.Fprintf(cmd.ErrOrStderr(), "GET %s (endpoint of %s/%s in %s)\n", target, ns, svc, args[0])
-			start := time.Now()
-			resp, err := http.Get(target)
-			if err != nil {
-				return err
-			}
-			defer func() { _ = resp.Body.Close() }()
-			_, err = io.Copy(cmd.OutOrStdout(), resp.Body)
-			fmt.Fprintf(cmd.ErrOrStderr(), "%s in %s\n", resp.Status, time.Since(start).Round(time.Millisecond))
-			if resp.StatusCode >= 400 {
-				return errors.New(resp.Status)
+			fmt.Fprintf(cmd.ErrOrStderr(), "GET %s from %s, through the endpoint of %s/%s\n", path, args[0], ns, svc)
+			status, body, took, err := sandbox.Call(cmd.Context(), st, args[0], ns, svc, path, 5*time.Second)
+			if status != "" {
+				_, _ = cmd.OutOrStdout().Write(body)
+				fmt.Fprintf(cmd.ErrOrStderr(), "%s in %s\n", status, took.Round(time.Millisecond))
 			}
 			return err
 		},

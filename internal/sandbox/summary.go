@@ -2,9 +2,11 @@ package sandbox
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"sort"
 	"strings"
 	"time"
@@ -67,8 +69,50 @@ func WaitForMirror(ctx context.Context, st *State, cluster, ns, mirror string, t
 	}
 }
 
-// WriteSummary prints what runs where, the mirrors, the latency matrix and
-// commands to try.
+// Call makes a GET as a pod in cluster would: to the endpoint kube-proxy
+// would pick for Service ns/svc. It returns the response's status and
+// body.
+func Call(ctx context.Context, st *State, cluster, ns, svc, path string, wait time.Duration) (status string, body []byte, took time.Duration, err error) {
+	ep, err := WaitForMirror(ctx, st, cluster, ns, svc, wait)
+	if err != nil {
+		return "", nil, 0, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+ep+path, nil)
+	if err != nil {
+		return "", nil, 0, err
+	}
+	start := time.Now()
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return "", nil, 0, err
+	}
+	defer func() { _ = resp.Body.Close() }()
+	body, err = io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	took = time.Since(start)
+	if err == nil && resp.StatusCode >= 400 {
+		err = errors.New(resp.Status)
+	}
+	return resp.Status, body, took, err
+}
+
+// tourCalls are the calls the summary makes: a cross-cluster call, an
+// egress call and a call to the platform cluster's shared service.
+func tourCalls(st *State) [][3]string {
+	if len(st.Clusters) < 2 {
+		return nil
+	}
+	first, second, last := st.Clusters[0].Name, st.Clusters[1].Name, st.Clusters[len(st.Clusters)-1].Name
+	return [][3]string{
+		{second, demoNamespace, "hello-" + first},
+		{second, v1alpha1.SystemNamespace, "credit-score-" + first},
+		{first, "logging", platformLogsName + "-" + last},
+	}
+}
+
+// WriteSummary prints what runs where, the mirrors, the latency matrix,
+// the tour's calls as they answer now, and commands to try.
 func WriteSummary(ctx context.Context, w io.Writer, dir string, st *State) error {
 	fmt.Fprintf(w, "\nbackbone sandbox in %s\nnetwork: %s\n\n", dir, st.Network)
 	fmt.Fprintln(w, "CLUSTER     CLOUD               API SERVER                   GATEWAY (inbound)")
@@ -115,6 +159,18 @@ func WriteSummary(ctx context.Context, w io.Writer, dir string, st *State) error
 		return err
 	}
 
+	if calls := tourCalls(st); len(calls) > 0 {
+		fmt.Fprintln(w, "\nCALLS (made now, as a pod in the first column would: through the mirror's endpoint)")
+		for _, c := range calls {
+			status, body, took, err := Call(ctx, st, c[0], c[1], c[2], "/", 5*time.Second)
+			line := fmt.Sprintf("%s in %s: %s", status, took.Round(time.Millisecond), strings.TrimSpace(firstLine(body)))
+			if err != nil {
+				line = "FAILED: " + err.Error()
+			}
+			fmt.Fprintf(w, "  %-9s -> %-40s %s\n", c[0], c[1]+"/"+c[2], line)
+		}
+	}
+
 	if len(st.Clusters) >= 2 {
 		first, second := st.Clusters[0].Name, st.Clusters[1].Name
 		fmt.Fprintf(w, `
@@ -128,4 +184,9 @@ TRY
 `, st.Kubeconfig, first, second, v1alpha1.MirroredFromLabel, v1alpha1.SystemNamespace)
 	}
 	return nil
+}
+
+func firstLine(b []byte) string {
+	line, _, _ := strings.Cut(string(b), "\n")
+	return line
 }

@@ -54,6 +54,16 @@ func TestQuickStart(t *testing.T) {
 			t.Errorf("the summary lacks %q", want)
 		}
 	}
+	// up ends with the tour's calls answered: cross-cluster, egress, platform.
+	for _, want := range []*regexp.Regexp{
+		regexp.MustCompile(`west +-> demo/hello-east +200 OK in [0-9]+ms: hello from east`),
+		regexp.MustCompile(`west +-> backbone-system/credit-score-east +200 OK in [0-9]+ms: credit score`),
+		regexp.MustCompile(`east +-> logging/log-collector-platform +200 OK in [0-9]+ms: log-collector in platform`),
+	} {
+		if !want.MatchString(out) {
+			t.Errorf("the summary does not show the call %s", want)
+		}
+	}
 
 	t.Run("answers the tour's calls and shows the latency matrix", func(t *testing.T) {
 		st := sb.state(t)
