@@ -56,9 +56,9 @@ func TestQuickStart(t *testing.T) {
 	}
 	// up ends with the tour's calls answered: cross-cluster, egress, platform.
 	for _, want := range []*regexp.Regexp{
-		regexp.MustCompile(`west +-> demo/hello-east +200 OK in [0-9]+ms: hello from east`),
-		regexp.MustCompile(`west +-> backbone-system/credit-score-east +200 OK in [0-9]+ms: credit score`),
-		regexp.MustCompile(`east +-> logging/log-collector-platform +200 OK in [0-9]+ms: log-collector in platform`),
+		regexp.MustCompile(`west +-> demo/hello-east +200 OK in [0-9.]+(ms|s): hello from east`),
+		regexp.MustCompile(`west +-> backbone-system/credit-score-east +200 OK in [0-9.]+(ms|s): credit score`),
+		regexp.MustCompile(`east +-> logging/log-collector-platform +200 OK in [0-9.]+(ms|s): log-collector in platform`),
 	} {
 		if !want.MatchString(out) {
 			t.Errorf("the summary does not show the call %s", want)
