@@ -14,13 +14,14 @@ import (
 	"github.com/backbone-mesh/backbone/internal/install"
 	"github.com/backbone-mesh/backbone/internal/mirror"
 	"github.com/backbone-mesh/backbone/internal/probe"
+	"github.com/backbone-mesh/backbone/internal/targets"
 )
 
 func init() { subcommands = append(subcommands, newControllerCmd) }
 
 func newControllerCmd(root *rootOptions) *cobra.Command {
 	opts := controller.Options{}
-	var portRange, egressPortRange, logLevel, trustDomain string
+	var portRange, egressPortRange, logLevel, trustDomain, ingressMode, gatewayRef string
 	var resolve []string
 	cmd := &cobra.Command{
 		Use:   "controller",
@@ -47,6 +48,17 @@ probe them (their connections are the ones the cluster lets out).`,
 				opts.Log.Warn("--egress-resolve is ignored by the controller: the gateway probes egress targets; give the pins to the gateway")
 			}
 			opts.TrustDomain = trustDomain
+			if opts.Ingress.Mode, err = targets.ParseIngressMode(ingressMode); err != nil {
+				return fmt.Errorf("--ingress-mode: %w", err)
+			}
+			switch {
+			case gatewayRef != "":
+				if opts.Ingress.Gateway, err = targets.ParseGatewayRef(gatewayRef); err != nil {
+					return fmt.Errorf("--gateway-ref: %w", err)
+				}
+			case opts.Ingress.Mode == targets.IngressModeHTTPRoute:
+				return fmt.Errorf("--ingress-mode httproute needs --gateway-ref namespace/name[/sectionName]: the Gateway the HTTPRoutes attach to")
+			}
 			cfg, err := root.kube.RESTConfig()
 			if err != nil {
 				return err
@@ -71,8 +83,10 @@ probe them (their connections are the ones the cluster lets out).`,
 	f.DurationVar(&opts.Resync, "resync", 30*time.Second, "how often every Link is re-checked without events")
 	f.StringVar(&egressPortRange, "egress-port-range", "30000-30999", "gateway ports allocated to the egress targets this cluster serves")
 	f.StringVar(&opts.Ingress.Domain, "ingress-domain", "", "domain of the default ingress host <service>.<cluster>.<domain>")
+	f.StringVar(&ingressMode, "ingress-mode", string(targets.IngressModeIngress), "what an IngressTarget becomes: ingress (an Ingress) or httproute (a Gateway API HTTPRoute on --gateway-ref); switching removes the objects of the other kind")
+	f.StringVar(&gatewayRef, "gateway-ref", "", "namespace/name[/sectionName] of the Gateway (and listener) HTTPRoutes attach to, with --ingress-mode httproute")
 	f.StringVar(&opts.Ingress.ClassName, "ingress-class", "nginx", "ingressClassName of the Ingresses made for IngressTargets")
-	f.StringVar(&opts.Ingress.ClusterIssuer, "cluster-issuer", "letsencrypt", "cert-manager ClusterIssuer annotated on those Ingresses (empty: none)")
+	f.StringVar(&opts.Ingress.ClusterIssuer, "cluster-issuer", "letsencrypt", "cert-manager ClusterIssuer annotated on those Ingresses (empty: none); unused with httproute, where the Gateway holds TLS")
 	f.Int32Var(&opts.GatewayAdminPort, "gateway-admin-port", install.AdminPort, "admin port of the local gateways, where each reports its egress probes (the controller writes EgressTarget status from them)")
 	f.StringArrayVar(&resolve, "egress-resolve", nil, "ignored: the gateway probes egress targets and takes the pins")
 	_ = f.MarkDeprecated("egress-resolve", "the gateway probes egress targets; give --egress-resolve to the gateway")

@@ -61,7 +61,8 @@ type Options struct {
 	Resync      time.Duration
 	// EgressPorts is the gateway port range egress targets get ports from.
 	EgressPorts mirror.PortRange
-	// Ingress configures the Ingresses made for IngressTargets.
+	// Ingress configures what IngressTargets become: Ingresses or, on a
+	// Gateway, HTTPRoutes.
 	Ingress targets.IngressOptions
 	// GatewayAdminPort is the local gateways' admin port, where each
 	// serves its latest egress probe results (default 9090).

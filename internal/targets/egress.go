@@ -2,7 +2,9 @@
 // becomes, in its environment's cluster, an exported Service whose
 // endpoints are the local gateway (which originates TLS to the target), so
 // every linked cluster mirrors it as <hostName>-<environment>; an
-// IngressTarget becomes an Ingress with DNS and certificate annotations.
+// IngressTarget becomes an Ingress with DNS and certificate annotations, or
+// an HTTPRoute on a configured Gateway (which holds TLS) with DNS
+// annotations.
 package targets
 
 import (

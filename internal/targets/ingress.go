@@ -2,14 +2,17 @@ package targets
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
+	"time"
 
 	networkingv1 "k8s.io/api/networking/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -18,12 +21,13 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	"github.com/backbone-mesh/backbone/api/v1alpha1"
 )
 
-// IngressTargetLabel on an Ingress names the IngressTarget (in
-// backbone-system) it was made for. The Ingress lives in the Service's
+// IngressTargetLabel on an Ingress or HTTPRoute names the IngressTarget
+// (in backbone-system) it was made for. The object lives in the Service's
 // namespace, so a finalizer — not an owner reference, which cannot cross
 // namespaces — removes it with its target.
 const (
@@ -31,22 +35,39 @@ const (
 	IngressFinalizer   = "backbone.dev/ingress"
 )
 
+// gatewayRecheck is how often a served HTTPRoute's Gateway is re-read for
+// its published address.
+const gatewayRecheck = 5 * time.Minute
+
 // IngressOptions configure the IngressTarget reconciler.
 type IngressOptions struct {
 	ClusterName string
 	// Domain makes the default host <service>.<cluster>.<Domain>.
 	Domain string
+	// Mode is what a target becomes: an Ingress (default) or an HTTPRoute
+	// on Gateway. The other kind, when backbone made one earlier, is
+	// removed once the new object is written.
+	Mode IngressMode
+	// Gateway is the Gateway (and optionally listener) HTTPRoutes attach
+	// to; required in httproute mode.
+	Gateway GatewayRef
 	// ClassName is the Ingress's ingressClassName (default nginx).
 	ClassName string
 	// ClusterIssuer is cert-manager's ClusterIssuer for the host's
 	// certificate (default letsencrypt); empty disables the annotation.
+	// Ingress mode only: with Gateway API, TLS is the Gateway's.
 	ClusterIssuer string
 	Log           *slog.Logger
 }
 
-// IngressReconciler keeps an Ingress for every IngressTarget served here.
+// IngressReconciler keeps an Ingress or HTTPRoute for every IngressTarget
+// served here.
 type IngressReconciler struct {
 	client client.Client
+	// reader reads from the API server: Gateways (get only) and, in
+	// ingress mode, HTTPRoutes left from httproute mode, without starting
+	// informers on kinds the controller does not watch.
+	reader client.Reader
 	opts   IngressOptions
 }
 
@@ -55,10 +76,16 @@ func SetupIngress(mgr ctrl.Manager, opts IngressOptions) error {
 	if opts.ClassName == "" {
 		opts.ClassName = "nginx"
 	}
+	if opts.Mode == "" {
+		opts.Mode = IngressModeIngress
+	}
+	if _, err := ParseIngressMode(string(opts.Mode)); err != nil {
+		return err
+	}
 	if opts.Log == nil {
 		opts.Log = slog.Default()
 	}
-	r := &IngressReconciler{client: mgr.GetClient(), opts: opts}
+	r := &IngressReconciler{client: mgr.GetClient(), reader: mgr.GetAPIReader(), opts: opts}
 	toTarget := handler.EnqueueRequestsFromMapFunc(func(_ context.Context, o client.Object) []reconcile.Request {
 		name, ok := o.GetLabels()[IngressTargetLabel]
 		if !ok {
@@ -66,12 +93,23 @@ func SetupIngress(mgr ctrl.Manager, opts IngressOptions) error {
 		}
 		return []reconcile.Request{{NamespacedName: types.NamespacedName{Namespace: v1alpha1.SystemNamespace, Name: name}}}
 	})
-	return ctrl.NewControllerManagedBy(mgr).
+	b := ctrl.NewControllerManagedBy(mgr).
 		Named("ingresstarget").
 		For(&v1alpha1.IngressTarget{}).
-		Watches(&networkingv1.Ingress{}, toTarget).
-		WithOptions(controller.Options{SkipNameValidation: ptr.To(true)}).
-		Complete(r)
+		Watches(&networkingv1.Ingress{}, toTarget)
+	if opts.Mode == IngressModeHTTPRoute {
+		if opts.Gateway.Name == "" || opts.Gateway.Namespace == "" {
+			return errors.New("ingress mode httproute needs a Gateway (--gateway-ref namespace/name[/sectionName])")
+		}
+		if _, err := mgr.GetRESTMapper().RESTMapping(schema.GroupKind{Group: gatewayv1.GroupName, Kind: "HTTPRoute"}, gatewayv1.GroupVersion.Version); err != nil {
+			return fmt.Errorf("ingress mode httproute needs the Gateway API CRDs (HTTPRoute %s): %w", gatewayv1.GroupVersion, err)
+		}
+		b = b.Watches(&gatewayv1.HTTPRoute{}, toTarget)
+		if opts.ClusterIssuer != "" {
+			opts.Log.Info("ingress mode httproute: the cluster issuer is not used; TLS and its certificates are the Gateway's (cert-manager's Gateway annotation)", "cluster_issuer", opts.ClusterIssuer)
+		}
+	}
+	return b.WithOptions(controller.Options{SkipNameValidation: ptr.To(true)}).Complete(r)
 }
 
 // Host is the host an IngressTarget is served on: its own, or
@@ -94,21 +132,35 @@ func servedFrom(it *v1alpha1.IngressTarget) string {
 	return it.Spec.Cluster
 }
 
+// outcome is what serving a target came to: its Ready condition, the
+// published address, whether the object was written (only then is the
+// object of the other kind removed), and when to look again.
+type outcome struct {
+	status          metav1.ConditionStatus
+	reason, message string
+	address         string
+	written         bool
+	requeue         time.Duration
+}
+
 // Reconcile serves one IngressTarget.
 func (r *IngressReconciler) Reconcile(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {
 	var it v1alpha1.IngressTarget
 	if err := r.client.Get(ctx, req.NamespacedName, &it); err != nil {
 		return reconcile.Result{}, client.IgnoreNotFound(err)
 	}
-	ing := &networkingv1.Ingress{ObjectMeta: metav1.ObjectMeta{Namespace: it.Spec.Namespace, Name: it.Name}}
 	if !it.DeletionTimestamp.IsZero() {
-		if err := r.deleteIngress(ctx, &it, ing); err != nil {
+		if err := r.deleteOwned(ctx, &it, IngressModeIngress, IngressModeHTTPRoute); err != nil {
 			return reconcile.Result{}, err
 		}
 		controllerutil.RemoveFinalizer(&it, IngressFinalizer)
 		return reconcile.Result{}, client.IgnoreNotFound(r.client.Update(ctx, &it))
 	}
 	if servedFrom(&it) != r.opts.ClusterName {
+		// It may have been served here before exposeFrom changed.
+		if err := r.deleteOwned(ctx, &it, IngressModeIngress, IngressModeHTTPRoute); err != nil {
+			return reconcile.Result{}, err
+		}
 		return reconcile.Result{}, r.setStatus(ctx, &it, metav1.ConditionFalse, "OtherCluster",
 			fmt.Sprintf("served by the ingress of %s", servedFrom(&it)), "", "")
 	}
@@ -123,30 +175,56 @@ func (r *IngressReconciler) Reconcile(ctx context.Context, req reconcile.Request
 			return reconcile.Result{}, err
 		}
 	}
-	var existing networkingv1.Ingress
-	err := r.client.Get(ctx, client.ObjectKeyFromObject(ing), &existing)
-	if err == nil && existing.Labels[IngressTargetLabel] != it.Name {
-		return reconcile.Result{}, r.setStatus(ctx, &it, metav1.ConditionFalse, "IngressConflict",
-			fmt.Sprintf("Ingress %s/%s exists and is not backbone's", existing.Namespace, existing.Name), host, "")
-	}
-	if err != nil && !apierrors.IsNotFound(err) {
-		return reconcile.Result{}, err
-	}
 	backend := it.Spec.Service
 	if it.Spec.Cluster != r.opts.ClusterName {
 		backend = it.Spec.Service + "-" + it.Spec.Cluster // the mirror
 	}
+	var o outcome
+	var err error
+	other := IngressModeHTTPRoute
+	if r.opts.Mode == IngressModeHTTPRoute {
+		o, err = r.serveRoute(ctx, &it, host, backend)
+		other = IngressModeIngress
+	} else {
+		o, err = r.serveIngress(ctx, &it, host, backend)
+	}
+	if err != nil {
+		return reconcile.Result{}, err
+	}
+	// The new object is in place before the old one goes: the host is
+	// never left without either.
+	if o.written {
+		if err := r.deleteOwned(ctx, &it, other); err != nil {
+			return reconcile.Result{}, err
+		}
+	}
+	return reconcile.Result{RequeueAfter: o.requeue}, r.setStatus(ctx, &it, o.status, o.reason, o.message, host, o.address)
+}
+
+// serveIngress keeps the target's Ingress and reads the address its
+// controller published.
+func (r *IngressReconciler) serveIngress(ctx context.Context, it *v1alpha1.IngressTarget, host, backend string) (outcome, error) {
+	ing := &networkingv1.Ingress{ObjectMeta: metav1.ObjectMeta{Namespace: it.Spec.Namespace, Name: it.Name}}
+	var existing networkingv1.Ingress
+	err := r.client.Get(ctx, client.ObjectKeyFromObject(ing), &existing)
+	if err == nil && existing.Labels[IngressTargetLabel] != it.Name {
+		return outcome{status: metav1.ConditionFalse, reason: "IngressConflict",
+			message: fmt.Sprintf("Ingress %s/%s exists and is not backbone's", existing.Namespace, existing.Name)}, nil
+	}
+	if err != nil && !apierrors.IsNotFound(err) {
+		return outcome{}, err
+	}
 	if _, err := controllerutil.CreateOrUpdate(ctx, r.client, ing, func() error {
-		desired := IngressFor(&it, host, backend, r.opts)
+		desired := IngressFor(it, host, backend, r.opts)
 		ing.Labels = desired.Labels
 		ing.Annotations = desired.Annotations
 		ing.Spec = desired.Spec
 		return nil
 	}); err != nil {
 		if apierrors.IsNotFound(err) || apierrors.IsForbidden(err) {
-			return reconcile.Result{}, r.setStatus(ctx, &it, metav1.ConditionFalse, "IngressFailed", err.Error(), host, "")
+			return outcome{status: metav1.ConditionFalse, reason: "IngressFailed", message: err.Error()}, nil
 		}
-		return reconcile.Result{}, err
+		return outcome{}, err
 	}
 	address := ""
 	for _, lb := range ing.Status.LoadBalancer.Ingress {
@@ -161,28 +239,41 @@ func (r *IngressReconciler) Reconcile(ctx context.Context, req reconcile.Request
 	if address == "" {
 		msg += "; the ingress controller has not published an address yet"
 	}
-	return reconcile.Result{}, r.setStatus(ctx, &it, metav1.ConditionTrue, "Serving", msg, host, address)
+	return outcome{status: metav1.ConditionTrue, reason: "Serving", message: msg, address: address, written: true}, nil
+}
+
+// ownLabels mark the objects made for a target, the only ones backbone
+// changes or removes.
+func ownLabels(it *v1alpha1.IngressTarget) map[string]string {
+	return map[string]string{
+		IngressTargetLabel:      it.Name,
+		v1alpha1.ManagedByLabel: v1alpha1.ManagedByValue,
+		v1alpha1.SquadLabel:     it.Spec.Squad,
+	}
+}
+
+// dnsAnnotations are external-dns's hostname annotation under both its
+// current and its legacy prefix; external-dns's Ingress and
+// gateway-httproute sources read both.
+func dnsAnnotations(host string) map[string]string {
+	return map[string]string{
+		"external-dns.kubernetes.io/hostname":       host,
+		"external-dns.alpha.kubernetes.io/hostname": host,
+	}
 }
 
 // IngressFor is the Ingress of an IngressTarget. Only backbone's own
 // strings go into annotations; no user value reaches a controller-specific
 // (nginx.ingress.kubernetes.io/*) annotation.
 func IngressFor(it *v1alpha1.IngressTarget, host, backend string, opts IngressOptions) *networkingv1.Ingress {
-	ann := map[string]string{
-		"external-dns.kubernetes.io/hostname":       host,
-		"external-dns.alpha.kubernetes.io/hostname": host,
-	}
+	ann := dnsAnnotations(host)
 	if opts.ClusterIssuer != "" {
 		ann["cert-manager.io/cluster-issuer"] = opts.ClusterIssuer
 	}
 	return &networkingv1.Ingress{
 		ObjectMeta: metav1.ObjectMeta{
 			Namespace: it.Spec.Namespace, Name: it.Name,
-			Labels: map[string]string{
-				IngressTargetLabel:      it.Name,
-				v1alpha1.ManagedByLabel: v1alpha1.ManagedByValue,
-				v1alpha1.SquadLabel:     it.Spec.Squad,
-			},
+			Labels:      ownLabels(it),
 			Annotations: ann,
 		},
 		Spec: networkingv1.IngressSpec{
@@ -204,15 +295,35 @@ func IngressFor(it *v1alpha1.IngressTarget, host, backend string, opts IngressOp
 	}
 }
 
-func (r *IngressReconciler) deleteIngress(ctx context.Context, it *v1alpha1.IngressTarget, ing *networkingv1.Ingress) error {
-	var existing networkingv1.Ingress
-	if err := r.client.Get(ctx, client.ObjectKeyFromObject(ing), &existing); err != nil {
-		return client.IgnoreNotFound(err)
+// deleteOwned removes the target's objects of the given kinds, if they
+// are backbone's. HTTPRoutes are read from the API server: in ingress mode
+// nothing watches them, and without the Gateway API CRDs there are none.
+func (r *IngressReconciler) deleteOwned(ctx context.Context, it *v1alpha1.IngressTarget, kinds ...IngressMode) error {
+	key := types.NamespacedName{Namespace: it.Spec.Namespace, Name: it.Name}
+	for _, kind := range kinds {
+		var obj client.Object
+		var reader client.Reader = r.client
+		switch kind {
+		case IngressModeHTTPRoute:
+			obj, reader = &gatewayv1.HTTPRoute{}, r.reader
+		default:
+			obj = &networkingv1.Ingress{}
+		}
+		if err := reader.Get(ctx, key, obj); err != nil {
+			if apierrors.IsNotFound(err) || meta.IsNoMatchError(err) {
+				continue
+			}
+			return err
+		}
+		if obj.GetLabels()[IngressTargetLabel] != it.Name {
+			continue // not ours
+		}
+		uid := obj.GetUID()
+		if err := r.client.Delete(ctx, obj, client.Preconditions{UID: &uid}); client.IgnoreNotFound(err) != nil {
+			return err
+		}
 	}
-	if existing.Labels[IngressTargetLabel] != it.Name {
-		return nil // not ours
-	}
-	return client.IgnoreNotFound(r.client.Delete(ctx, &existing, client.Preconditions{UID: &existing.UID}))
+	return nil
 }
 
 func (r *IngressReconciler) setStatus(ctx context.Context, it *v1alpha1.IngressTarget, st metav1.ConditionStatus, reason, msg, host, address string) error {

@@ -110,10 +110,23 @@ func binaryDirFromRoot() (string, error) {
 
 var binaryDirOnce = sync.OnceValues(binaryDirFromRoot)
 
+// Options add to what Start installs.
+type Options struct {
+	// CRDPaths are CRD files or directories installed beside backbone's
+	// CRDs (GatewayAPICRDs, for one).
+	CRDPaths []string
+}
+
 // Start starts one control plane per name, in parallel, installs
-// backbone's CRDs (and any in extraCRDDirs) and the backbone-system
-// namespace, and stops them all when the test ends.
+// backbone's CRDs and the backbone-system namespace, and stops them all
+// when the test ends.
 func Start(t testing.TB, names ...string) map[string]*Cluster {
+	t.Helper()
+	return StartWith(t, Options{}, names...)
+}
+
+// StartWith is Start with more installed.
+func StartWith(t testing.TB, opts Options, names ...string) map[string]*Cluster {
 	t.Helper()
 	if _, err := binaryDirOnce(); err != nil {
 		RequireBinaries(t)
@@ -127,7 +140,7 @@ func Start(t testing.TB, names ...string) map[string]*Cluster {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			c, err := startCluster(t.TempDir(), dir, name)
+			c, err := startCluster(t.TempDir(), dir, name, opts)
 			if err != nil {
 				errs[i] = fmt.Errorf("starting cluster %s: %w", name, err)
 				return
@@ -158,13 +171,13 @@ func StartCluster(tmp, name string) (*Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	return startCluster(tmp, dir, name)
+	return startCluster(tmp, dir, name, Options{})
 }
 
-func startCluster(tmp, binDir, name string) (*Cluster, error) {
+func startCluster(tmp, binDir, name string, opts Options) (*Cluster, error) {
 	env := &envtest.Environment{
 		BinaryAssetsDirectory: binDir,
-		CRDDirectoryPaths:     []string{filepath.Join(RepoRoot(), "config", "crd", "bases")},
+		CRDDirectoryPaths:     append([]string{filepath.Join(RepoRoot(), "config", "crd", "bases")}, opts.CRDPaths...),
 		CRDs:                  []*apiextensionsv1.CustomResourceDefinition{serviceExportCRD()},
 		ErrorIfCRDPathMissing: true,
 		Scheme:                Scheme,
@@ -215,6 +228,29 @@ func MergedKubeconfig(t testing.TB, clusters map[string]*Cluster) string {
 		t.Fatal(err)
 	}
 	return path
+}
+
+// GatewayAPICRDs are the standard-channel Gateway and HTTPRoute CRDs
+// shipped in the sigs.k8s.io/gateway-api module this build uses (its
+// version is go.mod's), for StartWith.
+func GatewayAPICRDs(t testing.TB) []string {
+	t.Helper()
+	cmd := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", "sigs.k8s.io/gateway-api")
+	cmd.Dir = RepoRoot()
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("locating the gateway-api module: %v", err)
+	}
+	dir := filepath.Join(strings.TrimSpace(string(out)), "config", "crd", "standard")
+	var paths []string
+	for _, kind := range []string{"gateways", "httproutes"} {
+		p := filepath.Join(dir, "gateway.networking.k8s.io_"+kind+".yaml")
+		if _, err := os.Stat(p); err != nil {
+			t.Fatalf("the gateway-api module has no %s CRD: %v", kind, err)
+		}
+		paths = append(paths, p)
+	}
+	return paths
 }
 
 // serviceExportCRD is the MCS API's ServiceExport CRD, the second way to
