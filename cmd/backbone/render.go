@@ -8,6 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/backbone-mesh/backbone/api/v1alpha1"
 	"github.com/backbone-mesh/backbone/internal/config"
 )
 
@@ -20,6 +21,7 @@ func newRenderCmd(_ *rootOptions) *cobra.Command {
 		clustersFile string
 		dir          string
 		check        bool
+		namespace    string
 	)
 	cmd := &cobra.Command{
 		Use:   "render",
@@ -27,7 +29,9 @@ func newRenderCmd(_ *rootOptions) *cobra.Command {
 		Long: `Reads the squads' files (the targets and ingress lists, alone or inside a
 shuttle.yaml), checks them all together, and writes DIR/<cluster>/ with the
 EgressTarget and IngressTarget objects that cluster must hold plus a
-kustomization.yaml, for a Flux Kustomization per cluster.
+kustomization.yaml, for a Flux Kustomization per cluster. EgressTargets go
+into --namespace (default backbone-system), and with them the Services
+callers use; IngressTargets always go into backbone-system.
 
 Nothing is written when any file has an error; every error names the file
 and line, and a conflict names both entries. The output is byte-for-byte
@@ -35,7 +39,8 @@ deterministic. With --check, nothing is written and the command fails when
 DIR differs from what it would write (for CI in the config repository).`,
 		Example: `  backbone render -f squads/maxus/shuttle.yaml -f squads/nasa/shuttle.yaml \
     --clusters east,west,platform -o clusters
-  backbone render -f 'squads/*/shuttle.yaml' --clusters-file clusters.yaml -o clusters --check`,
+  backbone render -f 'squads/*/shuttle.yaml' --clusters-file clusters.yaml -o clusters --check
+  backbone render -f 'squads/*/shuttle.yaml' --clusters east,west,platform --namespace egress -o clusters`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if len(files) == 0 {
@@ -67,7 +72,7 @@ DIR differs from what it would write (for CI in the config repository).`,
 			if err != nil {
 				return err
 			}
-			out, err := config.Render(cfg, names)
+			out, err := config.Render(cfg, names, config.RenderOptions{EgressNamespace: namespace})
 			if err != nil {
 				return err
 			}
@@ -101,6 +106,7 @@ DIR differs from what it would write (for CI in the config repository).`,
 	f.StringVar(&clustersFile, "clusters-file", "", "a YAML file listing the known clusters")
 	f.StringVarP(&dir, "output-dir", "o", "", "directory to write <cluster>/ into")
 	f.BoolVar(&check, "check", false, "write nothing; fail when the directory differs from what would be written")
+	f.StringVarP(&namespace, "namespace", "n", v1alpha1.SystemNamespace, "namespace of the EgressTargets, so of their Services and of the mirrors <hostName>-<environment> in linked clusters (it must exist in every cluster); IngressTargets stay in "+v1alpha1.SystemNamespace)
 	return cmd
 }
 

@@ -285,11 +285,11 @@ func TestRenderGolden(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	out, err := Render(cfg, clusters)
+	out, err := Render(cfg, clusters, RenderOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	again, _ := Render(cfg, clusters)
+	again, _ := Render(cfg, clusters, RenderOptions{})
 	for c, files := range out {
 		for name, b := range files {
 			if string(again[c][name]) != string(b) {
@@ -333,7 +333,7 @@ func TestRenderGolden(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg.Targets = cfg.Targets[1:]
-	smaller, _ := Render(cfg, clusters)
+	smaller, _ := Render(cfg, clusters, RenderOptions{})
 	diffs, _ = Diff(dir, smaller)
 	if len(diffs) != 2 { // the removed target's file, the kustomization
 		t.Fatalf("diffs after dropping a target: %v", diffs)
@@ -346,6 +346,58 @@ func TestRenderGolden(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "east", "flux-system.yaml")); err != nil {
 		t.Fatalf("render removed a file it does not own: %v", err)
+	}
+}
+
+// TestRenderGoldenEgressNamespace: with a namespace, the EgressTargets
+// (and only they) go there, into testdata/golden-namespace; a namespace
+// that cannot exist is refused.
+func TestRenderGoldenEgressNamespace(t *testing.T) {
+	cfg, err := Load([]string{"testdata/seed.yaml", "testdata/platform.yaml"}, clusters)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := Render(cfg, clusters, RenderOptions{EgressNamespace: "egress"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	golden := filepath.Join("testdata", "golden-namespace")
+	if *update {
+		if err := Write(golden, out); err != nil {
+			t.Fatal(err)
+		}
+	}
+	diffs, err := Diff(golden, out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(diffs) > 0 {
+		t.Fatalf("rendered output differs from %s (go test ./internal/config -update):\n%s", golden, strings.Join(diffs, "\n"))
+	}
+	egress, ingress := 0, 0
+	for c, files := range out {
+		for name, b := range files {
+			switch {
+			case strings.HasPrefix(name, "egresstarget-"):
+				egress++
+				if !strings.Contains(string(b), "\n  namespace: egress\n") {
+					t.Errorf("%s/%s is not in namespace egress:\n%s", c, name, b)
+				}
+			case strings.HasPrefix(name, "ingresstarget-"):
+				ingress++
+				if !strings.Contains(string(b), "\n  namespace: backbone-system\n") {
+					t.Errorf("%s/%s left backbone-system:\n%s", c, name, b)
+				}
+			}
+		}
+	}
+	if egress != 3 || ingress != 3 {
+		t.Fatalf("rendered %d EgressTargets and %d IngressTargets, want 3 and 3", egress, ingress)
+	}
+	for _, bad := range []string{"Egress", "egress.system", "-egress", strings.Repeat("a", 64)} {
+		if _, err := Render(cfg, clusters, RenderOptions{EgressNamespace: bad}); err == nil || !strings.Contains(err.Error(), "namespace") {
+			t.Errorf("namespace %q: error %v, want one naming the namespace", bad, err)
+		}
 	}
 }
 
@@ -416,7 +468,7 @@ func FuzzParse(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if _, err := Render(cfg, clusters); err != nil {
+		if _, err := Render(cfg, clusters, RenderOptions{}); err != nil {
 			t.Fatalf("checked config does not render: %v", err)
 		}
 	})

@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strings"
 
+	"k8s.io/apimachinery/pkg/util/validation"
 	"sigs.k8s.io/yaml"
 
 	"github.com/backbone-mesh/backbone/api/v1alpha1"
@@ -26,10 +27,25 @@ func ownedFile(name string) bool {
 		strings.HasPrefix(name, "ingresstarget-") && strings.HasSuffix(name, ".yaml")
 }
 
+// RenderOptions configure Render.
+type RenderOptions struct {
+	// EgressNamespace holds the EgressTargets, hence the Services callers
+	// use and the mirrors <hostName>-<environment> in linked clusters
+	// (default backbone-system). IngressTargets stay in backbone-system:
+	// what they become lives in their Service's namespace anyway.
+	EgressNamespace string
+}
+
 // Render lays out the objects each cluster must hold: the EgressTargets of
 // its environment, the IngressTargets it serves, and a kustomization.yaml.
 // The result is byte-for-byte deterministic.
-func Render(cfg *Config, clusters []string) (Output, error) {
+func Render(cfg *Config, clusters []string, opts RenderOptions) (Output, error) {
+	if opts.EgressNamespace == "" {
+		opts.EgressNamespace = v1alpha1.SystemNamespace
+	}
+	if errs := validation.IsDNS1123Label(opts.EgressNamespace); len(errs) > 0 {
+		return nil, fmt.Errorf("namespace %q: %s", opts.EgressNamespace, strings.Join(errs, "; "))
+	}
 	out := Output{}
 	for _, c := range clusters {
 		out[c] = map[string][]byte{}
@@ -39,7 +55,7 @@ func Render(cfg *Config, clusters []string) (Output, error) {
 			HostName: t.HostName, DNSName: t.DNSName, Environment: t.Environment, Squad: t.Squad,
 			Port: t.Port, Protocol: t.Protocol, CABundle: t.CABundle, ProbePath: t.ProbePath,
 		}
-		b, err := object("EgressTarget", t.HostName, t.Squad, spec)
+		b, err := object("EgressTarget", opts.EgressNamespace, t.HostName, t.Squad, spec)
 		if err != nil {
 			return nil, err
 		}
@@ -53,7 +69,7 @@ func Render(cfg *Config, clusters []string) (Output, error) {
 			Service: in.Service, Namespace: in.Namespace, Cluster: in.Cluster, Squad: in.Squad,
 			Port: in.Port, Host: in.Host, ExposeFrom: in.ExposeFrom,
 		}
-		b, err := object("IngressTarget", in.Name(), in.Squad, spec)
+		b, err := object("IngressTarget", v1alpha1.SystemNamespace, in.Name(), in.Squad, spec)
 		if err != nil {
 			return nil, err
 		}
@@ -85,7 +101,7 @@ func Render(cfg *Config, clusters []string) (Output, error) {
 
 // object renders one object with only the fields it sets: no
 // creationTimestamp, no status.
-func object(kind, name, squad string, spec any) ([]byte, error) {
+func object(kind, namespace, name, squad string, spec any) ([]byte, error) {
 	specJSON, err := yaml.Marshal(spec)
 	if err != nil {
 		return nil, err
@@ -99,7 +115,7 @@ func object(kind, name, squad string, spec any) ([]byte, error) {
 		"kind":       kind,
 		"metadata": map[string]any{
 			"name":      name,
-			"namespace": v1alpha1.SystemNamespace,
+			"namespace": namespace,
 			"labels": map[string]string{
 				v1alpha1.SquadLabel:     squad,
 				v1alpha1.ManagedByLabel: v1alpha1.ManagedByValue,

@@ -67,7 +67,7 @@ func TestRenderedOutputAppliesWithoutDrift(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	out, err := config.Render(cfg, clusters)
+	out, err := config.Render(cfg, clusters, config.RenderOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

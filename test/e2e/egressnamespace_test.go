@@ -1,0 +1,90 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/backbone-mesh/backbone/api/v1alpha1"
+	"github.com/backbone-mesh/backbone/internal/kube"
+	"github.com/backbone-mesh/backbone/internal/testenv"
+)
+
+// TestEgressTargetInItsOwnNamespace: an egress target rendered with
+// `backbone render --namespace egress` is served by east's gateway from
+// that namespace, mirrored into the same namespace in west, and reached
+// from west through both gateways; its probe and status work there too.
+func TestEgressTargetInItsOwnNamespace(t *testing.T) {
+	testenv.RequireNetns(t)
+	clusters := testenv.Start(t, "east", "west")
+	east, west := clusters["east"], clusters["west"]
+	ctx := context.Background()
+	for _, c := range clusters {
+		installRBAC(t, c)
+		ensureNamespace(t, c, "egress") // the platform makes it in every cluster
+	}
+	p := newPKI(t, trustDomain)
+	eastID, westID := p.issue(t, "east"), p.issue(t, "west")
+
+	scoreL := testenv.ListenNetns(t, 14)
+	caPEM := creditScoreServer(t, scoreL)
+	_, scorePort, _ := net.SplitHostPort(scoreL.Addr().String())
+	resolve := creditScoreHost + "=" + scoreL.Addr().(*net.TCPAddr).IP.String()
+
+	eastGW := startGateway(t, east, 1, eastID, "--egress-resolve", resolve)
+	westGW := startGateway(t, west, 2, westID)
+	registerGateway(t, east, eastGW)
+	registerGateway(t, west, westGW)
+	out := run(t, "--kubeconfig", east.Kubeconfig, "link", "--cluster-name", "east",
+		"--gateway-address", eastGW.inbound, "--create-token")
+	if err := kube.ApplyYAML(ctx, west.Client, out, "e2e"); err != nil {
+		t.Fatalf("applying backbone link output: %v\n%s", err, out)
+	}
+	startController(t, east, eastID, 1)
+	startController(t, west, westID, 2)
+
+	shuttle := filepath.Join(t.TempDir(), "shuttle.yaml")
+	writeFile(t, shuttle, fmt.Sprintf(`targets:
+  - hostName: resource-a
+    dnsName: %s
+    environment: east
+    squad: maxus
+    port: %s
+    probePath: /healthz
+    caBundle: |
+%s
+`, creditScoreHost, scorePort, indent(caPEM, "      ")))
+	rendered := filepath.Join(t.TempDir(), "clusters")
+	run(t, "render", "-f", shuttle, "--clusters", "east,west", "--namespace", "egress", "-o", rendered)
+	eastObjs, err := os.ReadFile(filepath.Join(rendered, "east", "egresstarget-resource-a.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := kube.ApplyYAML(ctx, east.Client, eastObjs, "flux"); err != nil {
+		t.Fatal(err)
+	}
+
+	egressAddr := waitMirror(t, west, "egress", "resource-a-east", westGW.ip)
+	waitListening(t, egressAddr)
+	if body := get(t, "http://"+egressAddr+"/score?customer=42"); body != "score 742 for "+creditScoreHost {
+		t.Fatalf("egress call answered %q", body)
+	}
+	waitFor(t, 10*time.Second, "the egress access log line in east's gateway", func() bool {
+		return strings.Contains(grepLine(eastGW.logBytes(), `"msg":"egress access"`), `"target":"egress/resource-a"`)
+	})
+	waitFor(t, 30*time.Second, "EgressTarget egress/resource-a Ready and alive", func() bool {
+		var et v1alpha1.EgressTarget
+		if east.Client.Get(ctx, types.NamespacedName{Namespace: "egress", Name: "resource-a"}, &et) != nil {
+			return false
+		}
+		return meta.IsStatusConditionTrue(et.Status.Conditions, v1alpha1.ConditionReady) && et.Status.Alive != nil && *et.Status.Alive
+	})
+}
