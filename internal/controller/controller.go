@@ -106,7 +106,11 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 		// Secret informer would be refused and never sync.
 		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
 			&corev1.Secret{}: {Namespaces: map[string]cache.Config{v1alpha1.SystemNamespace: {}}},
-		}},
+		},
+			// Nothing reads managedFields; at 10,000 mirrors they are a
+			// good part of the cache.
+			DefaultTransform: cache.TransformStripManagedFields(),
+		},
 	})
 	if err != nil {
 		return err

@@ -11,6 +11,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
@@ -66,10 +67,11 @@ type Reconciler struct {
 	recorder events.EventRecorder
 	events   chan event.TypedGenericEvent[*v1alpha1.Link]
 
-	mu      sync.Mutex
-	watches map[types.NamespacedName]*remoteWatch
-	creds   map[types.NamespacedName]string // what each watch was built from
-	later   map[types.NamespacedName]bool   // a whole-Link pass is scheduled
+	mu       sync.Mutex
+	watches  map[types.NamespacedName]*remoteWatch
+	creds    map[types.NamespacedName]string // what each watch was built from
+	later    map[types.NamespacedName]bool   // a whole-Link pass is scheduled
+	counting map[types.NamespacedName]bool   // a count refresh is scheduled
 
 	// services carries single changes (one remote Service of one Link) to
 	// the worker that mirrors just that Service.
@@ -102,7 +104,7 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 		recorder: mgr.GetEventRecorder("backbone-mirror"),
 		events:   make(chan event.TypedGenericEvent[*v1alpha1.Link], 1024),
 		watches:  map[types.NamespacedName]*remoteWatch{}, creds: map[types.NamespacedName]string{},
-		later: map[types.NamespacedName]bool{},
+		later: map[types.NamespacedName]bool{}, counting: map[types.NamespacedName]bool{},
 		services: workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[serviceKey](),
 			workqueue.TypedRateLimitingQueueConfig[serviceKey]{Name: "mirror_service"}),
 	}
@@ -251,7 +253,7 @@ func (r *Reconciler) syncOne(ctx context.Context, key serviceKey) error {
 		return nil
 	}
 	r.syncMu.Lock()
-	changed, err := r.syncService(ctx, &link, w, key.Namespace, key.Name)
+	need, err := r.syncService(ctx, &link, w, key.Namespace, key.Name)
 	r.syncMu.Unlock()
 	r.opts.Log.Debug("mirrored one service", "link", key.Link.Name, "service", key.Namespace+"/"+key.Name, "took", time.Since(began))
 	if err != nil {
@@ -259,12 +261,66 @@ func (r *Reconciler) syncOne(ctx context.Context, key serviceKey) error {
 		r.scheduleLink(key.Link, time.Second)
 		return err
 	}
-	if changed {
-		// The mirror count and problems in the Link's status: one
-		// whole-Link pass shortly after, however many changes come.
+	switch need {
+	case needLink:
 		r.scheduleLink(key.Link, time.Second)
+	case needCount:
+		// Only the count: a whole-Link pass would hold up the next
+		// single changes for as long as it plans every Service.
+		r.scheduleCount(key.Link, time.Second)
 	}
 	return nil
+}
+
+// scheduleCount refreshes the Link's mirror count after d, once however
+// often it is asked for meanwhile.
+func (r *Reconciler) scheduleCount(key types.NamespacedName, d time.Duration) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.counting[key] {
+		return
+	}
+	r.counting[key] = true
+	time.AfterFunc(d, func() {
+		r.mu.Lock()
+		delete(r.counting, key)
+		r.mu.Unlock()
+		r.refreshCount(context.Background(), key)
+	})
+}
+
+// refreshCount writes the number of mirrors the Link keeps, counted in
+// the cache, when it moved and the Link is otherwise in sync; anything
+// else is left to a whole-Link pass.
+func (r *Reconciler) refreshCount(ctx context.Context, key types.NamespacedName) {
+	var link v1alpha1.Link
+	if err := r.client.Get(ctx, key, &link); err != nil || !link.DeletionTimestamp.IsZero() {
+		return
+	}
+	cluster := link.Spec.TargetClusterName
+	var svcs corev1.ServiceList
+	if err := r.client.List(ctx, &svcs, client.MatchingLabels{v1alpha1.MirroredFromLabel: cluster}, client.UnsafeDisableDeepCopy); err != nil {
+		r.enqueueLink(key)
+		return
+	}
+	n := 0
+	for i := range svcs.Items {
+		if owned(&svcs.Items[i], cluster) {
+			n++
+		}
+	}
+	if int32(n) == link.Status.MirroredServices {
+		return
+	}
+	ready := meta.FindStatusCondition(link.Status.Conditions, v1alpha1.ConditionReady)
+	if ready == nil || ready.Reason != ReasonSynced || link.Status.ObservedGeneration != link.Generation {
+		r.enqueueLink(key)
+		return
+	}
+	r.opts.Metrics.Mirrored.WithLabelValues(cluster).Set(float64(n))
+	st := &status{generation: link.Generation, mirrors: int32(n)}
+	st.set(metav1.ConditionTrue, ReasonSynced, fmt.Sprintf("%d mirrors in sync", n))
+	r.writeStatus(ctx, &link, st)
 }
 
 // scheduleLink queues a whole-Link pass after d, once however often it is

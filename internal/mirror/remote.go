@@ -9,6 +9,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/rest"
 	toolscache "k8s.io/client-go/tools/cache"
@@ -54,7 +55,7 @@ func startRemoteWatch(cluster string, cfg *rest.Config, token string, onChange f
 	if _, err := dc.ServerResourcesForGroupVersion(mcsv1beta1.GroupVersion.String()); err == nil {
 		w.hasServiceExports = true
 	}
-	c, err := cache.New(cfg, cache.Options{Scheme: kube.Scheme})
+	c, err := cache.New(cfg, cache.Options{Scheme: kube.Scheme, DefaultTransform: slimRemote})
 	if err != nil {
 		return nil, err
 	}
@@ -125,6 +126,29 @@ func startRemoteWatch(cluster string, cfg *rest.Config, token string, onChange f
 }
 
 func (w *remoteWatch) stop() { w.once.Do(w.cancel) }
+
+// slimRemote keeps, of each remote object, what mirroring reads: no
+// managedFields, no Service status, and of an EndpointSlice only its pod
+// hostnames — the remote cluster's slices are all of its endpoints, and
+// only headless Services' hostnames matter here.
+func slimRemote(obj any) (any, error) {
+	if o, ok := obj.(metav1.Object); ok {
+		o.SetManagedFields(nil)
+	}
+	switch o := obj.(type) {
+	case *corev1.Service:
+		o.Status = corev1.ServiceStatus{}
+	case *discoveryv1.EndpointSlice:
+		var eps []discoveryv1.Endpoint
+		for _, ep := range o.Endpoints {
+			if ep.Hostname != nil && *ep.Hostname != "" {
+				eps = append(eps, discoveryv1.Endpoint{Hostname: ep.Hostname})
+			}
+		}
+		o.Endpoints, o.Ports = eps, nil
+	}
+	return obj, nil
+}
 
 // isSynced reports whether every informer has completed its first list.
 func (w *remoteWatch) isSynced() bool {

@@ -69,12 +69,13 @@ func (r *Reconciler) sync(ctx context.Context, link *v1alpha1.Link, w *remoteWat
 // syncService plans and applies the mirrors of one remote Service only:
 // what a single change in the linked cluster (or to one mirror here)
 // costs, whatever the number of services the Link mirrors. It reports
-// whether the Link's status (mirror count, problems) may have changed.
-func (r *Reconciler) syncService(ctx context.Context, link *v1alpha1.Link, w *remoteWatch, namespace, name string) (bool, error) {
+// what the Link's status may need: a new mirror count (mirrors created or
+// deleted) or the whole Link's problems (this Service has one).
+func (r *Reconciler) syncService(ctx context.Context, link *v1alpha1.Link, w *remoteWatch, namespace, name string) (statusNeed, error) {
 	cluster := link.Spec.TargetClusterName
 	rs, exported, err := w.exportedOne(ctx, namespace, name)
 	if err != nil {
-		return false, err
+		return needNothing, err
 	}
 	var remote []RemoteService
 	if exported {
@@ -86,13 +87,13 @@ func (r *Reconciler) syncService(ctx context.Context, link *v1alpha1.Link, w *re
 	case err == nil:
 		in.Namespaces[namespace] = true
 	case !apierrors.IsNotFound(err):
-		return false, err
+		return needNothing, err
 	}
 	// The mirrors of this remote Service (its per-pod ones included), and
 	// whatever Services hold the names its mirrors would take.
 	var local corev1.ServiceList
 	if err := r.client.List(ctx, &local, client.InNamespace(namespace), client.MatchingFields{mirrorOfIndex: mirrorOf(cluster, name)}, client.UnsafeDisableDeepCopy); err != nil {
-		return false, err
+		return needNothing, err
 	}
 	names := map[string]bool{}
 	for i := range local.Items {
@@ -112,12 +113,12 @@ func (r *Reconciler) syncService(ctx context.Context, link *v1alpha1.Link, w *re
 			case err == nil:
 				in.Local[key] = &s
 			case !apierrors.IsNotFound(err):
-				return false, err
+				return needNothing, err
 			}
 		}
 	}
 	if len(names) == 0 {
-		return false, nil // neither exported nor mirrored: nothing to do
+		return needNothing, nil // neither exported nor mirrored: nothing to do
 	}
 	// This Service's slices hold its allocations; the others are read only
 	// if a new port must be handed out.
@@ -131,19 +132,34 @@ func (r *Reconciler) syncService(ctx context.Context, link *v1alpha1.Link, w *re
 				addAllocations(known, &sl)
 			}
 		case !apierrors.IsNotFound(err):
-			return false, err
+			return needNothing, err
 		}
 	}
 	in.Ports = NewLazyAllocator(r.opts.Ports, known, func() (map[string]int32, error) { return r.allocations(ctx, nil) })
 	if in.GatewayAddresses, err = GatewayAddresses(ctx, r.client); err != nil {
-		return false, err
+		return needNothing, err
 	}
 	plan := Calculate(in)
 	if err := r.apply(ctx, plan); err != nil {
-		return true, err
+		return needLink, err
 	}
-	return len(plan.CreateServices)+len(plan.DeleteServices) > 0 || len(plan.Problems) > 0, nil
+	switch {
+	case len(plan.Problems) > 0:
+		return needLink, nil
+	case len(plan.CreateServices) != len(plan.DeleteServices):
+		return needCount, nil
+	}
+	return needNothing, nil
 }
+
+// statusNeed is what a single-Service sync leaves the Link's status to do.
+type statusNeed int
+
+const (
+	needNothing statusNeed = iota
+	needCount              // the mirror count moved
+	needLink               // a whole-Link pass: problems, or a failed write
+)
 
 // mirrorOfIndex indexes the local mirrors by the remote Service they
 // mirror (cluster/name; the namespace is the same on both sides).
