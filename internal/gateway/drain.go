@@ -19,21 +19,20 @@ func newDrainTracker() *drainTracker {
 	return d
 }
 
-func (d *drainTracker) add() (release func()) {
+// add counts a stream in; done counts it out, once per add.
+func (d *drainTracker) add() {
 	d.mu.Lock()
 	d.active++
 	d.mu.Unlock()
-	var once sync.Once
-	return func() {
-		once.Do(func() {
-			d.mu.Lock()
-			d.active--
-			if d.active == 0 {
-				d.zero.Broadcast()
-			}
-			d.mu.Unlock()
-		})
+}
+
+func (d *drainTracker) done() {
+	d.mu.Lock()
+	d.active--
+	if d.active == 0 {
+		d.zero.Broadcast()
 	}
+	d.mu.Unlock()
 }
 
 // wait returns true when no stream is left, false on timeout.

@@ -28,37 +28,36 @@ type pump struct {
 	once sync.Once
 }
 
-type chunk struct {
-	buf *[]byte
-	b   []byte
+// start begins reading src (the pump lives inside its Stream: one
+// allocation per stream).
+func (p *pump) start(src io.Reader) {
+	p.ch, p.done, p.stop = make(chan *chunk), make(chan struct{}), make(chan struct{})
+	go p.run(src)
 }
 
-func newPump(src io.Reader) *pump {
-	p := &pump{ch: make(chan *chunk), done: make(chan struct{}), stop: make(chan struct{})}
-	go func() {
-		defer close(p.done)
-		for {
-			bp := bufferPool.Get().(*[]byte)
-			n, err := src.Read(*bp)
-			if n > 0 {
-				select {
-				case p.ch <- &chunk{buf: bp, b: (*bp)[:n]}:
-				case <-p.stop:
-					bufferPool.Put(bp)
-					p.err = errAbandoned
-					return
-				}
-			} else {
-				bufferPool.Put(bp)
-			}
-			if err != nil {
-				p.err = err
-				close(p.ch)
+func (p *pump) run(src io.Reader) {
+	defer close(p.done)
+	for {
+		c := bufferPool.Get().(*chunk)
+		n, err := src.Read(c.buf)
+		if n > 0 {
+			c.b = c.buf[:n]
+			select {
+			case p.ch <- c:
+			case <-p.stop:
+				c.release()
+				p.err = errAbandoned
 				return
 			}
+		} else {
+			c.release()
 		}
-	}()
-	return p
+		if err != nil {
+			p.err = err
+			close(p.ch)
+			return
+		}
+	}
 }
 
 // halt makes the pump drop what it reads from now on; it exits at its next
@@ -80,8 +79,8 @@ type attemptBody struct {
 	consumed atomic.Int64
 }
 
-func newAttemptBody(p *pump, carry *chunk) *attemptBody {
-	return &attemptBody{p: p, abandon: make(chan struct{}), pending: carry}
+func (b *attemptBody) init(p *pump, carry *chunk) {
+	b.p, b.abandon, b.pending = p, make(chan struct{}), carry
 }
 
 func (b *attemptBody) Read(dst []byte) (int, error) {
@@ -104,7 +103,7 @@ func (b *attemptBody) Read(dst []byte) (int, error) {
 	n := copy(dst, b.pending.b)
 	b.pending.b = b.pending.b[n:]
 	if len(b.pending.b) == 0 {
-		bufferPool.Put(b.pending.buf)
+		b.pending.release()
 		b.pending = nil
 	}
 	b.consumed.Add(int64(n))
@@ -132,8 +131,18 @@ type Stream struct {
 	// Down is what the peer sends back.
 	Down io.ReadCloser
 	body *attemptBody
-	pump *pump
+
+	// One allocation holds what a stream needs when its first attempt
+	// succeeds, as most do.
+	pump  pump
+	first attemptBody
+	down  cancelOnClose
+	url   url.URL
 }
+
+// connectHeader is the header of every tunnel's CONNECT: empty, and only
+// read (a RoundTripper does not modify the request it is given).
+var connectHeader = http.Header{}
 
 // Sent is how many of the application's bytes went into the tunnel.
 func (s *Stream) Sent() int64 { return s.body.consumed.Load() }
@@ -170,7 +179,9 @@ func (p *Pool) OpenStream(ctx context.Context, cluster, authority string, src io
 	if err != nil {
 		return nil, err
 	}
-	pm := newPump(src)
+	st := &Stream{url: url.URL{Host: authority}}
+	pm := &st.pump
+	pm.start(src)
 	ok := false
 	defer func() {
 		if !ok {
@@ -184,16 +195,19 @@ func (p *Pool) OpenStream(ctx context.Context, cluster, authority string, src io
 		if err != nil {
 			return nil, err
 		}
-		body := newAttemptBody(pm, carry)
-		req := &http.Request{
-			Method: http.MethodConnect,
-			URL:    &url.URL{Host: authority},
-			Host:   authority,
-			Header: http.Header{},
-			Body:   body,
+		body := &st.first
+		if attempt > 0 {
+			body = &attemptBody{}
 		}
+		body.init(pm, carry)
 		sctx, cancel := context.WithCancel(ctx)
-		req = req.WithContext(sctx)
+		req := (&http.Request{
+			Method: http.MethodConnect,
+			URL:    &st.url,
+			Host:   authority,
+			Header: connectHeader,
+			Body:   body,
+		}).WithContext(sctx)
 		body.watch.begin(pc, p.dialTimeout, cancel)
 		resp, err := pc.cc.RoundTrip(req)
 		verdict := body.watch.end()
@@ -229,7 +243,10 @@ func (p *Pool) OpenStream(ctx context.Context, cluster, authority string, src io
 			return nil, &RefusedError{Status: resp.StatusCode, Message: string(msg)}
 		}
 		ok = true
-		return &Stream{Down: &cancelOnClose{ReadCloser: resp.Body, cancel: cancel}, body: body, pump: pm}, nil
+		st.body = body
+		st.down = cancelOnClose{ReadCloser: resp.Body, cancel: cancel}
+		st.Down = &st.down
+		return st, nil
 	}
 	return nil, lastErr
 }

@@ -113,8 +113,8 @@ func (g *Gateway) acceptEgress(el *egressListener) {
 			continue
 		}
 		go func() {
-			release := g.drain.add()
-			defer release()
+			g.drain.add()
+			defer g.drain.done()
 			ctx := context.Background()
 			var svc corev1.Service
 			if err := g.view.cache.Get(ctx, el.service, &svc); err != nil {

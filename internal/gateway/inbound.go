@@ -152,30 +152,30 @@ func (s *inboundServer) serve(w http.ResponseWriter, r *http.Request) {
 // of the request stream) half-closes the backend; backend EOF ends the
 // response stream.
 func (s *inboundServer) tunnel(w http.ResponseWriter, r *http.Request, caller string, backend net.Conn) {
-	m := s.g.metrics
+	m := s.g.metrics.streamSeries(inbound, caller)
 	start := time.Now()
-	m.activeStreams.WithLabelValues(inbound, caller).Inc()
-	defer m.activeStreams.WithLabelValues(inbound, caller).Dec()
-	defer func() { m.duration.WithLabelValues(inbound, caller).Observe(time.Since(start).Seconds()) }()
-	release := s.g.drain.add()
-	defer release()
+	m.active.Inc()
+	defer m.active.Dec()
+	defer func() { m.duration.Observe(time.Since(start).Seconds()) }()
+	s.g.drain.add()
+	defer s.g.drain.done()
 	defer func() { _ = backend.Close() }()
 
-	rc := http.NewResponseController(w)
+	fw := newFlushWriter(w)
 	w.WriteHeader(http.StatusOK)
-	if err := rc.Flush(); err != nil {
-		m.streams.WithLabelValues(inbound, caller, "error").Inc()
+	if err := fw.f.FlushError(); err != nil {
+		m.ended("error")
 		return
 	}
 	up := make(chan error, 1)
 	go func() {
 		n, err := copyBuffered(backend, r.Body)
-		m.bytes.WithLabelValues(inbound, caller, "received").Add(float64(n))
+		m.received.Add(float64(n))
 		closeWrite(backend)
 		up <- err
 	}()
-	n, downErr := copyBuffered(flushWriter{w: w, rc: rc}, backend)
-	m.bytes.WithLabelValues(inbound, caller, "sent").Add(float64(n))
+	n, downErr := copyBuffered(fw, backend)
+	m.sent.Add(float64(n))
 	result := "ok"
 	if !isClosed(downErr) {
 		result = "error"
@@ -189,21 +189,21 @@ func (s *inboundServer) tunnel(w http.ResponseWriter, r *http.Request, caller st
 		// The backend finished first; returning ends the response stream
 		// and resets what the peer still sends.
 	}
-	m.streams.WithLabelValues(inbound, caller, result).Inc()
+	m.ended(result)
 }
 
 // originate serves a tunnel to an egress target through the originator.
 func (s *inboundServer) originate(w http.ResponseWriter, r *http.Request, caller string, t origin.Target) {
-	rc := http.NewResponseController(w)
+	fw := newFlushWriter(w)
 	w.WriteHeader(http.StatusOK)
-	if err := rc.Flush(); err != nil {
+	if err := fw.f.FlushError(); err != nil {
 		return
 	}
-	release := s.g.drain.add()
-	defer release()
+	s.g.drain.add()
+	defer s.g.drain.done()
 	s.g.metrics.activeStreams.WithLabelValues(inbound, caller).Inc()
 	defer s.g.metrics.activeStreams.WithLabelValues(inbound, caller).Dec()
-	conn := newStreamConn(r.Body, flushWriter{w: w, rc: rc})
+	conn := newStreamConn(r.Body, fw)
 	if err := s.g.origin.Serve(r.Context(), conn, t, caller); err != nil {
 		s.g.log.Warn("egress", "caller", caller, "target", t.Name, "err", err)
 		s.g.metrics.streams.WithLabelValues(inbound, caller, "error").Inc()

@@ -1,6 +1,9 @@
 package gateway
 
 import (
+	"sync"
+	"sync/atomic"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
@@ -30,10 +33,69 @@ type metrics struct {
 	// serves (namespace/name), a bounded set.
 	egressProbe *prometheus.HistogramVec
 	egressUp    *prometheus.GaugeVec
+
+	seriesMu sync.RWMutex
+	series   map[seriesKey]*streamSeries
+}
+
+type seriesKey struct{ direction, peerCluster string }
+
+// streamSeries are the series every tunnel stream of one direction and
+// peer cluster updates, looked up once per pair rather than once per
+// stream and update.
+type streamSeries struct {
+	m              *metrics
+	key            seriesKey
+	active         prometheus.Gauge
+	duration       prometheus.Observer
+	sent, received prometheus.Counter
+	ok             atomic.Pointer[prometheus.Counter] // created on the first stream that ends well
+}
+
+// streamSeries returns the series of direction and peerCluster (a value
+// from a Link or a verified identity: a bounded set).
+func (m *metrics) streamSeries(direction, peerCluster string) *streamSeries {
+	key := seriesKey{direction, peerCluster}
+	m.seriesMu.RLock()
+	s, ok := m.series[key]
+	m.seriesMu.RUnlock()
+	if ok {
+		return s
+	}
+	m.seriesMu.Lock()
+	defer m.seriesMu.Unlock()
+	if s, ok := m.series[key]; ok {
+		return s
+	}
+	s = &streamSeries{
+		m: m, key: key,
+		active:   m.activeStreams.WithLabelValues(direction, peerCluster),
+		duration: m.duration.WithLabelValues(direction, peerCluster),
+		sent:     m.bytes.WithLabelValues(direction, peerCluster, "sent"),
+		received: m.bytes.WithLabelValues(direction, peerCluster, "received"),
+	}
+	m.series[key] = s
+	return s
+}
+
+// ended counts a stream by its result.
+func (s *streamSeries) ended(result string) {
+	if result != "ok" {
+		s.m.streams.WithLabelValues(s.key.direction, s.key.peerCluster, result).Inc()
+		return
+	}
+	c := s.ok.Load()
+	if c == nil {
+		ok := s.m.streams.WithLabelValues(s.key.direction, s.key.peerCluster, "ok")
+		c = &ok
+		s.ok.Store(c)
+	}
+	(*c).Inc()
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{
+		series: map[seriesKey]*streamSeries{},
 		streams: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "backbone_gateway_streams_total", Help: "Tunnel streams by direction, peer cluster and result.",
 		}, []string{"direction", "peer_cluster", "result"}),

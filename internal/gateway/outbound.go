@@ -142,16 +142,13 @@ func (g *Gateway) acceptOutbound(ctx context.Context, l *listener) {
 
 // serveOutbound turns one application connection into one tunnel stream.
 func (g *Gateway) serveOutbound(ctx context.Context, app net.Conn, r route) {
-	m := g.metrics
-	release := g.drain.add()
-	defer release()
+	g.drain.add()
+	defer g.drain.done()
 	defer func() { _ = app.Close() }()
 	start := time.Now()
-	octx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	st, err := g.pool.OpenStream(octx, r.cluster, r.authority, app)
+	st, err := g.pool.OpenStream(ctx, r.cluster, r.authority, app)
 	if err != nil {
-		m.streams.WithLabelValues(outbound, r.cluster, "refused").Inc()
+		g.metrics.streams.WithLabelValues(outbound, r.cluster, "refused").Inc()
 		g.log.Warn("tunnel failed", "peer_cluster", r.cluster, "target", r.authority, "err", err)
 		if tc, ok := app.(*net.TCPConn); ok {
 			_ = tc.SetLinger(0) // reset: the application sees a failed connection, not an empty answer
@@ -159,19 +156,19 @@ func (g *Gateway) serveOutbound(ctx context.Context, app net.Conn, r route) {
 		return
 	}
 	defer func() { _ = st.Close() }()
-	m.activeStreams.WithLabelValues(outbound, r.cluster).Inc()
-	defer m.activeStreams.WithLabelValues(outbound, r.cluster).Dec()
-	defer func() { m.duration.WithLabelValues(outbound, r.cluster).Observe(time.Since(start).Seconds()) }()
+	m := g.metrics.streamSeries(outbound, r.cluster)
+	m.active.Inc()
+	defer m.active.Dec()
+	defer func() { m.duration.Observe(time.Since(start).Seconds()) }()
 
 	// The application's bytes flow into the stream as they come (the
 	// transport reads them); what comes back is copied here.
 	n, err := copyBuffered(app, st.Down)
-	m.bytes.WithLabelValues(outbound, r.cluster, "received").Add(float64(n))
-	_ = st.Down.Close()
+	m.received.Add(float64(n))
+	_ = st.Down.Close() // ends the stream if it is still open, and its context
 	result := "ok"
 	if !isClosed(err) {
 		result = "error"
-		cancel()
 		_ = app.Close()
 	} else {
 		closeWrite(app) // the remote side is done sending
@@ -179,6 +176,6 @@ func (g *Gateway) serveOutbound(ctx context.Context, app net.Conn, r route) {
 	if e := st.WaitSent(); e != nil {
 		result = "error"
 	}
-	m.bytes.WithLabelValues(outbound, r.cluster, "sent").Add(float64(st.Sent()))
-	m.streams.WithLabelValues(outbound, r.cluster, result).Inc()
+	m.sent.Add(float64(st.Sent()))
+	m.ended(result)
 }

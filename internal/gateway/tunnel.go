@@ -12,29 +12,76 @@ import (
 // enough that 10,000 streams stay within memory.
 const copyBufferSize = 32 << 10
 
-var bufferPool = sync.Pool{New: func() any { b := make([]byte, copyBufferSize); return &b }}
+// bufferPool holds the copy buffers of tunnels, as chunks: the pump hands
+// them on as they are.
+var bufferPool = sync.Pool{New: func() any { return &chunk{buf: make([]byte, copyBufferSize)} }}
 
-// copyBuffered copies with a pooled buffer and returns the bytes copied.
-func copyBuffered(dst io.Writer, src io.Reader) (int64, error) {
-	bp := bufferPool.Get().(*[]byte)
-	defer bufferPool.Put(bp)
-	return io.CopyBuffer(dst, onlyReader{src}, *bp)
+// chunk is a pooled copy buffer and the bytes it holds.
+type chunk struct {
+	buf []byte // copyBufferSize
+	b   []byte // what is held, within buf
 }
 
-// onlyReader hides WriterTo/ReaderFrom so CopyBuffer uses our buffer.
-type onlyReader struct{ io.Reader }
+func (c *chunk) release() {
+	c.b = nil
+	bufferPool.Put(c)
+}
+
+// copyBuffered copies with a pooled buffer and returns the bytes copied.
+// Generic in the writer so a flushWriter is not boxed per stream; it
+// never uses ReaderFrom/WriterTo, whose buffers would not be pooled.
+func copyBuffered[W io.Writer](dst W, src io.Reader) (written int64, err error) {
+	c := bufferPool.Get().(*chunk)
+	defer c.release()
+	buf := c.buf
+	for {
+		n, rerr := src.Read(buf)
+		if n > 0 {
+			m, werr := dst.Write(buf[:n])
+			written += int64(m)
+			if werr == nil && m != n {
+				werr = io.ErrShortWrite
+			}
+			if werr != nil {
+				return written, werr
+			}
+		}
+		if rerr != nil {
+			if rerr == io.EOF {
+				return written, nil
+			}
+			return written, rerr
+		}
+	}
+}
+
+// flusher is how a tunnel stream's response writer is flushed, with the
+// error telling a reset stream (net/http's HTTP/2 writer has it).
+type flusher interface{ FlushError() error }
+
+// controllerFlusher flushes a writer that has no FlushError of its own.
+type controllerFlusher struct{ rc *http.ResponseController }
+
+func (c controllerFlusher) FlushError() error { return c.rc.Flush() }
 
 // flushWriter flushes every write of a tunnel stream at once: it carries
 // interactive bytes, not a document to buffer.
 type flushWriter struct {
-	w  io.Writer
-	rc *http.ResponseController
+	w io.Writer
+	f flusher
+}
+
+func newFlushWriter(w http.ResponseWriter) flushWriter {
+	if f, ok := w.(flusher); ok {
+		return flushWriter{w: w, f: f}
+	}
+	return flushWriter{w: w, f: controllerFlusher{http.NewResponseController(w)}}
 }
 
 func (f flushWriter) Write(p []byte) (int, error) {
 	n, err := f.w.Write(p)
 	if err == nil {
-		err = f.rc.Flush()
+		err = f.f.FlushError()
 	}
 	return n, err
 }

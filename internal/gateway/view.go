@@ -135,7 +135,8 @@ func (v *view) backend(ctx context.Context, svc *corev1.Service, a Authority) (s
 		return "", fmt.Errorf("%w: service %s/%s has no TCP port %d", errNotFound, svc.Namespace, svc.Name, a.Port)
 	}
 	var slices discoveryv1.EndpointSliceList
-	if err := v.cache.List(ctx, &slices, client.InNamespace(svc.Namespace), client.MatchingLabels{discoveryv1.LabelServiceName: svc.Name}); err != nil {
+	// Read only, per stream: the cache's own objects, not deep copies.
+	if err := v.cache.List(ctx, &slices, client.InNamespace(svc.Namespace), client.MatchingLabels{discoveryv1.LabelServiceName: svc.Name}, client.UnsafeDisableDeepCopy); err != nil {
 		return "", err
 	}
 	var candidates []string
