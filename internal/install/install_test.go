@@ -95,11 +95,21 @@ func TestSet(t *testing.T) {
 }
 
 func TestValidateRefusesUnusableValues(t *testing.T) {
+	ok := eastAWS(t)
+	ok.Controller.Ingress.Mode, ok.Controller.Ingress.GatewayRef = "httproute", "gateway-system/public/https"
+	if _, err := Objects(ok); err != nil {
+		t.Fatalf("httproute on a Gateway: %v", err)
+	}
 	for name, mutate := range map[string]func(*Values){
-		"no cluster name":      func(v *Values) { v.ClusterName = "" },
-		"unknown cloud":        func(v *Values) { v.Cloud = "oracle" },
-		"zero gateways":        func(v *Values) { v.Gateway.Replicas = 0 },
-		"invalid trust domain": func(v *Values) { v.TrustDomain = "Bank Example" },
+		"no cluster name":             func(v *Values) { v.ClusterName = "" },
+		"unknown cloud":               func(v *Values) { v.Cloud = "oracle" },
+		"zero gateways":               func(v *Values) { v.Gateway.Replicas = 0 },
+		"invalid trust domain":        func(v *Values) { v.TrustDomain = "Bank Example" },
+		"unknown ingress mode":        func(v *Values) { v.Controller.Ingress.Mode = "nginx" },
+		"httproute without a Gateway": func(v *Values) { v.Controller.Ingress.Mode = "httproute" },
+		"a Gateway that is not namespace/name": func(v *Values) {
+			v.Controller.Ingress.Mode, v.Controller.Ingress.GatewayRef = "httproute", "public"
+		},
 	} {
 		v := eastAWS(t)
 		mutate(&v)

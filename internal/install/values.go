@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/backbone-mesh/backbone/internal/identity"
+	"github.com/backbone-mesh/backbone/internal/targets"
 )
 
 // Values configure the install manifests. The JSON names are the Helm
@@ -62,6 +63,24 @@ type ControllerValues struct {
 	// CreateNamespaces grants the controller namespace creation, needed only
 	// by Links with spec.createNamespaces.
 	CreateNamespaces bool `json:"createNamespaces"`
+	// Ingress configures what IngressTargets become.
+	Ingress IngressValues `json:"ingress"`
+}
+
+// IngressValues are the controller's ingress flags.
+type IngressValues struct {
+	// Mode is ingress (an Ingress per target) or httproute (a Gateway API
+	// HTTPRoute on GatewayRef).
+	Mode string `json:"mode"`
+	// GatewayRef is namespace/name[/sectionName] of the Gateway, for httproute.
+	GatewayRef string `json:"gatewayRef"`
+	// Domain makes the default host <service>.<cluster>.<domain>.
+	Domain string `json:"domain"`
+	// ClassName is the Ingresses' ingressClassName.
+	ClassName string `json:"className"`
+	// ClusterIssuer is the cert-manager ClusterIssuer annotated on Ingresses
+	// (empty: none); unused with httproute, where the Gateway holds TLS.
+	ClusterIssuer string `json:"clusterIssuer"`
 }
 
 // GatewayValues configure `backbone gateway` and its Service.
@@ -100,6 +119,7 @@ func DefaultValues() Values {
 		Controller: ControllerValues{
 			Replicas:  2,
 			Resources: Resources{CPURequest: "50m", MemoryRequest: "128Mi", MemoryLimit: "512Mi"},
+			Ingress:   IngressValues{Mode: "ingress", ClassName: "nginx", ClusterIssuer: "letsencrypt"},
 		},
 		Gateway: GatewayValues{
 			Replicas:       2,
@@ -128,6 +148,16 @@ func (v Values) Validate() error {
 	}
 	if v.Controller.Replicas < 1 || v.Gateway.Replicas < 1 {
 		return fmt.Errorf("controller.replicas and gateway.replicas must be at least 1")
+	}
+	if _, err := targets.ParseIngressMode(v.Controller.Ingress.Mode); err != nil {
+		return fmt.Errorf("controller.ingress.mode: %w", err)
+	}
+	if v.Controller.Ingress.GatewayRef != "" {
+		if _, err := targets.ParseGatewayRef(v.Controller.Ingress.GatewayRef); err != nil {
+			return fmt.Errorf("controller.ingress.gatewayRef: %w", err)
+		}
+	} else if v.Controller.Ingress.Mode == string(targets.IngressModeHTTPRoute) {
+		return fmt.Errorf("controller.ingress.mode httproute needs controller.ingress.gatewayRef (namespace/name[/sectionName])")
 	}
 	if v.Gateway.InboundPort < 1 || v.Gateway.InboundPort > 65535 {
 		return fmt.Errorf("gateway.inboundPort %d: must be 1-65535", v.Gateway.InboundPort)

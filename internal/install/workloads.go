@@ -39,6 +39,11 @@ func controllerDeployment(v Values) *appsv1.Deployment {
 		// The gateways probe the egress targets and report on their admin
 		// port; the controller writes the targets' status from it.
 		fmt.Sprintf("--gateway-admin-port=%d", AdminPort),
+		"--ingress-mode=" + v.Controller.Ingress.Mode,
+		"--gateway-ref=" + v.Controller.Ingress.GatewayRef,
+		"--ingress-domain=" + v.Controller.Ingress.Domain,
+		"--ingress-class=" + v.Controller.Ingress.ClassName,
+		"--cluster-issuer=" + v.Controller.Ingress.ClusterIssuer,
 	}
 	return deployment(ControllerName, "controller", v.Controller.Replicas, podSpec(v, ControllerName, args, v.Controller.Resources, nil, identityVolume(v)))
 }

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -225,6 +226,12 @@ func TestEgressTargetBecomesAnExportedService(t *testing.T) {
 
 func TestIngressTargetBecomesAnIngress(t *testing.T) {
 	c := testenv.Start(t, "platform")["platform"]
+	// Without the Gateway API CRDs, httproute mode refuses to start.
+	err := controller.Run(bg, c.Config, controller.Options{ClusterName: c.Name, MetricsAddress: "0", HealthProbeAddress: "0",
+		Ingress: targets.IngressOptions{Mode: targets.IngressModeHTTPRoute, Gateway: targets.GatewayRef{Namespace: "gateway-system", Name: "public"}}})
+	if err == nil || !strings.Contains(err.Error(), "Gateway API CRDs") {
+		t.Fatalf("httproute mode without the CRDs: %v", err)
+	}
 	for _, ns := range []string{"services", "observability"} {
 		if err := c.CreateNamespace(ns); err != nil {
 			t.Fatal(err)
