@@ -36,6 +36,7 @@ type options struct {
 	wanOneWay time.Duration
 	bulkBytes int64
 	sections  map[string]bool
+	perfDir   string // profiles of the proxies under load, if set
 	// Mirroring at scale.
 	mirrorSizes []int
 	mirrorRate  int
@@ -73,6 +74,7 @@ func main() {
 	flag.StringVar(&peers, "peers", "nginx,haproxy", "peers to compare with (nginx, haproxy)")
 	flag.DurationVar(&o.wanOneWay, "wan-latency", 30*time.Millisecond, "one-way latency between the clusters for the new-connection test")
 	flag.Int64Var(&o.bulkBytes, "bulk-bytes", 1<<30, "bytes of the single-stream bulk transfer")
+	flag.StringVar(&o.perfDir, "perf-dir", "", "record perf profiles of the proxies during saturation and the single-stream bulk transfer into this directory (perturbs the figures: a diagnostic, not a measurement)")
 	flag.StringVar(&sections, "sections", "paths,mirroring", "what to measure: paths (latency, throughput, new connections against the peers), mirroring (at scale)")
 	flag.StringVar(&sizes, "mirror-services", "1000,10000", "numbers of exported services to mirror")
 	flag.IntVar(&o.mirrorRate, "mirror-rate", 10, "single changes per second while sustained propagation is measured")

@@ -7,6 +7,9 @@ import (
 	"log"
 	"net"
 	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -56,7 +59,7 @@ func measure(ctx context.Context, p *path, o options) result {
 	var rps, cpu []float64
 	for range o.repeat {
 		var got float64
-		c, _ := measureCPU(p.pids, func() { got, _ = saturate(ctx, url, 64, o.duration) })
+		c, _ := measureCPU(p.pids, profiled(o, p, "saturation", func() { got, _ = saturate(ctx, url, 64, o.duration) }))
 		rps = append(rps, got)
 		if got > 0 {
 			cpu = append(cpu, c/(got*o.duration.Seconds())*100000)
@@ -81,7 +84,7 @@ func measure(ctx context.Context, p *path, o options) result {
 	for range o.repeat {
 		var mbps float64
 		var err error
-		c, _ := measureCPU(p.pids, func() { mbps, err = bulk(p.bulkAddr, o.bulkBytes, 1) })
+		c, _ := measureCPU(p.pids, profiled(o, p, "bulk", func() { mbps, err = bulk(p.bulkAddr, o.bulkBytes, 1) }))
 		if err != nil {
 			log.Printf("%s: bulk: %v", p.name, err)
 		}
@@ -256,5 +259,34 @@ func (r *report) writePaths(b *strings.Builder) {
 	if r.probe > 0 {
 		fmt.Fprintf(b, "\n## Link probe\n\nGET /ready over the pooled mTLS HTTP/2 connection between the gateways, as the controller probes: median %s ms; a bare TCP round trip on the same loopback: %s ms; the probe's overhead: %s ms.\n",
 			ms(r.probe), ms(r.tcpRTT), ms(r.probe-r.tcpRTT))
+	}
+}
+
+// profiled records where the proxies' CPU goes while fn runs, with perf
+// (call graphs by frame pointer, which Go keeps), into
+// <perf-dir>/<path>-<phase>.perf; without -perf-dir it is fn. Read with
+// perf report -i FILE --no-children --sort sym. Only the path's own
+// processes are recorded: nginx's workers, its children, are not.
+func profiled(o options, p *path, phase string, fn func()) func() {
+	if o.perfDir == "" || len(p.pids) == 0 {
+		return fn
+	}
+	return func() {
+		pids := make([]string, len(p.pids))
+		for i, pid := range p.pids {
+			pids[i] = strconv.Itoa(pid)
+		}
+		out := filepath.Join(o.perfDir, strings.ReplaceAll(p.name, " ", "-")+"-"+phase+".perf")
+		cmd := exec.Command("perf", "record", "--quiet", "-F", "999", "-g", "-p", strings.Join(pids, ","), "-o", out)
+		if err := cmd.Start(); err != nil {
+			log.Printf("%s: perf: %v", p.name, err)
+			fn()
+			return
+		}
+		fn()
+		_ = cmd.Process.Signal(os.Interrupt)
+		if err := cmd.Wait(); err != nil {
+			log.Printf("%s: perf: %v", p.name, err)
+		}
 	}
 }
