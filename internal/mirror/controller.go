@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -79,6 +80,12 @@ type Reconciler struct {
 	// syncMu serialises plans with their writes, whole-Link or single:
 	// port allocation reads every mirror's ports.
 	syncMu sync.Mutex
+	// nextPort is where single changes look for a new gateway port
+	// (under syncMu).
+	nextPort int32
+	// ownWrites tells the events of this controller's own writes from
+	// everyone else's.
+	ownWrites ownWrites
 }
 
 // serviceKey names one remote Service of one Link.
@@ -111,6 +118,9 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 	if err := mgr.GetFieldIndexer().IndexField(context.Background(), &corev1.Service{}, mirrorOfIndex, indexMirrorOf); err != nil {
 		return err
 	}
+	if err := mgr.GetFieldIndexer().IndexField(context.Background(), &discoveryv1.EndpointSlice{}, gatewayPortIndex, indexGatewayPorts); err != nil {
+		return err
+	}
 	// The worker runs only on the leader, like the reconciler.
 	if err := mgr.Add(manager.RunnableFunc(r.runServices)); err != nil {
 		return err
@@ -122,12 +132,17 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 	// on its own; the gateway's endpoints feed every mirror of every Link.
 	mirrors := handler.Funcs{
 		CreateFunc: func(ctx context.Context, e event.CreateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
-			r.localChanged(ctx, e.Object, q)
+			if !r.ownWrites.seen(e.Object) { // what this controller just wrote: nothing to check
+				r.localChanged(ctx, e.Object, q)
+			}
 		},
 		UpdateFunc: func(ctx context.Context, e event.UpdateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
-			r.localChanged(ctx, e.ObjectNew, q)
+			if !r.ownWrites.seen(e.ObjectNew) {
+				r.localChanged(ctx, e.ObjectNew, q)
+			}
 		},
 		DeleteFunc: func(ctx context.Context, e event.DeleteEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			r.ownWrites.forget(e.Object) // a deletion is checked whoever made it
 			r.localChanged(ctx, e.Object, q)
 		},
 		GenericFunc: func(ctx context.Context, e event.GenericEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
@@ -137,7 +152,10 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 	inSystemNamespace := predicate.NewPredicateFuncs(func(o client.Object) bool { return o.GetNamespace() == v1alpha1.SystemNamespace })
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("mirror").
-		For(&v1alpha1.Link{}).
+		// A Link's status moves with every probe and mirror count; only a
+		// new spec, deletion, finalizers or the probe's verdict change
+		// what its mirrors should be.
+		For(&v1alpha1.Link{}, builder.WithPredicates(linkChanged)).
 		Watches(&corev1.Service{}, mirrors).
 		Watches(&discoveryv1.EndpointSlice{}, mirrors).
 		Watches(&corev1.Secret{}, toAllLinks, builder.WithPredicates(inSystemNamespace)).
@@ -212,6 +230,57 @@ func (r *Reconciler) localChanged(ctx context.Context, o client.Object, q workqu
 		}
 		r.services.Add(serviceKey{Link: req.NamespacedName, Namespace: o.GetNamespace(), Name: remote})
 	}
+}
+
+// linkChanged passes the Link updates that matter to its mirrors.
+var linkChanged = predicate.Funcs{UpdateFunc: func(e event.UpdateEvent) bool {
+	o, ok1 := e.ObjectOld.(*v1alpha1.Link)
+	n, ok2 := e.ObjectNew.(*v1alpha1.Link)
+	if !ok1 || !ok2 {
+		return true
+	}
+	alive := func(l *v1alpha1.Link) bool { return l.Status.Probe == nil || l.Status.Probe.Alive }
+	return o.Generation != n.Generation || !n.DeletionTimestamp.IsZero() || !slices.Equal(o.Finalizers, n.Finalizers) || alive(o) != alive(n)
+}}
+
+// ownWrites holds the resourceVersion of each object the controller
+// wrote last, until its event comes back.
+type ownWrites struct {
+	mu sync.Mutex
+	rv map[string]string
+}
+
+func ownKey(o client.Object) string {
+	return fmt.Sprintf("%T/%s/%s", o, o.GetNamespace(), o.GetName())
+}
+
+func (w *ownWrites) remember(o client.Object) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.rv == nil {
+		w.rv = map[string]string{}
+	}
+	w.rv[ownKey(o)] = o.GetResourceVersion()
+}
+
+// seen reports whether o is the version the controller wrote; any other
+// version of the object forgets it.
+func (w *ownWrites) seen(o client.Object) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	k := ownKey(o)
+	rv, ok := w.rv[k]
+	if !ok {
+		return false
+	}
+	delete(w.rv, k)
+	return rv == o.GetResourceVersion()
+}
+
+func (w *ownWrites) forget(o client.Object) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	delete(w.rv, ownKey(o))
 }
 
 // runServices mirrors single changes until ctx ends.

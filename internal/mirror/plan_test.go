@@ -315,23 +315,30 @@ func TestAllocatorIsStableAndUnique(t *testing.T) {
 	}
 }
 
-func TestLazyAllocatorReadsAllOnlyForNewPorts(t *testing.T) {
-	loads := 0
-	all := map[string]int32{"mine": 100, "other": 101, "third": 103}
-	a := NewLazyAllocator(PortRange{100, 104}, map[string]int32{"mine": 100}, func() (map[string]int32, error) {
-		loads++
-		return all, nil
-	})
-	if p, err := a.Get("mine"); err != nil || p != 100 || loads != 0 {
-		t.Fatalf("known port: got %d %v after %d loads, want 100 without reading all", p, err, loads)
+func TestLazyAllocatorAsksOnlyForNewPorts(t *testing.T) {
+	asked := []int32{}
+	all := map[int32]bool{100: true, 101: true, 103: true}
+	taken := func(p int32) (bool, error) { asked = append(asked, p); return all[p], nil }
+	a := NewLazyAllocator(PortRange{100, 104}, map[string]int32{"mine": 100}, taken, 0)
+	if p, err := a.Get("mine"); err != nil || p != 100 || len(asked) != 0 {
+		t.Fatalf("known port: got %d %v after asking about %v, want 100 without asking", p, err, asked)
 	}
-	if p, err := a.Get("new"); err != nil || p != 102 || loads != 1 {
-		t.Fatalf("new port: got %d %v after %d loads, want 102 (100, 101, 103 are taken) after one load", p, err, loads)
+	if p, err := a.Get("new"); err != nil || p != 102 {
+		t.Fatalf("new port: got %d %v, want 102 (100, 101, 103 are taken)", p, err)
 	}
-	if p, err := a.Get("new2"); err != nil || p != 104 || loads != 1 {
-		t.Fatalf("second new port: got %d %v after %d loads, want 104 and no second load", p, err, loads)
+	if p, err := a.Get("new2"); err != nil || p != 104 {
+		t.Fatalf("second new port: got %d %v, want 104", p, err)
 	}
-	failing := NewLazyAllocator(PortRange{100, 104}, nil, func() (map[string]int32, error) { return nil, fmt.Errorf("cache gone") })
+	// The search goes on from the last port handed out and wraps around.
+	b := NewLazyAllocator(PortRange{100, 104}, nil, func(p int32) (bool, error) { return p != 101, nil }, a.Next())
+	if p, err := b.Get("x"); err != nil || p != 101 || b.Next() != 102 {
+		t.Fatalf("wrapped search: got %d %v (next %d), want 101 and next 102", p, err, b.Next())
+	}
+	full := NewLazyAllocator(PortRange{100, 101}, nil, func(int32) (bool, error) { return true, nil }, 0)
+	if _, err := full.Get("x"); err == nil {
+		t.Fatal("a port was handed out from a full range")
+	}
+	failing := NewLazyAllocator(PortRange{100, 104}, nil, func(int32) (bool, error) { return false, fmt.Errorf("cache gone") }, 0)
 	if _, err := failing.Get("x"); err == nil {
 		t.Fatal("a new port was handed out without knowing the others")
 	}

@@ -30,9 +30,10 @@ type Allocator struct {
 	r     PortRange
 	byKey map[string]int32
 	used  map[int32]string
-	// load, when set, returns every allocation; it is called before the
-	// first new port is handed out (see NewLazyAllocator).
-	load func() (map[string]int32, error)
+	// taken, when set, says whether a port is allocated outside byKey
+	// (see NewLazyAllocator); the search for a free port starts at next.
+	taken func(int32) (bool, error)
+	next  int32
 }
 
 // NewAllocator returns an allocator over r with the existing allocations
@@ -52,40 +53,55 @@ func NewAllocator(r PortRange, existing map[string]int32) *Allocator {
 }
 
 // NewLazyAllocator starts from a few known allocations (the ports one
-// mirror already has) and reads every allocation, through all, only when
-// a new port must be handed out: keeping a mirror costs nothing, and
-// uniqueness holds as with NewAllocator.
-func NewLazyAllocator(r PortRange, known map[string]int32, all func() (map[string]int32, error)) *Allocator {
+// mirror already has) and asks taken — an index of every allocation —
+// about each candidate only when a new port must be handed out, starting
+// at next (the port after the last one handed out, so that a port just
+// given away is not given again before the index has seen it). Keeping a
+// mirror costs nothing, and a new port costs a lookup or a few, whatever
+// the number of mirrors.
+func NewLazyAllocator(r PortRange, known map[string]int32, taken func(int32) (bool, error), next int32) *Allocator {
 	a := NewAllocator(r, known)
-	a.load = all
+	a.taken, a.next = taken, next
 	return a
 }
+
+// Next is where the search for the next new port starts.
+func (a *Allocator) Next() int32 { return a.next }
 
 // PortKey identifies one port of one mirror Service.
 func PortKey(namespace, mirror, portName string) string {
 	return namespace + "/" + mirror + "/" + portName
 }
 
-// Get returns the port for key, allocating the lowest free one if needed.
+// Get returns the port for key, allocating a free one if needed: the
+// lowest, or with a lazy allocator the first from where the last search
+// ended.
 func (a *Allocator) Get(key string) (int32, error) {
 	if p, ok := a.byKey[key]; ok {
 		return p, nil
 	}
-	if a.load != nil {
-		all, err := a.load()
-		if err != nil {
-			return 0, fmt.Errorf("reading the allocated gateway ports: %w", err)
-		}
-		*a = *NewAllocator(a.r, all)
-		if p, ok := a.byKey[key]; ok {
-			return p, nil
-		}
+	size := a.r.High - a.r.Low + 1
+	start := a.r.Low
+	if a.next >= a.r.Low && a.next <= a.r.High {
+		start = a.next
 	}
-	for p := a.r.Low; p <= a.r.High; p++ {
-		if _, taken := a.used[p]; !taken {
-			a.byKey[key], a.used[p] = p, key
-			return p, nil
+	for i := range size {
+		p := a.r.Low + (start-a.r.Low+i)%size
+		if _, used := a.used[p]; used {
+			continue
 		}
+		if a.taken != nil {
+			t, err := a.taken(p)
+			if err != nil {
+				return 0, fmt.Errorf("reading the allocated gateway ports: %w", err)
+			}
+			if t {
+				continue
+			}
+			a.next = p + 1
+		}
+		a.byKey[key], a.used[p] = p, key
+		return p, nil
 	}
 	return 0, fmt.Errorf("no free gateway port in %d-%d", a.r.Low, a.r.High)
 }

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strconv"
+	"time"
 
 	"golang.org/x/sync/errgroup"
 	corev1 "k8s.io/api/core/v1"
@@ -135,13 +137,26 @@ func (r *Reconciler) syncService(ctx context.Context, link *v1alpha1.Link, w *re
 			return needNothing, err
 		}
 	}
-	in.Ports = NewLazyAllocator(r.opts.Ports, known, func() (map[string]int32, error) { return r.allocations(ctx, nil) })
+	in.Ports = NewLazyAllocator(r.opts.Ports, known, func(port int32) (bool, error) {
+		var holders discoveryv1.EndpointSliceList
+		err := r.client.List(ctx, &holders, client.MatchingFields{gatewayPortIndex: strconv.Itoa(int(port))}, client.UnsafeDisableDeepCopy)
+		return len(holders.Items) > 0, err
+	}, r.nextPort)
 	if in.GatewayAddresses, err = GatewayAddresses(ctx, r.client); err != nil {
 		return needNothing, err
 	}
 	plan := Calculate(in)
+	r.nextPort = in.Ports.Next()
 	if err := r.apply(ctx, plan); err != nil {
 		return needLink, err
+	}
+	for _, c := range plan.CreateServices {
+		if c.Annotations[v1alpha1.RemoteHostnameAnnotation] != "" {
+			// The headless mirror points at the per-pod mirrors' cluster
+			// IPs, known now that they exist: once more, shortly.
+			r.services.AddAfter(serviceKey{Link: types.NamespacedName{Namespace: link.Namespace, Name: link.Name}, Namespace: namespace, Name: name}, 100*time.Millisecond)
+			break
+		}
 	}
 	switch {
 	case len(plan.Problems) > 0:
@@ -234,6 +249,24 @@ func (r *Reconciler) allocations(ctx context.Context, each func(*discoveryv1.End
 	return existing, nil
 }
 
+// gatewayPortIndex indexes the mirror slices by the gateway ports they
+// hold, so a new port is found without reading every allocation.
+const gatewayPortIndex = "backbone.dev/gateway-port"
+
+func indexGatewayPorts(o client.Object) []string {
+	sl, ok := o.(*discoveryv1.EndpointSlice)
+	if !ok || sl.Labels[discoveryv1.LabelManagedBy] != v1alpha1.EndpointSliceManagedBy {
+		return nil
+	}
+	m := map[string]int32{}
+	addAllocations(m, sl)
+	var out []string
+	for _, p := range m {
+		out = append(out, strconv.Itoa(int(p)))
+	}
+	return out
+}
+
 func addAllocations(m map[string]int32, sl *discoveryv1.EndpointSlice) {
 	if sl.Labels[v1alpha1.HeadlessMirrorLabel] == "true" {
 		return // a headless mirror's ports are the Service's own
@@ -299,6 +332,7 @@ func (r *Reconciler) apply(ctx context.Context, p *Plan) error {
 				if err := r.write("Service", "create", r.client.Create(ctx, s)); err != nil {
 					return fmt.Errorf("creating mirror %s/%s: %w", s.Namespace, s.Name, err)
 				}
+				r.ownWrites.remember(s)
 				return nil
 			})
 		},
@@ -307,6 +341,7 @@ func (r *Reconciler) apply(ctx context.Context, p *Plan) error {
 				if err := r.write("Service", "update", r.client.Update(ctx, s)); err != nil {
 					return fmt.Errorf("updating mirror %s/%s: %w", s.Namespace, s.Name, err)
 				}
+				r.ownWrites.remember(s)
 				return nil
 			})
 		},
@@ -315,6 +350,7 @@ func (r *Reconciler) apply(ctx context.Context, p *Plan) error {
 				if err := r.write("EndpointSlice", "create", r.client.Create(ctx, s)); err != nil {
 					return fmt.Errorf("creating EndpointSlice %s/%s: %w", s.Namespace, s.Name, err)
 				}
+				r.ownWrites.remember(s)
 				return nil
 			})
 		},
@@ -323,6 +359,7 @@ func (r *Reconciler) apply(ctx context.Context, p *Plan) error {
 				if err := r.write("EndpointSlice", "update", r.client.Update(ctx, s)); err != nil {
 					return fmt.Errorf("updating EndpointSlice %s/%s: %w", s.Namespace, s.Name, err)
 				}
+				r.ownWrites.remember(s)
 				return nil
 			})
 		},
