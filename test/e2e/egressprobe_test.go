@@ -111,6 +111,8 @@ func TestEgressProbeLeavesFromTheGateway(t *testing.T) {
 		case gw1.cmd.Process.Pid, gw2.cmd.Process.Pid:
 		case ctl.cmd.Process.Pid:
 			t.Errorf("the controller opened %d connections to the egress target", n)
+		case -1:
+			unattributed(t, n, peers.counts())
 		default:
 			t.Errorf("%d connections to the egress target came from process %d, not a gateway", n, pid)
 		}
@@ -158,10 +160,29 @@ func TestEgressProbeLeavesFromTheGateway(t *testing.T) {
 			return strings.Contains(metricsOf(gw), series+"1")
 		})
 	}
-	for pid := range peers.counts() {
-		if pid != gw1.cmd.Process.Pid && pid != gw2.cmd.Process.Pid {
+	for pid, n := range peers.counts() {
+		switch {
+		case pid == -1:
+			unattributed(t, n, peers.counts())
+		case pid != gw1.cmd.Process.Pid && pid != gw2.cmd.Process.Pid:
 			t.Errorf("after recovery a connection to the egress target came from process %d, not a gateway", pid)
 		}
+	}
+}
+
+// unattributed accepts a few connections whose client had closed before
+// its process could be found — probes that gave up while the target was
+// down sit in the listen backlog — but not more than one in ten.
+func unattributed(t *testing.T, n int, all map[int]int) {
+	t.Helper()
+	total := 0
+	for _, c := range all {
+		total += c
+	}
+	if n > 2 && n*10 > total {
+		t.Errorf("%d of %d connections to the egress target could not be traced to a process", n, total)
+	} else {
+		t.Logf("%d of %d connections closed before their process could be found", n, total)
 	}
 }
 
@@ -228,7 +249,14 @@ func (l *recordingListener) Accept() (net.Conn, error) {
 	}
 	pid := -1
 	if ap, perr := netip.ParseAddrPort(c.RemoteAddr().String()); perr == nil {
-		pid = socketOwner(ap)
+		// /proc may be read while the tables change: look again before
+		// giving up (-1: the client closed before it could be found).
+		for try := 0; pid == -1 && try < 5; try++ {
+			if try > 0 {
+				time.Sleep(20 * time.Millisecond)
+			}
+			pid = socketOwner(ap)
+		}
 	}
 	l.log.add(pid)
 	return c, nil
