@@ -53,16 +53,16 @@ func backbonePath(ctx context.Context, dir, httpBackend, sinkBackend string, wan
 	}
 	fail := func(err error) (*path, error) { stop(); return nil, err }
 
-	east, err := testenv.StartCluster(dir, "east")
+	east, stopEast, err := startCluster(dir, "east")
 	if err != nil {
 		return fail(err)
 	}
-	stops = append(stops, func() { _ = east.Stop() })
-	west, err := testenv.StartCluster(dir, "west")
+	stops = append(stops, stopEast)
+	west, stopWest, err := startCluster(dir, "west")
 	if err != nil {
 		return fail(err)
 	}
-	stops = append(stops, func() { _ = west.Stop() })
+	stops = append(stops, stopWest)
 
 	anchor, err := certs.NewAnchor(benchTrustDomain, 24*time.Hour)
 	if err != nil {

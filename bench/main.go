@@ -15,9 +15,12 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"os/signal"
 	"runtime"
 	"slices"
 	"strings"
+	"sync"
+	"syscall"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -56,8 +59,44 @@ type path struct {
 	probe func() (time.Duration, error)
 }
 
+// startCluster starts a cluster that is stopped on return of stop or,
+// if the bench is interrupted, before it exits: an interrupted run leaves
+// no API server behind.
+func startCluster(dir, name string) (*testenv.Cluster, func(), error) {
+	c, err := testenv.StartCluster(dir, name)
+	if err != nil {
+		return nil, nil, err
+	}
+	stop := sync.OnceFunc(func() { _ = c.Stop() })
+	clustersMu.Lock()
+	clusters = append(clusters, stop)
+	clustersMu.Unlock()
+	return c, stop, nil
+}
+
+var (
+	clustersMu sync.Mutex
+	clusters   []func()
+)
+
+func stopClustersOnSignal() {
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
+	go func() {
+		s := <-sig
+		log.Printf("%s: stopping the clusters", s)
+		clustersMu.Lock()
+		for _, stop := range clusters {
+			stop()
+		}
+		clustersMu.Unlock()
+		os.Exit(130)
+	}()
+}
+
 func main() {
 	ctrllog.SetLogger(logr.Discard()) // the clients' own logs are not the bench's output
+	stopClustersOnSignal()
 	// Backbone's path runs real API servers, which refuse loopback
 	// endpoints: the whole bench runs in a private network namespace.
 	if testenv.EnterNetns() {

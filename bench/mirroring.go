@@ -94,16 +94,16 @@ func mirrorOnce(ctx context.Context, dir, bin string, n, rate int, changeFor, ou
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return res, err
 	}
-	east, err := testenv.StartCluster(dir, "east")
+	east, stopEast, err := startCluster(dir, "east")
 	if err != nil {
 		return res, err
 	}
-	defer func() { _ = east.Stop() }()
-	west, err := testenv.StartCluster(dir, "west")
+	defer stopEast()
+	west, stopWest, err := startCluster(dir, "west")
 	if err != nil {
 		return res, err
 	}
-	defer func() { _ = west.Stop() }()
+	defer stopWest()
 	for _, c := range []*testenv.Cluster{east, west} {
 		for _, ns := range []string{v1alpha1.SystemNamespace, "scale"} {
 			if err := kube.EnsureNamespace(ctx, c.Client, ns); err != nil {
@@ -222,7 +222,8 @@ func mirrorOnce(ctx context.Context, dir, bin string, n, rate int, changeFor, ou
 			return err
 		}
 		all := p.all()
-		log.Printf("  %s: %d changes, p50 %s, p99 %s, max %s, %d not seen", p.mode, p.changes, pct(all, 0.5), pct(all, 0.99), pct(all, 1), p.lost)
+		log.Printf("  %s: %d changes, p50 %s, p99 %s, max %s, %d not seen; east's write p50 %s; update/create/delete p50 %s/%s/%s", p.mode, p.changes,
+			pct(all, 0.5), pct(all, 0.99), pct(all, 1), p.lost, pct(p.byOp["write"], 0.5), pct(p.byOp["update"], 0.5), pct(p.byOp["create"], 0.5), pct(p.byOp["delete"], 0.5))
 		res.props = append(res.props, p)
 		return nil
 	}
@@ -319,7 +320,8 @@ type changer struct {
 	mu      sync.Mutex
 	sent    map[string]time.Time // "op/mirror[#seq]" → when written
 	took    map[string][]time.Duration
-	created []string // remote names whose mirror was seen
+	created []string        // remote names whose mirror was seen
+	writes  []time.Duration // how long east's API server took for each write
 	next    int
 	stop    func()
 }
@@ -412,7 +414,12 @@ func (c *changer) change(ctx context.Context, i int) (string, error) {
 	c.mu.Lock()
 	c.sent[key] = time.Now()
 	c.mu.Unlock()
-	return key, write()
+	began := time.Now()
+	err := write()
+	c.mu.Lock()
+	c.writes = append(c.writes, time.Since(began))
+	c.mu.Unlock()
+	return key, err
 }
 
 // wait waits until key was seen (false after timeout).
@@ -442,7 +449,8 @@ func (c *changer) collect() (map[string][]time.Duration, int) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	took, lost := c.took, len(c.sent)
-	c.took, c.sent = map[string][]time.Duration{}, map[string]time.Time{}
+	took["write"] = c.writes
+	c.took, c.sent, c.writes = map[string][]time.Duration{}, map[string]time.Time{}, nil
 	return took, lost
 }
 
@@ -456,8 +464,8 @@ type propagation struct {
 
 func (p propagation) all() []time.Duration {
 	var all []time.Duration
-	for _, ds := range p.byOp {
-		all = append(all, ds...)
+	for _, op := range ops {
+		all = append(all, p.byOp[op]...)
 	}
 	slices.Sort(all)
 	return all
