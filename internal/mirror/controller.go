@@ -283,25 +283,45 @@ func (w *ownWrites) forget(o client.Object) {
 	delete(w.rv, ownKey(o))
 }
 
+// serviceWorkers mirror single changes side by side: their plans take
+// turns, their writes — each an API round trip — need not.
+const serviceWorkers = 4
+
 // runServices mirrors single changes until ctx ends.
 func (r *Reconciler) runServices(ctx context.Context) error {
 	go func() {
 		<-ctx.Done()
 		r.services.ShutDown()
 	}()
-	for {
-		key, quit := r.services.Get()
-		if quit {
-			return nil
-		}
-		if err := r.syncOne(ctx, key); err != nil {
-			r.opts.Log.Debug("mirroring one service", "link", key.Link.Name, "service", key.Namespace+"/"+key.Name, "err", err)
-			r.services.AddRateLimited(key)
-		} else {
-			r.services.Forget(key)
-		}
-		r.services.Done(key)
+	var wg sync.WaitGroup
+	for range serviceWorkers {
+		wg.Go(r.serviceWorker(ctx))
 	}
+	wg.Wait()
+	return nil
+}
+
+func (r *Reconciler) serviceWorker(ctx context.Context) func() {
+	return func() {
+		for r.serviceOnce(ctx) {
+		}
+	}
+}
+
+// serviceOnce mirrors one queued change; false when the queue shut down.
+func (r *Reconciler) serviceOnce(ctx context.Context) bool {
+	key, quit := r.services.Get()
+	if quit {
+		return false
+	}
+	defer r.services.Done(key)
+	if err := r.syncOne(ctx, key); err != nil {
+		r.opts.Log.Debug("mirroring one service", "link", key.Link.Name, "service", key.Namespace+"/"+key.Name, "err", err)
+		r.services.AddRateLimited(key)
+	} else {
+		r.services.Forget(key)
+	}
+	return true
 }
 
 // syncOne mirrors one remote Service of one Link. A Link that is not yet
@@ -322,8 +342,9 @@ func (r *Reconciler) syncOne(ctx context.Context, key serviceKey) error {
 		return nil
 	}
 	r.syncMu.Lock()
-	need, err := r.syncService(ctx, &link, w, key.Namespace, key.Name)
-	r.syncMu.Unlock()
+	release := sync.OnceFunc(r.syncMu.Unlock)
+	need, err := r.syncService(ctx, &link, w, key.Namespace, key.Name, release)
+	release()
 	r.opts.Log.Debug("mirrored one service", "link", key.Link.Name, "service", key.Namespace+"/"+key.Name, "took", time.Since(began))
 	if err != nil {
 		r.opts.Metrics.SyncErrors.WithLabelValues(link.Spec.TargetClusterName).Inc()

@@ -34,6 +34,7 @@ type Allocator struct {
 	// (see NewLazyAllocator); the search for a free port starts at next.
 	taken func(int32) (bool, error)
 	next  int32
+	fresh bool // a new port was handed out
 }
 
 // NewAllocator returns an allocator over r with the existing allocations
@@ -68,6 +69,9 @@ func NewLazyAllocator(r PortRange, known map[string]int32, taken func(int32) (bo
 // Next is where the search for the next new port starts.
 func (a *Allocator) Next() int32 { return a.next }
 
+// HandedOut reports whether Get allocated a port that was free before.
+func (a *Allocator) HandedOut() bool { return a.fresh }
+
 // PortKey identifies one port of one mirror Service.
 func PortKey(namespace, mirror, portName string) string {
 	return namespace + "/" + mirror + "/" + portName
@@ -101,6 +105,7 @@ func (a *Allocator) Get(key string) (int32, error) {
 			a.next = p + 1
 		}
 		a.byKey[key], a.used[p] = p, key
+		a.fresh = true
 		return p, nil
 	}
 	return 0, fmt.Errorf("no free gateway port in %d-%d", a.r.Low, a.r.High)

@@ -73,7 +73,12 @@ func (r *Reconciler) sync(ctx context.Context, link *v1alpha1.Link, w *remoteWat
 // costs, whatever the number of services the Link mirrors. It reports
 // what the Link's status may need: a new mirror count (mirrors created or
 // deleted) or the whole Link's problems (this Service has one).
-func (r *Reconciler) syncService(ctx context.Context, link *v1alpha1.Link, w *remoteWatch, namespace, name string) (statusNeed, error) {
+//
+// It is called holding syncMu and calls release once the plan is made
+// when the plan hands out no new gateway port — its writes then run beside
+// other Services' — or else once the writes are done, so that no two
+// plans hand out the same port before the cache has seen it.
+func (r *Reconciler) syncService(ctx context.Context, link *v1alpha1.Link, w *remoteWatch, namespace, name string, release func()) (statusNeed, error) {
 	cluster := link.Spec.TargetClusterName
 	rs, exported, err := w.exportedOne(ctx, namespace, name)
 	if err != nil {
@@ -147,6 +152,9 @@ func (r *Reconciler) syncService(ctx context.Context, link *v1alpha1.Link, w *re
 	}
 	plan := Calculate(in)
 	r.nextPort = in.Ports.Next()
+	if !in.Ports.HandedOut() {
+		release()
+	}
 	if err := r.apply(ctx, plan); err != nil {
 		return needLink, err
 	}
