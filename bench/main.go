@@ -45,6 +45,7 @@ type options struct {
 	mirrorRate  int
 	mirrorFor   time.Duration
 	outage      time.Duration
+	keep        bool
 }
 
 // path is one way from the client to the backend.
@@ -117,6 +118,8 @@ func main() {
 	flag.StringVar(&sections, "sections", "paths,mirroring", "what to measure: paths (latency, throughput, new connections against the peers), mirroring (at scale)")
 	flag.StringVar(&sizes, "mirror-services", "1000,10000", "numbers of exported services to mirror")
 	flag.IntVar(&o.mirrorRate, "mirror-rate", 10, "single changes per second while sustained propagation is measured")
+	flag.BoolVar(&o.keep, "keep", false, "keep the working directory (clusters' data, processes' logs)")
+	flag.StringVar(&controllerLogLevel, "mirror-controller-log-level", controllerLogLevel, "--log-level of the mirroring controller (debug logs every single change's time)")
 	flag.DurationVar(&o.outage, "mirror-outage", 30*time.Second, "how long the remote API server is away before changes are timed (0: no outage)")
 	flag.DurationVar(&o.mirrorFor, "mirror-changes-for", 15*time.Second, "how long single changes are made")
 	flag.Parse()
@@ -178,7 +181,11 @@ func run(ctx context.Context, o options) error {
 	if err != nil {
 		return err
 	}
-	defer func() { _ = os.RemoveAll(dir) }()
+	if o.keep {
+		log.Printf("keeping %s (logs of every process)", dir)
+	} else {
+		defer func() { _ = os.RemoveAll(dir) }()
+	}
 	r := &report{machine: machine(), opts: o}
 	if o.sections["paths"] {
 		if err := measurePaths(ctx, dir, o, r); err != nil {

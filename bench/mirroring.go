@@ -34,6 +34,10 @@ import (
 	"github.com/backbone-mesh/backbone/internal/testenv"
 )
 
+// controllerLogLevel is the mirroring controller's --log-level; its log
+// is <dir>/mirror-<n>/controller.log.
+var controllerLogLevel = "warn"
+
 // mirrorResult is one size of the mirroring measurement.
 type mirrorResult struct {
 	services int
@@ -167,7 +171,7 @@ func mirrorOnce(ctx context.Context, dir, bin string, n, rate int, changeFor, ou
 
 	admin := net.JoinHostPort(westIP, "9991")
 	cmd := exec.Command(bin, "controller", "--kubeconfig", west.Kubeconfig, "--cluster-name", "west",
-		"--admin-address", admin, "--gateway-port-range", "20000-39999", "--log-level", "warn")
+		"--admin-address", admin, "--gateway-port-range", "20000-39999", "--log-level", controllerLogLevel)
 	logf, err := os.Create(filepath.Join(dir, "controller.log"))
 	if err != nil {
 		return res, err
