@@ -113,7 +113,9 @@ func runController(t *testing.T, c *testenv.Cluster, adjust ...func(*controller.
 	}
 	ctx, cancel := context.WithCancel(bg)
 	done := make(chan error, 1)
-	go func() { done <- controller.Run(ctx, c.Config, opts) }()
+	// With the installed RBAC, not as an admin.
+	as := testenv.AsController(t, c)
+	go func() { done <- controller.Run(ctx, as.Config, opts) }()
 	stopped := false
 	stop := func() {
 		if !stopped {

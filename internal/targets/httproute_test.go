@@ -13,14 +13,12 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	"github.com/backbone-mesh/backbone/api/v1alpha1"
 	"github.com/backbone-mesh/backbone/internal/controller"
-	"github.com/backbone-mesh/backbone/internal/install"
 	"github.com/backbone-mesh/backbone/internal/mirror"
 	"github.com/backbone-mesh/backbone/internal/targets"
 	"github.com/backbone-mesh/backbone/internal/testenv"
@@ -85,24 +83,10 @@ func acceptRoute(t *testing.T, c *testenv.Cluster, key types.NamespacedName, ref
 	}
 }
 
-// asController is the cluster as the controller's ServiceAccount sees it,
-// with the access `backbone install` grants it: the controller below runs
-// with no more than that.
+// asController: the controller below runs with no more than what
+// `backbone install` grants it.
 func asController(t *testing.T, c *testenv.Cluster) *testenv.Cluster {
-	t.Helper()
-	v := install.DefaultValues()
-	v.ClusterName = c.Name
-	objs, err := install.Access(v)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := install.Apply(bg, c.Client, objs); err != nil {
-		t.Fatal(err)
-	}
-	as := *c
-	as.Config = rest.CopyConfig(c.Config)
-	as.Config.Impersonate = rest.ImpersonationConfig{UserName: "system:serviceaccount:" + v1alpha1.SystemNamespace + ":" + install.ControllerName}
-	return &as
+	return testenv.AsController(t, c)
 }
 
 // TestIngressTargetBecomesAnHTTPRoute runs the controller in ingress mode,
