@@ -348,7 +348,11 @@ func (r *Reconciler) syncOne(ctx context.Context, key serviceKey) error {
 	r.opts.Log.Debug("mirrored one service", "link", key.Link.Name, "service", key.Namespace+"/"+key.Name, "took", time.Since(began))
 	if err != nil {
 		r.opts.Metrics.SyncErrors.WithLabelValues(link.Spec.TargetClusterName).Inc()
-		r.scheduleLink(key.Link, time.Second)
+		if !apierrors.IsConflict(err) && !apierrors.IsAlreadyExists(err) {
+			// A stale cache is retried on its own (the caller requeues the
+			// Service); anything else may concern the whole Link.
+			r.scheduleLink(key.Link, time.Second)
+		}
 		return err
 	}
 	switch need {
@@ -512,9 +516,14 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 	} else {
 		st.set(metav1.ConditionTrue, ReasonSynced, fmt.Sprintf("%d mirrors in sync", plan.Mirrors))
 	}
-	// Per-pod mirrors fill the headless mirrors' endpoints on the next pass.
-	if !plan.Empty() {
-		return reconcile.Result{RequeueAfter: 100 * time.Millisecond}, nil
+	// Per-pod mirrors fill the headless mirrors' endpoints on the next
+	// pass; anything else written is checked by its events and the resync
+	// (another pass at once would hold up single changes for as long as it
+	// plans every Service).
+	for _, c := range plan.CreateServices {
+		if c.Annotations[v1alpha1.RemoteHostnameAnnotation] != "" {
+			return reconcile.Result{RequeueAfter: 100 * time.Millisecond}, nil
+		}
 	}
 	return reconcile.Result{RequeueAfter: r.opts.Resync}, nil
 }
