@@ -208,7 +208,14 @@ func (r *Reconciler) localChanged(ctx context.Context, o client.Object, q workqu
 		if labels[discoveryv1.LabelManagedBy] != v1alpha1.EndpointSliceManagedBy || labels[v1alpha1.MirroredFromLabel] == "" {
 			return
 		}
-		// The slice is named after its mirror, which names the remote Service.
+		if remote := o.GetAnnotations()[v1alpha1.RemoteNameAnnotation]; remote != "" {
+			for _, req := range r.linksOfCluster(ctx, labels[v1alpha1.MirroredFromLabel]) {
+				r.services.Add(serviceKey{Link: req.NamespacedName, Namespace: o.GetNamespace(), Name: remote})
+			}
+			return
+		}
+		// An older slice without the annotation: its mirror names the
+		// remote Service.
 		var svc corev1.Service
 		if err := r.client.Get(ctx, types.NamespacedName{Namespace: o.GetNamespace(), Name: o.GetName()}, &svc, client.UnsafeDisableDeepCopy); err != nil {
 			for _, req := range r.linksOfCluster(ctx, labels[v1alpha1.MirroredFromLabel]) {

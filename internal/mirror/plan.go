@@ -200,6 +200,8 @@ func addMirror(p *Plan, in Input, rs corev1.Service, hostname string, headless b
 				discoveryv1.LabelManagedBy:   v1alpha1.EndpointSliceManagedBy,
 				v1alpha1.MirroredFromLabel:   in.Cluster,
 			},
+			// Which remote Service the slice serves, when its Service is gone.
+			Annotations: map[string]string{v1alpha1.RemoteNameAnnotation: rs.Name},
 		},
 		AddressType: discoveryv1.AddressTypeIPv4,
 	}
@@ -250,6 +252,7 @@ func mirrorHeadless(p *Plan, in Input, r RemoteService, want map[types.Namespace
 				v1alpha1.MirroredFromLabel:   in.Cluster,
 				v1alpha1.HeadlessMirrorLabel: "true",
 			},
+			Annotations: map[string]string{v1alpha1.RemoteNameAnnotation: rs.Name},
 		},
 		AddressType: discoveryv1.AddressTypeIPv4,
 	}
