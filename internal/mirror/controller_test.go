@@ -28,6 +28,7 @@ import (
 	"github.com/backbone-mesh/backbone/api/v1alpha1"
 	"github.com/backbone-mesh/backbone/internal/controller"
 	"github.com/backbone-mesh/backbone/internal/faultproxy"
+	"github.com/backbone-mesh/backbone/internal/installtest"
 	"github.com/backbone-mesh/backbone/internal/kube"
 	"github.com/backbone-mesh/backbone/internal/mirror"
 	"github.com/backbone-mesh/backbone/internal/testenv"
@@ -114,7 +115,7 @@ func runController(t *testing.T, c *testenv.Cluster, adjust ...func(*controller.
 	ctx, cancel := context.WithCancel(bg)
 	done := make(chan error, 1)
 	// With the installed RBAC, not as an admin.
-	as := testenv.AsController(t, c)
+	as := installtest.AsController(t, c)
 	go func() { done <- controller.Run(ctx, as.Config, opts) }()
 	stopped := false
 	stop := func() {

@@ -19,6 +19,7 @@ import (
 
 	"github.com/backbone-mesh/backbone/api/v1alpha1"
 	"github.com/backbone-mesh/backbone/internal/controller"
+	"github.com/backbone-mesh/backbone/internal/installtest"
 	"github.com/backbone-mesh/backbone/internal/mirror"
 	"github.com/backbone-mesh/backbone/internal/targets"
 	"github.com/backbone-mesh/backbone/internal/testenv"
@@ -86,7 +87,7 @@ func acceptRoute(t *testing.T, c *testenv.Cluster, key types.NamespacedName, ref
 // asController: the controller below runs with no more than what
 // `backbone install` grants it.
 func asController(t *testing.T, c *testenv.Cluster) *testenv.Cluster {
-	return testenv.AsController(t, c)
+	return installtest.AsController(t, c)
 }
 
 // TestIngressTargetBecomesAnHTTPRoute runs the controller in ingress mode,

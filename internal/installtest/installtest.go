@@ -1,4 +1,7 @@
-package testenv
+// Package installtest runs test clusters with the access `backbone
+// install` grants, apart from internal/testenv so that packages install
+// depends on can still use testenv in their own tests.
+package installtest
 
 import (
 	"context"
@@ -10,12 +13,13 @@ import (
 	backbonev1alpha1 "github.com/backbone-mesh/backbone/api/v1alpha1"
 	"github.com/backbone-mesh/backbone/internal/install"
 	"github.com/backbone-mesh/backbone/internal/kube"
+	"github.com/backbone-mesh/backbone/internal/testenv"
 )
 
 // AsController is the cluster as the controller's ServiceAccount sees it,
 // with the access `backbone install` grants it (applied here): a
 // controller run on the returned Config has no more than that.
-func AsController(t testing.TB, c *Cluster) *Cluster {
+func AsController(t testing.TB, c *testenv.Cluster) *testenv.Cluster {
 	t.Helper()
 	v := install.DefaultValues()
 	v.ClusterName = c.Name
