@@ -237,10 +237,13 @@ func (r *Runner) loop(ctx context.Context, key types.NamespacedName, lp *linkPro
 			}
 		}
 
+		// Probes start every period (jittered) whatever a failing one's
+		// timeout: a dead link is declared threshold periods after it
+		// died, plus one timeout, not threshold × (period + timeout).
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(jitter(period)):
+		case <-time.After(max(0, time.Until(start.Add(jitter(period))))):
 		}
 	}
 }
