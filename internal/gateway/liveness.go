@@ -150,7 +150,10 @@ func (w *answerWatch) check() {
 	// Unanswered for half the dial timeout: alive or not, new streams try
 	// another connection for a while.
 	w.pc.congestedUntil.Store(int64(now + congestedFor*w.timeout))
-	if quiet >= w.timeout/2 {
+	// Probe at every check the connection was quiet since the last
+	// answer: probing every other one let a late timer see a live peer
+	// quiet for a whole dial timeout and call it stalled.
+	if quiet >= w.timeout/4 {
 		w.pc.probe(w.timeout)
 	}
 	w.timer.Reset(w.timeout / 2)

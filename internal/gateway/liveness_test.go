@@ -96,7 +96,9 @@ func echoes(ctx context.Context, pool *Pool, authority string) error {
 // the healthy streams on it — is dropped only when the peer has gone
 // silent.
 func TestAnswerWaitTellsSlowFromDead(t *testing.T) {
-	const dialTimeout = 300 * time.Millisecond
+	// Generous enough that a loaded CI machine running the race detector
+	// does not miss a probe answer by itself.
+	const dialTimeout = 600 * time.Millisecond
 	tests := map[string]struct {
 		late         time.Duration // how long the peer takes to answer lateAuthority
 		busy         bool          // a trickle stream delivers bytes on the connection meanwhile
