@@ -20,10 +20,11 @@ func newCertsCmd(*rootOptions) *cobra.Command {
 		Short: "Create a trust anchor and gateway identities",
 		Long: `Gateways authenticate each other with X.509 certificates whose only URI SAN
 is spiffe://<trust-domain>/cluster/<name>, signed by a trust anchor every
-cluster trusts. These commands create both; cert-manager can issue the same
-identities instead (see docs/certs.md).`,
+cluster trusts. These commands create both. cert-manager can issue the
+identities instead, from the anchor or, keeping the anchor's key offline,
+from a per-cluster issuing CA (certs issuing-ca; see docs/install.md).`,
 	}
-	cmd.AddCommand(newCertsAnchorCmd(), newCertsIssueCmd())
+	cmd.AddCommand(newCertsAnchorCmd(), newCertsIssueCmd(), newCertsIssuingCACmd())
 	return cmd
 }
 
@@ -97,6 +98,48 @@ func newCertsIssueCmd() *cobra.Command {
 	cmd.Flags().StringVar(&bundle, "bundle", "", "trust bundle to write as ca.crt instead of the anchor alone (several roots during a rotation)")
 	cmd.Flags().DurationVar(&validity, "validity", 90*24*time.Hour, "how long the identity is valid")
 	for _, f := range []string{"ca-dir", "cluster-name", "out"} {
+		_ = cmd.MarkFlagRequired(f)
+	}
+	return cmd
+}
+
+func newCertsIssuingCACmd() *cobra.Command {
+	var caDir, name, out string
+	var validity time.Duration
+	cmd := &cobra.Command{
+		Use:   "issuing-ca",
+		Short: "Issue a cluster's issuing CA (tls.crt, tls.key) for cert-manager's CA issuer",
+		Long: `Issue a CA signed by the trust anchor that may sign gateway identities
+(and nothing else: no further CAs, only URIs in the anchor's trust domain),
+so that each cluster's cert-manager issues its gateway's identity while the
+anchor's key stays offline. tls.crt holds the issuing CA followed by the
+anchor, so cert-manager's ca.crt is the anchor every cluster shares.`,
+		Example: `  backbone certs issuing-ca --ca-dir anchor/ --name east --out east-ca/
+  kubectl --context east -n backbone-system create secret tls backbone-issuing-ca \
+    --cert east-ca/tls.crt --key east-ca/tls.key
+  kubectl --context east apply -f deploy/cert-manager/gateway-identity.yaml`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			a, err := certs.LoadAnchor(caDir)
+			if err != nil {
+				return fmt.Errorf("--ca-dir: %w", err)
+			}
+			certPEM, keyPEM, err := a.IssueCA(name, validity)
+			if err != nil {
+				return fmt.Errorf("--name: %w", err)
+			}
+			if err := certs.WriteKeyPair(out, certPEM, keyPEM); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.ErrOrStderr(), "issuing CA %q of %s written to %s\n", name, a.TrustDomain, out)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&caDir, "ca-dir", "", "trust anchor directory (from certs trust-anchor)")
+	cmd.Flags().StringVar(&name, "name", "", "the cluster the issuing CA is for (its name in the certificate)")
+	cmd.Flags().StringVar(&out, "out", "", "directory to write tls.crt and tls.key into")
+	cmd.Flags().DurationVar(&validity, "validity", 365*24*time.Hour, "how long the issuing CA is valid (capped at the anchor's expiry)")
+	for _, f := range []string{"ca-dir", "name", "out"} {
 		_ = cmd.MarkFlagRequired(f)
 	}
 	return cmd

@@ -1,8 +1,10 @@
 // Package certs issues backbone's trust anchors and gateway identities:
 // an ECDSA P-256 root per trust domain, and per cluster a certificate whose
 // only URI SAN is spiffe://<trust-domain>/cluster/<name>, usable for both
-// the server and the client side of the gateways' mTLS. cert-manager can
-// issue the same identities instead (docs/certs.md).
+// the server and the client side of the gateways' mTLS. An anchor may
+// also sign one level of issuing CAs, one per cluster, so that the anchor's
+// key stays offline while cert-manager in each cluster issues identities
+// (deploy/cert-manager, docs/install.md).
 package certs
 
 import (
@@ -63,10 +65,11 @@ func NewAnchor(trustDomain string, validity time.Duration) (*Anchor, error) {
 		NotAfter:              now.Add(validity),
 		IsCA:                  true,
 		BasicConstraintsValid: true,
-		MaxPathLenZero:        true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-		SubjectKeyId:          skid[:20],
-		URIs:                  []*url.URL{{Scheme: "spiffe", Host: trustDomain}},
+		// One level of issuing CAs below the anchor, none below those.
+		MaxPathLen:   1,
+		KeyUsage:     x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+		SubjectKeyId: skid[:20],
+		URIs:         []*url.URL{{Scheme: "spiffe", Host: trustDomain}},
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
 	if err != nil {
@@ -118,6 +121,55 @@ func (a *Anchor) Issue(cluster string, validity time.Duration) (certPEM, keyPEM 
 	}
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
 		pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), nil
+}
+
+// IssueCA creates an issuing CA signed by the anchor, for one cluster's
+// cert-manager (or any other CA that should not hold the anchor's key).
+// It may sign identities only, not further CAs, and only URIs in the
+// anchor's trust domain (a name constraint every verifier enforces). Its
+// validity is capped at the anchor's. certPEM holds the issuing CA followed
+// by the anchor, the chain a kubernetes.io/tls Secret for cert-manager's CA
+// issuer carries, so that the ca.crt cert-manager writes is the anchor.
+func (a *Anchor) IssueCA(name string, validity time.Duration) (certPEM, keyPEM []byte, err error) {
+	if _, err := identity.New(a.TrustDomain, name); err != nil {
+		return nil, nil, err
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, err
+	}
+	sn, err := serial()
+	if err != nil {
+		return nil, nil, err
+	}
+	now := time.Now()
+	notAfter := now.Add(validity)
+	if notAfter.After(a.Cert.NotAfter) {
+		notAfter = a.Cert.NotAfter
+	}
+	skid := sha256.Sum256(elliptic.MarshalCompressed(elliptic.P256(), key.X, key.Y))
+	tmpl := &x509.Certificate{
+		SerialNumber:          sn,
+		Subject:               pkix.Name{CommonName: "backbone issuing CA " + name, Organization: []string{"backbone"}},
+		NotBefore:             now.Add(-5 * time.Minute),
+		NotAfter:              notAfter,
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		MaxPathLenZero:        true,
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+		SubjectKeyId:          skid[:20],
+		PermittedURIDomains:   []string{a.TrustDomain},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, a.Cert, &key.PublicKey, a.Key)
+	if err != nil {
+		return nil, nil, err
+	}
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		return nil, nil, err
+	}
+	chain := append(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), a.CertPEM()...)
+	return chain, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), nil
 }
 
 // CertPEM is the anchor's certificate in PEM.
@@ -195,6 +247,21 @@ func WriteIdentity(dir string, certPEM, keyPEM, bundlePEM []byte) error {
 		}
 	}
 	return nil
+}
+
+// WriteKeyPair writes tls.crt and tls.key (0600) into dir, refusing to
+// overwrite a key already there.
+func WriteKeyPair(dir string, certPEM, keyPEM []byte) error {
+	if _, err := os.Stat(filepath.Join(dir, identity.KeyFile)); err == nil {
+		return fmt.Errorf("%s already holds %s; refusing to overwrite it", dir, identity.KeyFile)
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	if err := writeAtomic(filepath.Join(dir, identity.KeyFile), keyPEM, 0o600); err != nil {
+		return err
+	}
+	return writeAtomic(filepath.Join(dir, identity.CertFile), certPEM, 0o644)
 }
 
 func writeAtomic(path string, data []byte, mode os.FileMode) error {
