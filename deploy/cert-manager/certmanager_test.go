@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"io"
@@ -29,13 +30,17 @@ import (
 )
 
 const (
-	manifest = "gateway-identity.yaml"
+	manifest       = "gateway-identity.yaml"
+	bundleManifest = "trust-bundle.yaml"
 	// The placeholders the example uses.
 	exampleURI = "spiffe://bank.example/cluster/east"
+	// trustManager is the trust-manager release whose CRDs trust-bundle.yaml
+	// is checked against.
+	trustManager = "github.com/cert-manager/trust-manager@v0.25.0"
 )
 
-// documents are the manifest's YAML documents.
-func documents(t *testing.T) [][]byte {
+// documents are the YAML documents of a manifest.
+func documents(t *testing.T, manifest string) [][]byte {
 	t.Helper()
 	data, err := os.ReadFile(manifest)
 	if err != nil {
@@ -60,7 +65,7 @@ func documents(t *testing.T) [][]byte {
 // certificate is the example's Certificate, for the given cluster.
 func certificate(t *testing.T, cluster string) *cmapi.Certificate {
 	t.Helper()
-	for _, doc := range documents(t) {
+	for _, doc := range documents(t, manifest) {
 		crt := &cmapi.Certificate{}
 		if err := yaml.UnmarshalStrict(doc, crt); err != nil || crt.Kind != "Certificate" {
 			continue
@@ -251,9 +256,26 @@ func certManagerCRDs(t *testing.T) string {
 	return filepath.Join(strings.TrimSpace(string(out)), "deploy", "crds")
 }
 
-func TestManifestAppliesToARealAPIServer(t *testing.T) {
+// trustManagerCRDs are the CRDs of the trust-manager release named above,
+// fetched through the module proxy (checksummed like any module).
+func trustManagerCRDs(t *testing.T) string {
+	t.Helper()
+	cmd := exec.Command("go", "mod", "download", "-json", trustManager)
+	cmd.Dir = t.TempDir() // outside any module
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("go mod download %s: %v", trustManager, err)
+	}
+	var mod struct{ Dir string }
+	if err := json.Unmarshal(out, &mod); err != nil || mod.Dir == "" {
+		t.Fatalf("go mod download %s: %v (%s)", trustManager, err, out)
+	}
+	return filepath.Join(mod.Dir, "deploy", "crds", "trust.cert-manager.io_bundles.yaml")
+}
+
+func TestManifestsApplyToARealAPIServer(t *testing.T) {
 	testenv.RequireBinaries(t)
-	c := testenv.StartWith(t, testenv.Options{CRDPaths: []string{certManagerCRDs(t)}}, "east")["east"]
+	c := testenv.StartWith(t, testenv.Options{CRDPaths: []string{certManagerCRDs(t), trustManagerCRDs(t)}}, "east")["east"]
 	ctx := context.Background()
 	apply := func(doc []byte) (*unstructured.Unstructured, error) {
 		u := &unstructured.Unstructured{}
@@ -267,34 +289,42 @@ func TestManifestAppliesToARealAPIServer(t *testing.T) {
 	}
 	versions := map[string]string{}
 	for round := range 2 {
-		for _, doc := range documents(t) {
-			u, err := apply(doc)
-			if err != nil {
-				t.Fatalf("%s does not apply: %v", manifest, err)
-			}
-			key := u.GetKind() + "/" + u.GetName()
-			if u.GetResourceVersion() == "" {
-				t.Fatalf("%s: applied, but no resourceVersion came back", key)
-			}
-			if round == 0 {
-				versions[key] = u.GetResourceVersion()
-			} else if versions[key] != u.GetResourceVersion() {
-				t.Errorf("%s changed when applied a second time", key)
+		for _, file := range []string{manifest, bundleManifest} {
+			for _, doc := range documents(t, file) {
+				u, err := apply(doc)
+				if err != nil {
+					t.Fatalf("%s does not apply: %v", file, err)
+				}
+				key := u.GetKind() + "/" + u.GetName()
+				if u.GetResourceVersion() == "" {
+					t.Fatalf("%s: applied, but no resourceVersion came back", key)
+				}
+				if round == 0 {
+					versions[key] = u.GetResourceVersion()
+				} else if versions[key] != u.GetResourceVersion() {
+					t.Errorf("%s changed when applied a second time", key)
+				}
 			}
 		}
 	}
-	if len(versions) != 2 {
-		t.Fatalf("applied %v, want an Issuer and a Certificate", versions)
+	if len(versions) != 3 {
+		t.Fatalf("applied %v, want an Issuer, a Certificate and a Bundle", versions)
 	}
-	// The API server validates what it was given: a misspelt field of the
-	// same Certificate is refused, so the success above means something.
-	for _, doc := range documents(t) {
-		if !bytes.Contains(doc, []byte("kind: Certificate\n")) {
-			continue
+	// The API server validates what it was given: broken variants of the
+	// same objects are refused, so the successes above mean something.
+	broken := map[string][2]string{
+		manifest:       {"algorithm: ECDSA", "algorithm: DSA"},
+		bundleManifest: {"      key: ca.crt\n", "      keys: ca.crt\n"},
+	}
+	for file, edit := range broken {
+		docs := documents(t, file)
+		doc := docs[len(docs)-1]
+		bad := bytes.Replace(doc, []byte(edit[0]), []byte(edit[1]), 1)
+		if bytes.Equal(bad, doc) {
+			t.Fatalf("%s no longer contains %q", file, edit[0])
 		}
-		bad := bytes.Replace(doc, []byte("algorithm: ECDSA"), []byte("algorithm: DSA"), 1)
 		if _, err := apply(bad); err == nil {
-			t.Fatal("a Certificate asking for a DSA key was accepted: the CRD's schema is not being checked")
+			t.Errorf("%s with %q instead of %q was accepted: the CRD's schema is not being checked", file, edit[1], edit[0])
 		}
 	}
 }

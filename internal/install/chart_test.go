@@ -131,6 +131,10 @@ func TestChartRendersWhatInstallPrints(t *testing.T) {
 			v.CreateNamespace = false
 		},
 		"gcp": func(v *Values) { v.Cloud = "gcp" },
+		"a trust bundle from a ConfigMap": func(v *Values) {
+			v.Gateway.IdentitySecret = "identity-from-cert-manager"
+			v.Gateway.TrustBundle = TrustBundleValues{ConfigMap: "backbone-trust-bundle", Key: "bundle.pem"}
+		},
 	}
 	for name, mutate := range cases {
 		t.Run(name, func(t *testing.T) {

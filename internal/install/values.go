@@ -83,6 +83,12 @@ type IngressValues struct {
 	ClusterIssuer string `json:"clusterIssuer"`
 }
 
+// TrustBundleValues name a ConfigMap key holding the PEM trust bundle.
+type TrustBundleValues struct {
+	ConfigMap string `json:"configMap"`
+	Key       string `json:"key"`
+}
+
 // GatewayValues configure `backbone gateway` and its Service.
 type GatewayValues struct {
 	Replicas  int32     `json:"replicas"`
@@ -92,6 +98,11 @@ type GatewayValues struct {
 	// IdentitySecret is the TLS Secret (tls.crt, tls.key, ca.crt) holding the
 	// gateway identity, from `backbone certs` or cert-manager.
 	IdentitySecret string `json:"identitySecret"`
+	// TrustBundle, when its ConfigMap is set, is where ca.crt comes from
+	// instead of the identity Secret: a bundle trust-manager (or anything
+	// else) keeps, so the anchors can be rotated while cert-manager writes
+	// the identity.
+	TrustBundle TrustBundleValues `json:"trustBundle"`
 	// ServiceAnnotations are added to the LoadBalancer Service, over the
 	// cloud's defaults.
 	ServiceAnnotations map[string]string `json:"serviceAnnotations"`
@@ -126,6 +137,7 @@ func DefaultValues() Values {
 			Resources:      Resources{CPURequest: "200m", MemoryRequest: "128Mi", MemoryLimit: "1Gi"},
 			InboundPort:    4143,
 			IdentitySecret: "backbone-gateway-identity",
+			TrustBundle:    TrustBundleValues{Key: "ca.crt"},
 		},
 	}
 }
@@ -161,6 +173,9 @@ func (v Values) Validate() error {
 	}
 	if v.Gateway.InboundPort < 1 || v.Gateway.InboundPort > 65535 {
 		return fmt.Errorf("gateway.inboundPort %d: must be 1-65535", v.Gateway.InboundPort)
+	}
+	if v.Gateway.TrustBundle.ConfigMap != "" && v.Gateway.TrustBundle.Key == "" {
+		return fmt.Errorf("gateway.trustBundle.key: required with gateway.trustBundle.configMap %q", v.Gateway.TrustBundle.ConfigMap)
 	}
 	return nil
 }

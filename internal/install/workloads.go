@@ -73,11 +73,29 @@ func gatewayDeployment(v Values) *appsv1.Deployment {
 }
 
 // identityVolume is the cluster's gateway identity (tls.crt, tls.key,
-// ca.crt), mounted by the gateway and by the controller's link probe.
+// ca.crt), mounted by the gateway and by the controller's link probe. With
+// a trust bundle ConfigMap, ca.crt comes from it and the rest from the
+// Secret, in one projected volume (updated atomically, like a Secret's).
 func identityVolume(v Values) *corev1.Volume {
+	mode := new(int32(0o440))
+	if tb := v.Gateway.TrustBundle; tb.ConfigMap != "" {
+		return &corev1.Volume{Name: "identity", VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{
+			DefaultMode: mode,
+			Sources: []corev1.VolumeProjection{
+				{Secret: &corev1.SecretProjection{
+					LocalObjectReference: corev1.LocalObjectReference{Name: v.Gateway.IdentitySecret},
+					Items:                []corev1.KeyToPath{{Key: identity.CertFile, Path: identity.CertFile}, {Key: identity.KeyFile, Path: identity.KeyFile}},
+				}},
+				{ConfigMap: &corev1.ConfigMapProjection{
+					LocalObjectReference: corev1.LocalObjectReference{Name: tb.ConfigMap},
+					Items:                []corev1.KeyToPath{{Key: tb.Key, Path: identity.BundleFile}},
+				}},
+			},
+		}}}
+	}
 	return &corev1.Volume{
 		Name:         "identity",
-		VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{SecretName: v.Gateway.IdentitySecret, DefaultMode: new(int32(0o440))}},
+		VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{SecretName: v.Gateway.IdentitySecret, DefaultMode: mode}},
 	}
 }
 

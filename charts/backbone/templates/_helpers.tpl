@@ -67,3 +67,30 @@ runAsNonRoot: true
 seccompProfile:
   type: RuntimeDefault
 {{- end }}
+
+{{/* The gateway identity volume: the Secret, or with a trust bundle
+ConfigMap a projected volume taking ca.crt from it. */}}
+{{- define "backbone.identityVolume" -}}
+- name: identity
+{{- if .Values.gateway.trustBundle.configMap }}
+  projected:
+    defaultMode: 0440
+    sources:
+    - secret:
+        name: {{ .Values.gateway.identitySecret }}
+        items:
+        - key: tls.crt
+          path: tls.crt
+        - key: tls.key
+          path: tls.key
+    - configMap:
+        name: {{ .Values.gateway.trustBundle.configMap }}
+        items:
+        - key: {{ .Values.gateway.trustBundle.key }}
+          path: ca.crt
+{{- else }}
+  secret:
+    secretName: {{ .Values.gateway.identitySecret }}
+    defaultMode: 0440
+{{- end }}
+{{- end }}
