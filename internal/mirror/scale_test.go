@@ -7,7 +7,9 @@ import (
 	"os"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -23,14 +25,21 @@ import (
 )
 
 // TestLargeSyncSurvivesRemoteOutage: 1,000 exported services are mirrored;
-// the remote API server is then black-holed (as a SIGSTOP would: the
-// connections hang) and later cut off outright (connections reset and
-// refused) while changes are made in the remote cluster. The mirrors stay
-// exactly as they were — same UIDs and resourceVersions — the Link
-// reports the outage, and the changes converge after recovery. The time to
-// mirror and a single change's propagation are logged.
+// then the remote API server is made unreachable four ways: black-holed by
+// the fault proxy (connections hang), cut off by it (connections reset and
+// refused), its kube-apiserver process stopped (SIGSTOP for longer than the
+// controller's request timeout, then SIGCONT), and killed outright
+// (SIGKILL, then restarted on the same address, etcd and certificates).
+// Each time the mirrors stay exactly as they were — same UIDs and
+// resourceVersions — the Link reports the outage, and an update, a creation
+// and a deletion in the remote cluster (made during the outage, or right
+// after it when the API server itself was down) converge after recovery,
+// rewriting no other mirror. The time to mirror, a single change's
+// propagation and each recovery are logged.
 //
-// BACKBONE_MIRROR_SERVICES sets the number of services (default 1,000).
+// BACKBONE_MIRROR_SERVICES sets the number of services (default 1,000),
+// BACKBONE_OUTAGE_HOLD how long the API server stays stopped (default 20s;
+// a soak run sets minutes).
 func TestLargeSyncSurvivesRemoteOutage(t *testing.T) {
 	n := 1000
 	if v, err := strconv.Atoi(os.Getenv("BACKBONE_MIRROR_SERVICES")); err == nil && v > 0 {
@@ -106,44 +115,168 @@ func TestLargeSyncSurvivesRemoteOutage(t *testing.T) {
 	slices.Sort(took)
 	t.Logf("single-change propagation at %d services: median %s, max %s", n, took[len(took)/2], took[len(took)-1])
 
+	// The outages: the link to east's API server black-holed and cut off
+	// by the fault proxy, then east's kube-apiserver process itself
+	// stopped and killed. While east's API server is up, the changes are
+	// made during the outage; while it is down they can only be made right
+	// after it is back.
+	hold := 20 * time.Second // longer than the remote client's 15 s request timeout
+	if d, err := time.ParseDuration(os.Getenv("BACKBONE_OUTAGE_HOLD")); err == nil && d > 0 {
+		hold = d
+	}
+	signal := func(sig syscall.Signal) func() {
+		return func() {
+			if err := east.SignalAPIServer(sig); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	// A failure while east is stopped must not leave it stopped for the
+	// cleanup, which would wait its whole stop timeout.
+	t.Cleanup(func() { _ = east.SignalAPIServer(syscall.SIGCONT) })
 	before := snapshot(t, west)
-	for _, fault := range []struct {
+	for round, fault := range []struct {
 		name         string
 		start, clear func()
+		hold         time.Duration // how long the outage lasts at least
+		remoteDown   bool          // east's API server itself is down
 	}{
-		{"black-holed (hung connections)", func() { proxy.SetStalled(true) }, func() { proxy.SetStalled(false) }},
-		{"cut off (resets, then refused)", func() { proxy.SetRefuse(true); proxy.ResetAll() }, func() { proxy.SetRefuse(false) }},
+		{"black-holed (hung connections)", func() { proxy.SetStalled(true) }, func() { proxy.SetStalled(false) }, 6 * time.Second, false},
+		{"cut off (resets, then refused)", func() { proxy.SetRefuse(true); proxy.ResetAll() }, func() { proxy.SetRefuse(false) }, 6 * time.Second, false},
+		{"stopped (SIGSTOP, then SIGCONT)", signal(syscall.SIGSTOP), signal(syscall.SIGCONT), hold, true},
+		{"killed (SIGKILL, then restarted on the same address)", signal(syscall.SIGKILL), func() {
+			if err := east.RestartAPIServer(); err != nil {
+				t.Fatal(err)
+			}
+		}, 6 * time.Second, true},
 	} {
+		began := time.Now()
 		fault.start()
 		eventually(t, "the Link reports the outage ("+fault.name+")", func() bool {
 			c := linkReady(west, "east")
 			return c != nil && c.Reason == mirror.ReasonRemoteUnreachable
 		})
-		// Changes made meanwhile: an update, an unexport, a new service.
-		s, _ := get(east, "bulk", "svc-0100", &corev1.Service{})
-		s.Spec.Ports[0].Port++
-		if err := east.Client.Update(bg, s); err != nil {
-			t.Fatal(err)
+		detected := time.Since(began)
+		var change remoteChange
+		if !fault.remoteDown {
+			change = changeRemote(t, east, round)
 		}
-		time.Sleep(6 * time.Second) // several resyncs of the controller (2s)
-		if after := snapshot(t, west); after != before {
-			t.Fatalf("mirrors changed while the remote was %s", fault.name)
+		time.Sleep(time.Until(began.Add(fault.hold))) // several resyncs of the controller (2s)
+		if changed := changedObjects(before, snapshot(t, west)); len(changed) > 0 {
+			t.Fatalf("mirrors changed while the remote was %s: %v", fault.name, changed)
+		}
+		if c := linkReady(west, "east"); c == nil || c.Reason != mirror.ReasonRemoteUnreachable {
+			t.Fatalf("at the end of the outage (%s) the Link says %+v", fault.name, c)
 		}
 		fault.clear()
-		want := s.Spec.Ports[0].Port
-		eventually(t, "the change made during the outage converges", func() bool {
-			m, ok := get(west, "bulk", "svc-0100-east", &corev1.Service{})
-			return ok && m.Spec.Ports[0].Port == want
-		})
+		back := time.Now()
+		if fault.remoteDown {
+			change = changeRemote(t, east, round)
+		}
+		eventually(t, "the changes converge after the remote was "+fault.name, func() bool { return change.converged(west) })
+		// Timed from when they were made, or from the recovery when they
+		// were made during the outage.
+		converged := time.Since(change.made)
+		if !fault.remoteDown {
+			converged = time.Since(back)
+		}
 		eventually(t, "the Link is ready again", func() bool {
 			c := linkReady(west, "east")
 			return c != nil && c.Reason == mirror.ReasonSynced
 		})
-		before = snapshot(t, west)
+		ready := time.Since(back)
+		after := snapshot(t, west)
+		changed := changedObjects(before, after)
+		for _, obj := range changed {
+			if !change.concerns(obj) {
+				t.Errorf("after the remote was %s, %s changed, which no change concerns", fault.name, obj)
+			}
+		}
+		t.Logf("remote %s for %s: outage reported after %s, no mirror object changed meanwhile; an update, a creation and a deletion converged in %s, the Link was ready %s after the recovery; %d mirror objects written in all",
+			fault.name, back.Sub(began).Round(100*time.Millisecond), detected.Round(100*time.Millisecond),
+			converged.Round(10*time.Millisecond), ready.Round(10*time.Millisecond), len(changed))
+		before = after
 	}
 	if got := countMirrors(t, west); got != n {
 		t.Fatalf("%d mirrors after the outages, want %d", got, n)
 	}
+}
+
+// remoteChange is one round of changes in east: an update, a creation and
+// a deletion of exported services.
+type remoteChange struct {
+	made                      time.Time
+	updated, created, deleted string
+	port                      int32
+}
+
+func changeRemote(t *testing.T, east *testenv.Cluster, round int) remoteChange {
+	t.Helper()
+	c := remoteChange{made: time.Now(), updated: "svc-0100", created: fmt.Sprintf("late-%d", round), deleted: fmt.Sprintf("svc-%04d", 200+round)}
+	s, ok := get(east, "bulk", c.updated, &corev1.Service{})
+	if !ok {
+		t.Fatalf("reading %s in east failed", c.updated)
+	}
+	s.Spec.Ports[0].Port++
+	c.port = s.Spec.Ports[0].Port
+	if err := east.Client.Update(bg, s); err != nil {
+		t.Fatal(err)
+	}
+	if err := east.Client.Create(bg, service("bulk", c.created, map[string]string{v1alpha1.ExportedLabel: "true", "app": "bulk"}, 8080)); err != nil {
+		t.Fatal(err)
+	}
+	if err := east.Client.Delete(bg, service("bulk", c.deleted, nil)); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// converged: west's mirrors show the three changes.
+func (c remoteChange) converged(west *testenv.Cluster) bool {
+	m, updated := get(west, "bulk", c.updated+"-east", &corev1.Service{})
+	_, created := get(west, "bulk", c.created+"-east", &discoveryv1.EndpointSlice{})
+	_, stale := get(west, "bulk", c.deleted+"-east", &corev1.Service{})
+	_, staleSlice := get(west, "bulk", c.deleted+"-east", &discoveryv1.EndpointSlice{})
+	return updated && m.Spec.Ports[0].Port == c.port && created && !stale && !staleSlice
+}
+
+// concerns reports whether a mirror object (as changedObjects names it)
+// is one of the changed services'.
+func (c remoteChange) concerns(obj string) bool {
+	for _, name := range []string{c.updated, c.created, c.deleted} {
+		if strings.HasSuffix(obj, "/"+name+"-east") {
+			return true
+		}
+	}
+	return false
+}
+
+// changedObjects names the mirror objects created, deleted or rewritten
+// between two snapshots ("svc bulk/svc-0100-east").
+func changedObjects(before, after string) []string {
+	identities := func(snap string) map[string]string {
+		m := map[string]string{}
+		for _, entry := range strings.Split(strings.TrimSuffix(snap, "; "), "; ") {
+			if f := strings.Fields(entry); len(f) == 4 {
+				m[f[0]+" "+f[1]] = f[2] + " " + f[3] // UID and resourceVersion
+			}
+		}
+		return m
+	}
+	b, a := identities(before), identities(after)
+	var changed []string
+	for obj, id := range b {
+		if a[obj] != id {
+			changed = append(changed, obj)
+		}
+	}
+	for obj := range a {
+		if _, ok := b[obj]; !ok {
+			changed = append(changed, obj)
+		}
+	}
+	slices.Sort(changed)
+	return changed
 }
 
 func createServices(t *testing.T, c *testenv.Cluster, n int) {

@@ -186,7 +186,16 @@ func startCluster(tmp, binDir, name string, opts Options) (*Cluster, error) {
 		ControlPlaneStopTimeout:  30 * time.Second,
 	}
 	// Room for thousands of Services (scale tests); the default is a /24.
-	env.ControlPlane.GetAPIServer().Configure().Set("service-cluster-ip-range", "10.96.0.0/16")
+	api := env.ControlPlane.GetAPIServer()
+	api.Configure().Set("service-cluster-ip-range", "10.96.0.0/16")
+	// Certificates and keys in the cluster's temporary directory, so a
+	// restarted API server (RestartAPIServer) reuses them and they go with
+	// the directory: envtest removes only a directory it made, and only
+	// when the process it started is the one stopped.
+	api.CertDir = filepath.Join(tmp, name+"-apiserver")
+	if err := os.MkdirAll(api.CertDir, 0o700); err != nil {
+		return nil, err
+	}
 	cfg, err := env.Start()
 	if err != nil {
 		return nil, err
