@@ -182,6 +182,9 @@ func (o *Originator) serveHTTPS(ctx context.Context, client net.Conn, t Target, 
 			if errors.Is(err, ErrForbiddenAddress) {
 				status = http.StatusForbidden
 			}
+			if errors.As(err, new(callerBodyError)) {
+				status = http.StatusBadRequest
+			}
 			http.Error(w, fmt.Sprintf("backbone egress %s: %v", t.Name, err), status)
 		},
 	}
@@ -190,6 +193,13 @@ func (o *Originator) serveHTTPS(ctx context.Context, client net.Conn, t Target, 
 			start := time.Now()
 			body := &countingReader{r: r.Body}
 			r.Body = body
+			// RFC 9112 6.1: a chunked request may have carried a
+			// Content-Length too (net/http drops it unseen); whatever that
+			// length covered beyond the chunked body must never be read as
+			// another request, so the connection ends with the answer.
+			if len(r.TransferEncoding) > 0 {
+				w.Header().Set("Connection", "close")
+			}
 			rw := &recorder{ResponseWriter: w, status: http.StatusOK}
 			proxy.ServeHTTP(rw, r)
 			o.access(caller, t, r.Method, r.URL.Path, rw.status, body.n, rw.n, start, nil)
@@ -280,10 +290,19 @@ type countingReader struct {
 func (c *countingReader) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
 	c.n += int64(n)
+	if err != nil && err != io.EOF {
+		err = callerBodyError{err}
+	}
 	return n, err
 }
 
 func (c *countingReader) Close() error { return c.r.Close() }
+
+// callerBodyError is a failure to read the caller's request body (a
+// malformed chunk, a caller gone): the caller's fault, not the target's.
+type callerBodyError struct{ error }
+
+func (e callerBodyError) Unwrap() error { return e.error }
 
 type recorder struct {
 	http.ResponseWriter
