@@ -120,6 +120,7 @@ func main() {
 	flag.IntVar(&o.mirrorRate, "mirror-rate", 10, "single changes per second while sustained propagation is measured")
 	flag.BoolVar(&o.keep, "keep", false, "keep the working directory (clusters' data, processes' logs)")
 	flag.StringVar(&controllerLogLevel, "mirror-controller-log-level", controllerLogLevel, "--log-level of the mirroring controller (debug logs every single change's time)")
+	flag.StringVar(&heapDir, "mirror-heap-dir", "", "save the mirroring controller's heap profiles (after the first sync, at the end) into this directory")
 	flag.DurationVar(&o.outage, "mirror-outage", 30*time.Second, "how long the remote API server is away before changes are timed (0: no outage)")
 	flag.DurationVar(&o.mirrorFor, "mirror-changes-for", 15*time.Second, "how long single changes are made")
 	flag.Parse()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log"
 	"net"
 	"net/http"
@@ -172,6 +173,10 @@ func mirrorOnce(ctx context.Context, dir, bin string, n, rate int, changeFor, ou
 	admin := net.JoinHostPort(westIP, "9991")
 	cmd := exec.Command(bin, "controller", "--kubeconfig", west.Kubeconfig, "--cluster-name", "west",
 		"--admin-address", admin, "--gateway-port-range", "20000-39999", "--log-level", controllerLogLevel)
+	pprofAddr := "127.0.0.1:6060"
+	if heapDir != "" {
+		cmd.Args = append(cmd.Args, "--pprof-address", pprofAddr)
+	}
 	logf, err := os.Create(filepath.Join(dir, "controller.log"))
 	if err != nil {
 		return res, err
@@ -212,6 +217,7 @@ func mirrorOnce(ctx context.Context, dir, bin string, n, rate int, changeFor, ou
 	}
 	res.syncReqs, res.syncWrite = m.requests, m.writes
 	log.Printf("  mirrored in %s: %.0f API requests, %.0f writes, %.1f CPU s", res.mirrorAll.Round(time.Millisecond), res.syncReqs, res.syncWrite, res.syncCPU)
+	saveHeap(pprofAddr, n, "after-first-sync")
 
 	// Let the follow-up passes (status) settle, then single changes:
 	// isolated, then at a sustained rate.
@@ -225,9 +231,10 @@ func mirrorOnce(ctx context.Context, dir, bin string, n, rate int, changeFor, ou
 		if err != nil {
 			return err
 		}
-		all := p.all()
-		log.Printf("  %s: %d changes, p50 %s, p99 %s, max %s, %d not seen; east's write p50 %s; update/create/delete p50 %s/%s/%s", p.mode, p.changes,
-			pct(all, 0.5), pct(all, 0.99), pct(all, 1), p.lost, pct(p.byOp["write"], 0.5), pct(p.byOp["update"], 0.5), pct(p.byOp["create"], 0.5), pct(p.byOp["delete"], 0.5))
+		all, acked := p.all(), p.allAcked()
+		log.Printf("  %s: %d changes, p50 %s, p99 %s, max %s, %d not seen; east's write p50 %s; update/create/delete p50 %s/%s/%s; from east's answer p50 %s p99 %s; east's own create p50 %s p99 %s", p.mode, p.changes,
+			pct(all, 0.5), pct(all, 0.99), pct(all, 1), p.lost, pct(p.byOp["write"], 0.5), pct(p.byOp["update"], 0.5), pct(p.byOp["create"], 0.5), pct(p.byOp["delete"], 0.5),
+			pct(acked, 0.5), pct(acked, 0.99), pct(p.byOp["write create"], 0.5), pct(p.byOp["write create"], 0.99))
 		res.props = append(res.props, p)
 		return nil
 	}
@@ -271,7 +278,36 @@ func mirrorOnce(ctx context.Context, dir, bin string, n, rate int, changeFor, ou
 	}
 	res.peakRSSMiB = peakRSS(cmd.Process.Pid)
 	log.Printf("  peak RSS %.0f MiB", res.peakRSSMiB)
+	saveHeap(pprofAddr, n, "at-end")
 	return res, nil
+}
+
+// heapDir, if set, receives the mirroring controller's heap profiles
+// (-mirror-heap-dir).
+var heapDir string
+
+// saveHeap writes the controller's heap profile (after a GC) into heapDir
+// and logs the Go heap figures next to the process's RSS.
+func saveHeap(addr string, n int, when string) {
+	if heapDir == "" {
+		return
+	}
+	resp, err := http.Get("http://" + addr + "/debug/pprof/heap?gc=1")
+	if err != nil {
+		log.Printf("  heap profile %s: %v", when, err)
+		return
+	}
+	defer func() { _ = resp.Body.Close() }()
+	path := filepath.Join(heapDir, fmt.Sprintf("controller-%d-heap-%s.pb.gz", n, when))
+	data, err := io.ReadAll(resp.Body)
+	if err == nil {
+		err = os.WriteFile(path, data, 0o644)
+	}
+	if err != nil {
+		log.Printf("  heap profile %s: %v", when, err)
+		return
+	}
+	log.Printf("  heap profile %s: %s (go tool pprof -sample_index=inuse_space %s)", when, path, path)
 }
 
 func createScaleServices(ctx context.Context, c client.Client, n int) error {
@@ -323,11 +359,17 @@ type changer struct {
 	n       int
 	mu      sync.Mutex
 	sent    map[string]time.Time // "op/mirror[#seq]" → when written
+	acked   map[string]time.Time // → when east's API server answered the write
+	seenAt  map[string]time.Time // → when the mirror's event reached west's watch
 	took    map[string][]time.Duration
 	created []string        // remote names whose mirror was seen
 	writes  []time.Duration // how long east's API server took for each write
-	next    int
-	stop    func()
+	// writesByOp are the same by operation: a creation costs the API
+	// server a cluster IP, the part of its path the mirror's creation in
+	// west pays again.
+	writesByOp map[string][]time.Duration
+	next       int
+	stop       func()
 }
 
 var ops = []string{"update", "create", "delete"}
@@ -348,7 +390,8 @@ func newChanger(ctx context.Context, east, west *testenv.Cluster, n int) (*chang
 		cancel()
 		return nil, err
 	}
-	c := &changer{east: east, n: n, sent: map[string]time.Time{}, took: map[string][]time.Duration{}, stop: func() { w.Stop(); cancel() }}
+	c := &changer{east: east, n: n, sent: map[string]time.Time{}, acked: map[string]time.Time{}, seenAt: map[string]time.Time{},
+		took: map[string][]time.Duration{}, writesByOp: map[string][]time.Duration{}, stop: func() { w.Stop(); cancel() }}
 	go func() {
 		for ev := range w.ResultChan() {
 			s, ok := ev.Object.(*corev1.Service)
@@ -370,6 +413,7 @@ func newChanger(ctx context.Context, east, west *testenv.Cluster, n int) (*chang
 			if t, ok := c.sent[key]; ok {
 				op, _, _ := strings.Cut(key, "/")
 				c.took[op] = append(c.took[op], seen.Sub(t))
+				c.seenAt[key] = seen
 				delete(c.sent, key)
 				if op == "create" {
 					c.created = append(c.created, remote)
@@ -421,7 +465,9 @@ func (c *changer) change(ctx context.Context, i int) (string, error) {
 	began := time.Now()
 	err := write()
 	c.mu.Lock()
+	c.acked[key] = time.Now()
 	c.writes = append(c.writes, time.Since(began))
+	c.writesByOp[op] = append(c.writesByOp[op], time.Since(began))
 	c.mu.Unlock()
 	return key, err
 }
@@ -454,7 +500,19 @@ func (c *changer) collect() (map[string][]time.Duration, int) {
 	defer c.mu.Unlock()
 	took, lost := c.took, len(c.sent)
 	took["write"] = c.writes
+	for op, ds := range c.writesByOp {
+		took["write "+op] = ds
+	}
+	// From east's answer to the mirror's event: the propagation itself,
+	// without east's own write (an event may even arrive first: 0).
+	for key, ack := range c.acked {
+		if seen, ok := c.seenAt[key]; ok {
+			op, _, _ := strings.Cut(key, "/")
+			took[ackedOp(op)] = append(took[ackedOp(op)], max(0, seen.Sub(ack)))
+		}
+	}
 	c.took, c.sent, c.writes = map[string][]time.Duration{}, map[string]time.Time{}, nil
+	c.acked, c.seenAt, c.writesByOp = map[string]time.Time{}, map[string]time.Time{}, map[string][]time.Duration{}
 	return took, lost
 }
 
@@ -470,6 +528,19 @@ func (p propagation) all() []time.Duration {
 	var all []time.Duration
 	for _, op := range ops {
 		all = append(all, p.byOp[op]...)
+	}
+	slices.Sort(all)
+	return all
+}
+
+// ackedOp names the times of op measured from east's answer.
+func ackedOp(op string) string { return "acked " + op }
+
+// allAcked is all() measured from east's answer to each write.
+func (p propagation) allAcked() []time.Duration {
+	var all []time.Duration
+	for _, op := range ops {
+		all = append(all, p.byOp[ackedOp(op)]...)
 	}
 	slices.Sort(all)
 	return all

@@ -76,6 +76,7 @@ probe them (their connections are the ones the cluster lets out).`,
 	f.StringVar(&portRange, "gateway-port-range", "20000-29999", "gateway ports allocated to mirrored service ports")
 	f.BoolVar(&opts.LeaderElection, "leader-elect", false, "elect a leader among replicas (a Lease in backbone-system)")
 	f.StringVar(&opts.AdminAddress, "admin-address", ":9090", "address of /metrics, /healthz and /readyz")
+	f.StringVar(&opts.PprofAddress, "pprof-address", "", "address of net/http/pprof's /debug/pprof/ (empty: off; it exposes the process's memory, keep it on loopback)")
 	f.StringVar(&opts.IdentityDir, "identity-dir", "", "gateway identity (tls.crt, tls.key, ca.crt) the link probe dials peers with; empty disables probing")
 	f.DurationVar(&opts.CertificateExpiryWarning, "certificate-expiry-warning", probe.DefaultExpiryWarning, "report a Link's certificates (ours or the peer gateway's) as Expiring this long before they expire")
 	f.DurationVar(&opts.CertificateInspectPeriod, "certificate-inspect-period", 5*time.Minute, "how often the link probe makes a handshake of its own to read the certificates on both ends of each link")

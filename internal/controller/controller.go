@@ -43,7 +43,10 @@ type Options struct {
 	// AdminAddress serves /metrics, /healthz and /readyz on one port, as
 	// the gateway does; when empty, MetricsAddress and HealthProbeAddress
 	// serve them separately ("0" disables either).
-	AdminAddress       string
+	AdminAddress string
+	// PprofAddress, if set, serves net/http/pprof (off by default: it
+	// exposes the process's memory).
+	PprofAddress       string
 	MetricsAddress     string
 	HealthProbeAddress string
 	// IdentityDir enables the link probe, which dials peer gateways with
@@ -101,6 +104,7 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 		LeaderElectionReleaseOnCancel: true,
 		Metrics:                       metricsserver.Options{BindAddress: opts.MetricsAddress},
 		HealthProbeBindAddress:        opts.HealthProbeAddress,
+		PprofBindAddress:              opts.PprofAddress,
 		// Link credentials are the only Secrets the controller reads, and
 		// its Role grants them in backbone-system alone: a cluster-wide
 		// Secret informer would be refused and never sync.
