@@ -16,6 +16,8 @@ import (
 	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
@@ -110,6 +112,15 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 		// Secret informer would be refused and never sync.
 		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
 			&corev1.Secret{}: {Namespaces: map[string]cache.Config{v1alpha1.SystemNamespace: {}}},
+			// The EndpointSlices the controller reads are its own (mirrors,
+			// egress targets) and, in backbone-system, the gateway's: a
+			// cluster's thousands of others stay out of its memory.
+			&discoveryv1.EndpointSlice{}: {Namespaces: map[string]cache.Config{
+				v1alpha1.SystemNamespace: {},
+				cache.AllNamespaces: {LabelSelector: labels.SelectorFromSet(labels.Set{
+					discoveryv1.LabelManagedBy: v1alpha1.EndpointSliceManagedBy,
+				})},
+			}},
 		},
 			// Nothing reads managedFields; at 10,000 mirrors they are a
 			// good part of the cache.

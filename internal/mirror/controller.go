@@ -527,10 +527,8 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 	// pass; anything else written is checked by its events and the resync
 	// (another pass at once would hold up single changes for as long as it
 	// plans every Service).
-	for _, c := range plan.CreateServices {
-		if c.Annotations[v1alpha1.RemoteHostnameAnnotation] != "" {
-			return reconcile.Result{RequeueAfter: 100 * time.Millisecond}, nil
-		}
+	if plan.CreatesPerPodMirrors {
+		return reconcile.Result{RequeueAfter: 100 * time.Millisecond}, nil
 	}
 	return reconcile.Result{RequeueAfter: r.opts.Resync}, nil
 }

@@ -64,6 +64,9 @@ type Plan struct {
 	Problems []string
 	// Mirrors is how many mirror Services the Link keeps.
 	Mirrors int
+	// CreatesPerPodMirrors: some Service created is a per-pod mirror, whose
+	// cluster IP its headless mirror's endpoints need once it exists.
+	CreatesPerPodMirrors bool
 }
 
 // Empty reports whether the plan changes nothing.
@@ -168,6 +171,12 @@ func Calculate(in Input) *Plan {
 	if len(p.Problems) > 20 {
 		n := len(p.Problems)
 		p.Problems = append(p.Problems[:19], fmt.Sprintf("... and %d more", n-19))
+	}
+	for _, c := range p.CreateServices {
+		if c.Annotations[v1alpha1.RemoteHostnameAnnotation] != "" {
+			p.CreatesPerPodMirrors = true
+			break
+		}
 	}
 	return p
 }

@@ -158,13 +158,10 @@ func (r *Reconciler) syncService(ctx context.Context, link *v1alpha1.Link, w *re
 	if err := r.apply(ctx, plan); err != nil {
 		return needLink, err
 	}
-	for _, c := range plan.CreateServices {
-		if c.Annotations[v1alpha1.RemoteHostnameAnnotation] != "" {
-			// The headless mirror points at the per-pod mirrors' cluster
-			// IPs, known now that they exist: once more, shortly.
-			r.services.AddAfter(serviceKey{Link: types.NamespacedName{Namespace: link.Namespace, Name: link.Name}, Namespace: namespace, Name: name}, 100*time.Millisecond)
-			break
-		}
+	if plan.CreatesPerPodMirrors {
+		// The headless mirror points at the per-pod mirrors' cluster IPs,
+		// known now that they exist: once more, shortly.
+		r.services.AddAfter(serviceKey{Link: types.NamespacedName{Namespace: link.Namespace, Name: link.Name}, Namespace: namespace, Name: name}, 100*time.Millisecond)
 	}
 	switch {
 	case len(plan.Problems) > 0:
@@ -386,15 +383,25 @@ func (r *Reconciler) apply(ctx context.Context, p *Plan) error {
 	return nil
 }
 
-// parallel runs f on every item with at most n in flight.
+// parallel runs f on every item with at most n in flight. Items written
+// are dropped from items as they go (zeroed), so that a first sync of
+// thousands of mirrors does not hold every object it wrote beside the
+// cache's own copies until the last write: the plan is spent by apply.
 func parallel[T any](ctx context.Context, n int, items []T, f func(context.Context, T) error) error {
 	if len(items) == 0 {
 		return nil
 	}
 	g, ctx := errgroup.WithContext(ctx)
 	g.SetLimit(n)
-	for _, it := range items {
-		g.Go(func() error { return f(ctx, it) })
+	for i, it := range items {
+		g.Go(func() error {
+			if err := f(ctx, it); err != nil {
+				return err
+			}
+			var zero T
+			items[i] = zero
+			return nil
+		})
 	}
 	return g.Wait()
 }
