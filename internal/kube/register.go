@@ -42,6 +42,9 @@ func RegisterService(ctx context.Context, c client.Client, svc *corev1.Service, 
 		},
 		AddressType: discoveryv1.AddressTypeIPv4,
 	}
+	if svc.Spec.ClusterIP == corev1.ClusterIPNone {
+		slice.Labels[corev1.IsHeadlessService] = "" // as the EndpointSlice controller labels them
+	}
 	for _, a := range addrs {
 		slice.Endpoints = append(slice.Endpoints, discoveryv1.Endpoint{
 			Addresses:  []string{a},

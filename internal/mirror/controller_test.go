@@ -235,7 +235,7 @@ func TestMirroringFollowsTheRemoteCluster(t *testing.T) {
 			t.Fatal(err)
 		}
 		slice := &discoveryv1.EndpointSlice{
-			ObjectMeta:  metav1.ObjectMeta{Namespace: "shop", Name: "db-pods", Labels: map[string]string{discoveryv1.LabelServiceName: "db"}},
+			ObjectMeta:  metav1.ObjectMeta{Namespace: "shop", Name: "db-pods", Labels: map[string]string{discoveryv1.LabelServiceName: "db", corev1.IsHeadlessService: ""}},
 			AddressType: discoveryv1.AddressTypeIPv4,
 			Ports:       []discoveryv1.EndpointPort{{Name: ptr.To("p0"), Port: ptr.To[int32](5432)}},
 		}

@@ -10,6 +10,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/selection"
 	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/rest"
 	toolscache "k8s.io/client-go/tools/cache"
@@ -55,7 +57,22 @@ func startRemoteWatch(cluster string, cfg *rest.Config, token string, onChange f
 	if _, err := dc.ServerResourcesForGroupVersion(mcsv1beta1.GroupVersion.String()); err == nil {
 		w.hasServiceExports = true
 	}
-	c, err := cache.New(cfg, cache.Options{Scheme: kube.Scheme, DefaultTransform: slimRemote})
+	// Of the remote cluster's objects the cache holds what mirroring reads:
+	// the EndpointSlices of headless Services (pod hostnames; Kubernetes
+	// labels those slices service.kubernetes.io/headless) and, unless
+	// ServiceExports can export any Service, the exported Services only.
+	// A cluster's thousands of other objects stay out of memory.
+	headless, err := labels.NewRequirement(corev1.IsHeadlessService, selection.Exists, nil)
+	if err != nil {
+		return nil, err
+	}
+	byObject := map[client.Object]cache.ByObject{
+		&discoveryv1.EndpointSlice{}: {Label: labels.NewSelector().Add(*headless)},
+	}
+	if !w.hasServiceExports {
+		byObject[&corev1.Service{}] = cache.ByObject{Label: labels.SelectorFromSet(labels.Set{v1alpha1.ExportedLabel: "true"})}
+	}
+	c, err := cache.New(cfg, cache.Options{Scheme: kube.Scheme, DefaultTransform: slimRemote, ByObject: byObject})
 	if err != nil {
 		return nil, err
 	}
