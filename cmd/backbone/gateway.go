@@ -66,6 +66,7 @@ gracefully.`,
 	f.StringVar(&opts.InboundAddress, "inbound-address", ":4143", "address of the mTLS tunnel endpoint")
 	f.StringVar(&opts.OutboundBindIP, "outbound-bind-ip", "", "IP the mirrors' listeners bind to (the pod IP; empty: all)")
 	f.StringVar(&opts.AdminAddress, "admin-address", ":9990", "address of /healthz, /readyz and /metrics")
+	f.StringVar(&opts.PprofAddress, "pprof-address", "", "address of net/http/pprof's /debug/pprof/ (empty: off; it exposes the process's memory, keep it on loopback)")
 	f.DurationVar(&opts.DrainTimeout, "drain-timeout", 30*time.Second, "how long streams in flight may take to finish after SIGTERM")
 	f.DurationVar(&opts.DialTimeout, "dial-timeout", 5*time.Second, "timeout of dials to peer gateways and backends")
 	f.DurationVar(&opts.HeaderTimeout, "header-timeout", 10*time.Second, "time a peer has to complete its handshake and request headers")

@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -39,9 +40,12 @@ type Options struct {
 	InboundAddress string
 	OutboundBindIP string
 	AdminAddress   string
-	DrainTimeout   time.Duration
-	DialTimeout    time.Duration
-	HeaderTimeout  time.Duration
+	// PprofAddress, if set, serves net/http/pprof there (off by default:
+	// it exposes the process's memory, keys included).
+	PprofAddress  string
+	DrainTimeout  time.Duration
+	DialTimeout   time.Duration
+	HeaderTimeout time.Duration
 	// Resync re-reads the mirrors even without events (default 30s).
 	Resync time.Duration
 	// Resolve pins egress target names to addresses (like curl's
@@ -156,6 +160,21 @@ func (g *Gateway) Run(ctx context.Context) error {
 	admin := &http.Server{Handler: g.adminHandler(), ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = admin.Serve(adminL) }()
 	defer func() { _ = admin.Close() }()
+	if g.opts.PprofAddress != "" {
+		pprofL, err := net.Listen("tcp", g.opts.PprofAddress)
+		if err != nil {
+			return fmt.Errorf("--pprof-address: %w", err)
+		}
+		mux := http.NewServeMux()
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		go func() { _ = srv.Serve(pprofL) }()
+		defer func() { _ = srv.Close() }()
+	}
 
 	inL, err := net.Listen("tcp", g.opts.InboundAddress)
 	if err != nil {
