@@ -192,6 +192,7 @@ func mirrorOnce(ctx context.Context, dir, bin string, n, rate int, changeFor, ou
 	pid := []int{cmd.Process.Pid}
 
 	// First sync: every mirror and slice exists.
+	rssLogged := 0.0
 	for {
 		svcs, err := countMeta(ctx, west.Client, &metav1.PartialObjectMetadataList{TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "ServiceList"}})
 		if err != nil {
@@ -200,6 +201,10 @@ func mirrorOnce(ctx context.Context, dir, bin string, n, rate int, changeFor, ou
 		sls, err := countMeta(ctx, west.Client, &metav1.PartialObjectMetadataList{TypeMeta: metav1.TypeMeta{APIVersion: "discovery.k8s.io/v1", Kind: "EndpointSliceList"}})
 		if err != nil {
 			return res, err
+		}
+		if rss := procStatusMiB(cmd.Process.Pid, "VmRSS:"); rss > rssLogged+20 {
+			log.Printf("  first sync at %s: %d mirrors, %d slices, RSS %.0f MiB", time.Since(start).Round(time.Second), svcs, sls, rss)
+			rssLogged = rss
 		}
 		if svcs == n && sls == n {
 			break
@@ -218,6 +223,7 @@ func mirrorOnce(ctx context.Context, dir, bin string, n, rate int, changeFor, ou
 	res.syncReqs, res.syncWrite = m.requests, m.writes
 	log.Printf("  mirrored in %s: %.0f API requests, %.0f writes, %.1f CPU s", res.mirrorAll.Round(time.Millisecond), res.syncReqs, res.syncWrite, res.syncCPU)
 	saveHeap(pprofAddr, n, "after-first-sync")
+	log.Printf("  peak RSS so far (first sync): %.0f MiB", peakRSS(cmd.Process.Pid))
 
 	// Let the follow-up passes (status) settle, then single changes:
 	// isolated, then at a sustained rate.
@@ -244,6 +250,7 @@ func mirrorOnce(ctx context.Context, dir, bin string, n, rate int, changeFor, ou
 	if err := record(ch.sustained(ctx, rate, changeFor)); err != nil {
 		return res, err
 	}
+	log.Printf("  peak RSS so far (single changes): %.0f MiB", peakRSS(cmd.Process.Pid))
 
 	// Steady state: a full resync period (30s) and then some.
 	time.Sleep(3 * time.Second)
@@ -253,6 +260,11 @@ func mirrorOnce(ctx context.Context, dir, bin string, n, rate int, changeFor, ou
 	}
 	cpu0 := cpuSeconds(pid)
 	const steady = 40 * time.Second
+	if heapDir != "" {
+		// What the steady state spends its CPU on (a resync pass falls in
+		// any 35 s).
+		go saveProfile(pprofAddr, "profile?seconds=35", filepath.Join(heapDir, fmt.Sprintf("controller-%d-cpu-steady.pb.gz", n)))
+	}
 	time.Sleep(steady)
 	after, err := scrape(admin)
 	if err != nil {
@@ -263,6 +275,7 @@ func mirrorOnce(ctx context.Context, dir, bin string, n, rate int, changeFor, ou
 	res.steadyWritesPerMin = (after.writes - before.writes) * perMin
 	res.steadyCPUPerMin = (cpuSeconds(pid) - cpu0) * perMin
 	log.Printf("  steady: %.1f requests/min, %.1f writes/min, %.2f CPU s/min", res.steadyReqsPerMin, res.steadyWritesPerMin, res.steadyCPUPerMin)
+	log.Printf("  peak RSS so far (steady state): %.0f MiB", peakRSS(cmd.Process.Pid))
 
 	// The remote API server is away (hung connections) for outage; the
 	// changes made right after it returns are timed.
@@ -280,6 +293,26 @@ func mirrorOnce(ctx context.Context, dir, bin string, n, rate int, changeFor, ou
 	log.Printf("  peak RSS %.0f MiB", res.peakRSSMiB)
 	saveHeap(pprofAddr, n, "at-end")
 	return res, nil
+}
+
+// saveProfile writes the pprof profile at path (relative to
+// /debug/pprof/) into file.
+func saveProfile(addr, path, file string) {
+	resp, err := http.Get("http://" + addr + "/debug/pprof/" + path)
+	if err != nil {
+		log.Printf("  profile %s: %v", path, err)
+		return
+	}
+	defer func() { _ = resp.Body.Close() }()
+	data, err := io.ReadAll(resp.Body)
+	if err == nil {
+		err = os.WriteFile(file, data, 0o644)
+	}
+	if err != nil {
+		log.Printf("  profile %s: %v", path, err)
+		return
+	}
+	log.Printf("  profile %s: %s", path, file)
 }
 
 // heapDir, if set, receives the mirroring controller's heap profiles
@@ -618,13 +651,16 @@ func scrape(admin string) (controllerMetrics, error) {
 }
 
 // peakRSS is the process's high-water resident set (VmHWM), in MiB.
-func peakRSS(pid int) float64 {
+func peakRSS(pid int) float64 { return procStatusMiB(pid, "VmHWM:") }
+
+// procStatusMiB is a kB field of /proc/<pid>/status, in MiB.
+func procStatusMiB(pid int, field string) float64 {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return 0
 	}
 	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+		if v, ok := strings.CutPrefix(line, field); ok {
 			kb, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 64)
 			return kb / 1024
 		}
