@@ -6,10 +6,10 @@
 package mirror
 
 import (
+	"cmp"
 	"fmt"
 	"maps"
 	"slices"
-	"sort"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
@@ -96,9 +96,8 @@ func Calculate(in Input) *Plan {
 	want := map[types.NamespacedName]desired{}
 	newNamespaces := map[string]bool{}
 	remote := slices.Clone(in.Remote)
-	sort.Slice(remote, func(i, j int) bool {
-		a, b := remote[i].Service, remote[j].Service
-		return a.Namespace+"/"+a.Name < b.Namespace+"/"+b.Name
+	slices.SortFunc(remote, func(a, b RemoteService) int {
+		return cmp.Or(cmp.Compare(a.Service.Namespace, b.Service.Namespace), cmp.Compare(a.Service.Name, b.Service.Name))
 	})
 	for _, r := range remote {
 		rs := r.Service
@@ -371,6 +370,10 @@ func sortedKeys[V any](m map[types.NamespacedName]V) []types.NamespacedName {
 	for k := range m {
 		keys = append(keys, k)
 	}
-	sort.Slice(keys, func(i, j int) bool { return keys[i].String() < keys[j].String() })
+	// By namespace, then name: an order without building a string per
+	// comparison (at 10,000 mirrors a pass sorts this three times).
+	slices.SortFunc(keys, func(a, b types.NamespacedName) int {
+		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
+	})
 	return keys
 }

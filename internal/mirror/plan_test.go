@@ -343,3 +343,30 @@ func TestLazyAllocatorAsksOnlyForNewPorts(t *testing.T) {
 		t.Fatal("a new port was handed out without knowing the others")
 	}
 }
+
+// BenchmarkCalculateSteady10000 is a whole-Link pass over 10,000 mirrored
+// services in steady state (nothing to change): what every resync costs.
+func BenchmarkCalculateSteady10000(b *testing.B) {
+	s := newState()
+	var remote []RemoteService
+	for i := range 10000 {
+		remote = append(remote, RemoteService{Service: remoteSvc("shop", fmt.Sprintf("svc-%05d", i), httpPort(8080))})
+	}
+	first := Calculate(s.inputWith(remote, PortRange{20000, 39999}))
+	s.apply(first)
+	if p := Calculate(s.inputWith(remote, PortRange{20000, 39999})); !p.Empty() || len(p.Problems) > 0 {
+		b.Fatalf("steady state is not empty: %d creates, %d updates, problems %v", len(p.CreateServices), len(p.UpdateServices)+len(p.UpdateSlices), p.Problems)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if p := Calculate(s.inputWith(remote, PortRange{20000, 39999})); !p.Empty() {
+			b.Fatal("not empty")
+		}
+	}
+}
+
+func (s *state) inputWith(remote []RemoteService, r PortRange) Input {
+	in := s.input(remote, nil)
+	in.Ports = NewAllocator(r, s.ports)
+	return in
+}
