@@ -83,6 +83,10 @@ type Reconciler struct {
 	// nextPort is where single changes look for a new gateway port
 	// (under syncMu).
 	nextPort int32
+	// verified is, per Link, what its last whole-Link pass found in sync
+	// (under syncMu): the next pass rebuilds only what changed since.
+	verified           map[types.NamespacedName]Verified
+	verifiedGeneration map[types.NamespacedName]int64
 	// ownWrites tells the events of this controller's own writes from
 	// everyone else's.
 	ownWrites ownWrites

@@ -49,7 +49,24 @@ type Input struct {
 	ExcludedLabels      map[string]bool
 	ExcludedAnnotations map[string]bool
 	CreateNamespaces    bool
+	// Verified is what the previous plan of this Link found in sync (its
+	// Plan.Verified); nil compares every mirror.
+	Verified Verified
 }
+
+// Verified records, for each mirror a plan compared in full and found in
+// sync, the versions it compared: the remote Service's resourceVersion,
+// the mirror's and its EndpointSlice's, and the Link-wide inputs (the
+// cluster, exclusions, gateway addresses, liveness). When all four are
+// the same again, nothing the mirror is computed from has changed and the
+// plan keeps it without rebuilding it to compare: a resync over 10,000
+// unchanged mirrors then costs lookups, not 20,000 objects built and
+// compared. Any edit on either side moves a resourceVersion and brings the
+// full comparison back.
+type Verified map[types.NamespacedName]VerifiedAt
+
+// VerifiedAt are the versions a mirror was found in sync at.
+type VerifiedAt struct{ Remote, Service, Slice, Shape string }
 
 // Plan is what to change locally.
 type Plan struct {
@@ -67,6 +84,9 @@ type Plan struct {
 	// CreatesPerPodMirrors: some Service created is a per-pod mirror, whose
 	// cluster IP its headless mirror's endpoints need once it exists.
 	CreatesPerPodMirrors bool
+	// Verified are the mirrors found (or kept) in sync, for the next plan's
+	// Input.Verified.
+	Verified Verified
 }
 
 // Empty reports whether the plan changes nothing.
@@ -84,19 +104,51 @@ func owned(svc *corev1.Service, cluster string) bool {
 	return svc.Labels[v1alpha1.ManagedByLabel] == v1alpha1.ManagedByValue && svc.Labels[v1alpha1.MirroredFromLabel] == cluster
 }
 
-// desired is one mirror Service with its EndpointSlice.
+// desired is one mirror Service with its EndpointSlice. remoteRV is the
+// remote Service's resourceVersion for a plain mirror (empty for the
+// mirrors of headless Services, whose endpoints come from elsewhere too);
+// kept marks a mirror verified unchanged, not rebuilt.
 type desired struct {
-	svc   *corev1.Service
-	slice *discoveryv1.EndpointSlice
+	svc      *corev1.Service
+	slice    *discoveryv1.EndpointSlice
+	remoteRV string
+	kept     bool
+}
+
+// shapeOf is the Link-wide part of every mirror's inputs, as a string.
+func shapeOf(in Input) string {
+	var b strings.Builder
+	b.WriteString(in.Cluster)
+	for _, m := range []map[string]bool{in.ExcludedLabels, in.ExcludedAnnotations} {
+		b.WriteByte('|')
+		for _, k := range slices.Sorted(maps.Keys(m)) {
+			if m[k] {
+				b.WriteString(k)
+				b.WriteByte(',')
+			}
+		}
+	}
+	b.WriteByte('|')
+	b.WriteString(strings.Join(in.GatewayAddresses, ","))
+	if in.Alive {
+		b.WriteString("|alive")
+	}
+	return b.String()
 }
 
 // Calculate computes the plan. It is pure: same input, same plan.
 func Calculate(in Input) *Plan {
-	p := &Plan{}
+	p := &Plan{Verified: Verified{}}
+	shape := shapeOf(in)
 	want := map[types.NamespacedName]desired{}
 	newNamespaces := map[string]bool{}
-	remote := slices.Clone(in.Remote)
-	slices.SortFunc(remote, func(a, b RemoteService) int {
+	// In a stable order, sorting pointers: the Services themselves are
+	// large and the input is not ours to reorder.
+	remote := make([]*RemoteService, len(in.Remote))
+	for i := range in.Remote {
+		remote[i] = &in.Remote[i]
+	}
+	slices.SortFunc(remote, func(a, b *RemoteService) int {
 		return cmp.Or(cmp.Compare(a.Service.Namespace, b.Service.Namespace), cmp.Compare(a.Service.Name, b.Service.Name))
 	})
 	for _, r := range remote {
@@ -116,8 +168,20 @@ func Calculate(in Input) *Plan {
 		}
 		headless := rs.Spec.ClusterIP == corev1.ClusterIPNone
 		if headless && len(r.Hostnames) > 0 {
-			mirrorHeadless(p, in, r, want)
+			mirrorHeadless(p, in, *r, want)
 			continue
+		}
+		if !headless && in.Verified != nil {
+			key := types.NamespacedName{Namespace: rs.Namespace, Name: MirrorName(rs.Name, in.Cluster)}
+			cur, sl := in.Local[key], in.LocalSlices[key]
+			if cur != nil && sl != nil {
+				at := VerifiedAt{Remote: rs.ResourceVersion, Service: cur.ResourceVersion, Slice: sl.ResourceVersion, Shape: shape}
+				if v, ok := in.Verified[key]; ok && v == at {
+					want[key] = desired{kept: true}
+					p.Verified[key] = at
+					continue
+				}
+			}
 		}
 		addMirror(p, in, rs, "", headless, want)
 	}
@@ -125,7 +189,11 @@ func Calculate(in Input) *Plan {
 	// Creates and updates.
 	for _, key := range sortedKeys(want) {
 		d := want[key]
+		if d.kept {
+			continue
+		}
 		cur, exists := in.Local[key]
+		inSync := exists && d.remoteRV != "" && cur.ResourceVersion != ""
 		switch {
 		case !exists:
 			p.CreateServices = append(p.CreateServices, d.svc)
@@ -136,14 +204,17 @@ func Calculate(in Input) *Plan {
 		default:
 			if up := updatedService(cur, d.svc); up != nil {
 				p.UpdateServices = append(p.UpdateServices, up)
+				inSync = false
 			}
 		}
 		if d.slice == nil {
 			continue
 		}
-		if cur, ok := in.LocalSlices[key]; ok {
-			if up := updatedSlice(cur, d.slice); up != nil {
+		if sl, ok := in.LocalSlices[key]; ok {
+			if up := updatedSlice(sl, d.slice); up != nil {
 				p.UpdateSlices = append(p.UpdateSlices, up)
+			} else if inSync && sl.ResourceVersion != "" && isHeadless(cur) == isHeadless(d.svc) {
+				p.Verified[key] = VerifiedAt{Remote: d.remoteRV, Service: cur.ResourceVersion, Slice: sl.ResourceVersion, Shape: shape}
 			}
 		} else {
 			p.CreateSlices = append(p.CreateSlices, d.slice)
@@ -229,7 +300,11 @@ func addMirror(p *Plan, in Input, rs corev1.Service, hostname string, headless b
 			Name: ptr.To(sp.Name), Port: ptr.To(port), Protocol: ptr.To(sp.Protocol), AppProtocol: sp.AppProtocol,
 		})
 	}
-	want[key] = desired{svc: svc, slice: slice}
+	d := desired{svc: svc, slice: slice}
+	if hostname == "" && !headless {
+		d.remoteRV = rs.ResourceVersion
+	}
+	want[key] = d
 	return key, true
 }
 

@@ -30,6 +30,7 @@ type state struct {
 	slices map[types.NamespacedName]*discoveryv1.EndpointSlice
 	ports  map[string]int32
 	ns     map[string]bool
+	rv     int // the last resourceVersion handed out
 }
 
 func newState() *state {
@@ -60,10 +61,15 @@ func (s *state) apply(p *Plan) {
 				c.Spec.Ports[i].TargetPort.IntVal = c.Spec.Ports[i].Port
 			}
 		}
+		s.rv++
+		c.ResourceVersion = fmt.Sprint(s.rv)
 		s.local[key(c.Namespace, c.Name)] = c
 	}
 	for _, sl := range append(p.CreateSlices, p.UpdateSlices...) {
-		s.slices[key(sl.Namespace, sl.Name)] = sl.DeepCopy()
+		c := sl.DeepCopy()
+		s.rv++
+		c.ResourceVersion = fmt.Sprint(s.rv)
+		s.slices[key(sl.Namespace, sl.Name)] = c
 		for _, port := range sl.Ports {
 			s.ports[PortKey(sl.Namespace, sl.Name, *port.Name)] = *port.Port
 		}
@@ -357,16 +363,139 @@ func BenchmarkCalculateSteady10000(b *testing.B) {
 	if p := Calculate(s.inputWith(remote, PortRange{20000, 39999})); !p.Empty() || len(p.Problems) > 0 {
 		b.Fatalf("steady state is not empty: %d creates, %d updates, problems %v", len(p.CreateServices), len(p.UpdateServices)+len(p.UpdateSlices), p.Problems)
 	}
-	b.ReportAllocs()
-	for b.Loop() {
-		if p := Calculate(s.inputWith(remote, PortRange{20000, 39999})); !p.Empty() {
-			b.Fatal("not empty")
+	b.Run("compared in full", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if p := Calculate(s.inputWith(remote, PortRange{20000, 39999})); !p.Empty() {
+				b.Fatal("not empty")
+			}
 		}
-	}
+	})
+	b.Run("verified before", func(b *testing.B) {
+		verified := Calculate(s.inputWith(remote, PortRange{20000, 39999})).Verified
+		if len(verified) != 10000 {
+			b.Fatalf("%d mirrors verified, want 10000", len(verified))
+		}
+		b.ReportAllocs()
+		for b.Loop() {
+			in := s.inputWith(remote, PortRange{20000, 39999})
+			in.Verified = verified
+			if p := Calculate(in); !p.Empty() || p.Mirrors != 10000 {
+				b.Fatal("not empty")
+			}
+		}
+	})
 }
 
 func (s *state) inputWith(remote []RemoteService, r PortRange) Input {
 	in := s.input(remote, nil)
 	in.Ports = NewAllocator(r, s.ports)
 	return in
+}
+
+// TestVerifiedMirrorsAreKeptUntilSomethingMoves: a plan given what the
+// previous one verified keeps those mirrors without comparing them, and
+// compares again — planning the same writes as without the record — as
+// soon as the remote Service, the mirror, its slice or the Link-wide
+// inputs change.
+func TestVerifiedMirrorsAreKeptUntilSomethingMoves(t *testing.T) {
+	remote := func(rv string, labels map[string]string) []RemoteService {
+		a := remoteSvc("shop", "cart", httpPort(8080))
+		a.ResourceVersion = rv
+		for k, v := range labels {
+			a.Labels[k] = v
+		}
+		return []RemoteService{{Service: a}, {Service: remoteSvc("shop", "orders", httpPort(80))}}
+	}
+	setup := func() (*state, Verified) {
+		s := newState()
+		s.apply(Calculate(s.input(remote("7", nil), nil)))
+		p := Calculate(s.input(remote("7", nil), nil))
+		if !p.Empty() || len(p.Verified) != 2 {
+			t.Fatalf("steady state: empty %v, %d verified", p.Empty(), len(p.Verified))
+		}
+		return s, p.Verified
+	}
+	cart := key("shop", "cart-east")
+	// same checks the plan with and without the record plans the same.
+	same := func(t *testing.T, s *state, rs []RemoteService, v Verified, mutate func(*Input)) *Plan {
+		t.Helper()
+		withRecord := Calculate(s.input(rs, func(in *Input) {
+			in.Verified = v
+			if mutate != nil {
+				mutate(in)
+			}
+		}))
+		without := Calculate(s.input(rs, mutate))
+		if len(withRecord.UpdateServices) != len(without.UpdateServices) || len(withRecord.UpdateSlices) != len(without.UpdateSlices) ||
+			len(withRecord.CreateServices) != len(without.CreateServices) || len(withRecord.DeleteServices) != len(without.DeleteServices) ||
+			withRecord.Mirrors != without.Mirrors {
+			t.Fatalf("with the record: %d/%d service updates/creates, %d slice updates; without: %d/%d, %d",
+				len(withRecord.UpdateServices), len(withRecord.CreateServices), len(withRecord.UpdateSlices),
+				len(without.UpdateServices), len(without.CreateServices), len(without.UpdateSlices))
+		}
+		return withRecord
+	}
+
+	t.Run("nothing moved: kept, nothing planned", func(t *testing.T) {
+		s, v := setup()
+		p := same(t, s, remote("7", nil), v, nil)
+		if !p.Empty() || p.Mirrors != 2 || p.Verified[cart] != v[cart] {
+			t.Fatalf("plan %+v", p)
+		}
+	})
+	t.Run("the remote Service changed", func(t *testing.T) {
+		s, v := setup()
+		p := same(t, s, remote("8", map[string]string{"tier": "gold"}), v, nil)
+		if len(p.UpdateServices) != 1 || p.UpdateServices[0].Labels["tier"] != "gold" {
+			t.Fatalf("the remote label change is not planned: %+v", p.UpdateServices)
+		}
+		if _, ok := p.Verified[cart]; ok {
+			t.Fatal("a mirror about to be updated is recorded as in sync")
+		}
+	})
+	t.Run("the mirror was edited here", func(t *testing.T) {
+		s, v := setup()
+		s.local[cart].Labels["team"] = "someone-else"
+		s.local[cart].ResourceVersion = "999"
+		p := same(t, s, remote("7", nil), v, nil)
+		if len(p.UpdateServices) != 1 || p.UpdateServices[0].Labels["team"] != "payments" {
+			t.Fatalf("the local edit is not undone: %+v", p.UpdateServices)
+		}
+	})
+	t.Run("the slice was edited here", func(t *testing.T) {
+		s, v := setup()
+		s.slices[cart].Endpoints = nil
+		s.slices[cart].ResourceVersion = "999"
+		if p := same(t, s, remote("7", nil), v, nil); len(p.UpdateSlices) != 1 {
+			t.Fatalf("the slice edit is not undone: %+v", p.UpdateSlices)
+		}
+	})
+	t.Run("the gateway moved", func(t *testing.T) {
+		s, v := setup()
+		p := same(t, s, remote("7", nil), v, func(in *Input) { in.GatewayAddresses = []string{"10.213.0.9"} })
+		if len(p.UpdateSlices) != 2 {
+			t.Fatalf("%d slices updated, want both", len(p.UpdateSlices))
+		}
+	})
+	t.Run("the remote gateway died", func(t *testing.T) {
+		s, v := setup()
+		if p := same(t, s, remote("7", nil), v, func(in *Input) { in.Alive = false }); len(p.UpdateSlices) != 2 {
+			t.Fatalf("%d slices updated, want both", len(p.UpdateSlices))
+		}
+	})
+	t.Run("a label is now excluded", func(t *testing.T) {
+		s, v := setup()
+		p := same(t, s, remote("7", nil), v, func(in *Input) { in.ExcludedLabels = map[string]bool{"team": true} })
+		if len(p.UpdateServices) != 2 {
+			t.Fatalf("%d mirrors updated, want both", len(p.UpdateServices))
+		}
+	})
+	t.Run("the remote Service is gone", func(t *testing.T) {
+		s, v := setup()
+		p := same(t, s, remote("7", nil)[1:], v, nil)
+		if len(p.DeleteServices) != 1 || p.DeleteServices[0].Name != "cart-east" || p.Mirrors != 1 {
+			t.Fatalf("the mirror of a gone Service is not deleted: %+v", p.DeleteServices)
+		}
+	})
 }

@@ -64,8 +64,20 @@ func (r *Reconciler) sync(ctx context.Context, link *v1alpha1.Link, w *remoteWat
 	if err := r.readSlices(ctx, &in, func(*discoveryv1.EndpointSlice) bool { return true }); err != nil {
 		return nil, err
 	}
+	linkKey := types.NamespacedName{Namespace: link.Namespace, Name: link.Name}
+	if link.Generation == r.verifiedGeneration[linkKey] {
+		in.Verified = r.verified[linkKey]
+	}
 	plan := Calculate(in)
-	return plan, r.apply(ctx, plan)
+	if err := r.apply(ctx, plan); err != nil {
+		delete(r.verified, linkKey)
+		return plan, err
+	}
+	if r.verified == nil {
+		r.verified, r.verifiedGeneration = map[types.NamespacedName]Verified{}, map[types.NamespacedName]int64{}
+	}
+	r.verified[linkKey], r.verifiedGeneration[linkKey] = plan.Verified, link.Generation
+	return plan, nil
 }
 
 // syncService plans and applies the mirrors of one remote Service only:
@@ -416,6 +428,9 @@ func ignoreExists(err error) error {
 // finalize deletes the Link's mirrors, then lets the Link go.
 func (r *Reconciler) finalize(ctx context.Context, link *v1alpha1.Link) error {
 	r.stopWatch(types.NamespacedName{Namespace: link.Namespace, Name: link.Name})
+	r.syncMu.Lock()
+	delete(r.verified, types.NamespacedName{Namespace: link.Namespace, Name: link.Name})
+	r.syncMu.Unlock()
 	cluster := link.Spec.TargetClusterName
 	sel := client.MatchingLabels{v1alpha1.MirroredFromLabel: cluster}
 	var svcs corev1.ServiceList
