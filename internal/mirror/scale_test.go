@@ -24,8 +24,10 @@ import (
 	"github.com/backbone-mesh/backbone/internal/testenv"
 )
 
-// TestLargeSyncSurvivesRemoteOutage: 1,000 exported services are mirrored;
-// then the remote API server is made unreachable four ways: black-holed by
+// TestLargeSyncSurvivesRemoteOutage: 1,000 exported services are mirrored,
+// the remote kube-apiserver stopped for 8 s in the middle of that first
+// sync (nothing written is deleted or rewritten; the sync completes); then
+// the remote API server is made unreachable four ways: black-holed by
 // the fault proxy (connections hang), cut off by it (connections reset and
 // refused), its kube-apiserver process stopped (SIGSTOP for longer than the
 // controller's request timeout, then SIGCONT), and killed outright
@@ -67,11 +69,42 @@ func TestLargeSyncSurvivesRemoteOutage(t *testing.T) {
 	createLink(t, west, "east", linkReaderKubeconfig(t, east, "https://"+proxy.Addr()))
 	start := time.Now()
 	runController(t, west)
+
+	// An outage in the middle of the first sync: east's kube-apiserver
+	// stopped once a tenth of the mirrors exist. What is already written is
+	// neither deleted nor rewritten (the controller may go on writing what
+	// it had planned from its cache), and the sync completes after SIGCONT.
+	eventually(t, "the first sync under way", func() bool { return countMirrors(t, west) >= n/10 })
+	if err := east.SignalAPIServer(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = east.SignalAPIServer(syscall.SIGCONT) })
+	stopped := time.Now()
+	midSync := snapshot(t, west)
+	eventually(t, "the Link reports the outage during the first sync", func() bool {
+		c := linkReady(west, "east")
+		return c != nil && c.Reason == mirror.ReasonRemoteUnreachable
+	})
+	time.Sleep(time.Until(stopped.Add(8 * time.Second)))
+	written := 0
+	for _, obj := range changedObjects(midSync, snapshot(t, west)) {
+		if strings.Contains(midSync, obj+" ") {
+			t.Errorf("%s changed while east was stopped in the middle of the first sync", obj)
+			continue
+		}
+		written++
+	}
+	if err := east.SignalAPIServer(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("east's API server stopped %s into the first sync for 8 s, with %d mirror objects written: none of them changed; %d more were written from what had been planned",
+		stopped.Sub(start).Round(100*time.Millisecond), strings.Count(midSync, "; "), written)
+
 	eventually(t, fmt.Sprintf("%d mirrors with their EndpointSlices, Link synced", n), func() bool {
 		c := linkReady(west, "east")
 		return countMirrors(t, west) == n && countSlices(t, west) == n && c != nil && c.Reason == mirror.ReasonSynced
 	})
-	t.Logf("%d services mirrored (Services, EndpointSlices, status) in %s, controller started cold", n, time.Since(start).Round(time.Millisecond))
+	t.Logf("%d services mirrored (Services, EndpointSlices, status) in %s, controller started cold, an 8 s outage included", n, time.Since(start).Round(time.Millisecond))
 
 	// Single changes' propagation, one at a time: from the write to the
 	// remote API server (its round trip included) to the mirror's update
