@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -244,7 +245,7 @@ func mirrorOnce(ctx context.Context, dir, bin string, n, rate int, changeFor, ou
 		res.props = append(res.props, p)
 		return nil
 	}
-	if err := record(ch.isolated(ctx, 30)); err != nil {
+	if err := record(ch.isolated(ctx, 60)); err != nil {
 		return res, err
 	}
 	if err := record(ch.sustained(ctx, rate, changeFor)); err != nil {
@@ -401,6 +402,7 @@ type changer struct {
 	// server a cluster IP, the part of its path the mirror's creation in
 	// west pays again.
 	writesByOp map[string][]time.Duration
+	slowest    []timedChange // every change seen, for the slowest in the log
 	next       int
 	stop       func()
 }
@@ -447,6 +449,7 @@ func newChanger(ctx context.Context, east, west *testenv.Cluster, n int) (*chang
 				op, _, _ := strings.Cut(key, "/")
 				c.took[op] = append(c.took[op], seen.Sub(t))
 				c.seenAt[key] = seen
+				c.slowest = append(c.slowest, timedChange{key, seen.Sub(t), len(c.slowest) + 1})
 				delete(c.sent, key)
 				if op == "create" {
 					c.created = append(c.created, remote)
@@ -545,8 +548,19 @@ func (c *changer) collect() (map[string][]time.Duration, int) {
 		}
 	}
 	c.took, c.sent, c.writes = map[string][]time.Duration{}, map[string]time.Time{}, nil
-	c.acked, c.seenAt, c.writesByOp = map[string]time.Time{}, map[string]time.Time{}, map[string][]time.Duration{}
+	slices.SortFunc(c.slowest, func(a, b timedChange) int { return cmp.Compare(b.took, a.took) })
+	for i, tc := range c.slowest[:min(3, len(c.slowest))] {
+		log.Printf("    slowest #%d: %s in %s (seq %d of this run)", i+1, tc.key, tc.took.Round(100*time.Microsecond), tc.seq)
+	}
+	c.acked, c.seenAt, c.writesByOp, c.slowest = map[string]time.Time{}, map[string]time.Time{}, map[string][]time.Duration{}, nil
 	return took, lost
+}
+
+// timedChange is one change seen on west.
+type timedChange struct {
+	key  string
+	took time.Duration
+	seq  int
 }
 
 // propagation is one way of changing: its times by operation.

@@ -312,6 +312,12 @@ func TestAllocatorIsStableAndUnique(t *testing.T) {
 	if p1 == 101 || p2 == 101 || p1 == p2 {
 		t.Fatalf("duplicate ports %d %d", p1, p2)
 	}
+	// Where single changes will look next: after the last port handed out
+	// (not from the start of the range, through every port a first sync
+	// allocated).
+	if a.Next() != p2+1 {
+		t.Fatalf("next search starts at %d, want %d", a.Next(), p2+1)
+	}
 	if _, err := a.Get("d"); err == nil {
 		t.Fatal("allocated beyond the range")
 	}

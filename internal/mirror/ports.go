@@ -102,10 +102,9 @@ func (a *Allocator) Get(key string) (int32, error) {
 			if t {
 				continue
 			}
-			a.next = p + 1
 		}
 		a.byKey[key], a.used[p] = p, key
-		a.fresh = true
+		a.fresh, a.next = true, p+1
 		return p, nil
 	}
 	return 0, fmt.Errorf("no free gateway port in %d-%d", a.r.Low, a.r.High)

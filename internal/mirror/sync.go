@@ -69,6 +69,12 @@ func (r *Reconciler) sync(ctx context.Context, link *v1alpha1.Link, w *remoteWat
 		in.Verified = r.verified[linkKey]
 	}
 	plan := Calculate(in)
+	if in.Ports.HandedOut() {
+		// Single changes look for new ports after the last one handed
+		// out here: from the start of the range, the first one after a
+		// first sync of 10,000 mirrors would ask about 10,000 taken ports.
+		r.nextPort = in.Ports.Next()
+	}
 	if err := r.apply(ctx, plan); err != nil {
 		delete(r.verified, linkKey)
 		return plan, err
