@@ -116,7 +116,7 @@ func main() {
 	flag.Int64Var(&o.bulkBytes, "bulk-bytes", 1<<30, "bytes of the single-stream bulk transfer")
 	flag.StringVar(&o.perfDir, "perf-dir", "", "record perf profiles of the proxies during saturation and the single-stream bulk transfer into this directory (perturbs the figures: a diagnostic, not a measurement)")
 	flag.StringVar(&sections, "sections", "paths,mirroring", "what to measure: paths (latency, throughput, new connections against the peers), mirroring (at scale)")
-	flag.StringVar(&sizes, "mirror-services", "1000,10000", "numbers of exported services to mirror")
+	flag.StringVar(&sizes, "mirror-services", "1000,5000,10000", "numbers of exported services to mirror")
 	flag.IntVar(&o.mirrorRate, "mirror-rate", 10, "single changes per second while sustained propagation is measured")
 	flag.BoolVar(&o.keep, "keep", false, "keep the working directory (clusters' data, processes' logs)")
 	flag.StringVar(&controllerLogLevel, "mirror-controller-log-level", controllerLogLevel, "--log-level of the mirroring controller (debug logs every single change's time)")
