@@ -323,25 +323,9 @@ var heapDir string
 // saveHeap writes the controller's heap profile (after a GC) into heapDir
 // and logs the Go heap figures next to the process's RSS.
 func saveHeap(addr string, n int, when string) {
-	if heapDir == "" {
-		return
+	if heapDir != "" {
+		saveProfile(addr, "heap?gc=1", filepath.Join(heapDir, fmt.Sprintf("controller-%d-heap-%s.pb.gz", n, when)))
 	}
-	resp, err := http.Get("http://" + addr + "/debug/pprof/heap?gc=1")
-	if err != nil {
-		log.Printf("  heap profile %s: %v", when, err)
-		return
-	}
-	defer func() { _ = resp.Body.Close() }()
-	path := filepath.Join(heapDir, fmt.Sprintf("controller-%d-heap-%s.pb.gz", n, when))
-	data, err := io.ReadAll(resp.Body)
-	if err == nil {
-		err = os.WriteFile(path, data, 0o644)
-	}
-	if err != nil {
-		log.Printf("  heap profile %s: %v", when, err)
-		return
-	}
-	log.Printf("  heap profile %s: %s (go tool pprof -sample_index=inuse_space %s)", when, path, path)
 }
 
 func createScaleServices(ctx context.Context, c client.Client, n int) error {

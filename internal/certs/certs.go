@@ -89,38 +89,16 @@ func (a *Anchor) Issue(cluster string, validity time.Duration) (certPEM, keyPEM 
 	if err != nil {
 		return nil, nil, err
 	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	der, keyPEM, err := a.sign(validity, func(tmpl *x509.Certificate, _ *ecdsa.PrivateKey) {
+		tmpl.Subject = pkix.Name{CommonName: cluster, Organization: []string{"backbone"}}
+		tmpl.KeyUsage = x509.KeyUsageDigitalSignature
+		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}
+		tmpl.URIs = []*url.URL{id.URL()}
+	})
 	if err != nil {
 		return nil, nil, err
 	}
-	sn, err := serial()
-	if err != nil {
-		return nil, nil, err
-	}
-	now := time.Now()
-	notAfter := now.Add(validity)
-	if notAfter.After(a.Cert.NotAfter) {
-		notAfter = a.Cert.NotAfter
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: sn,
-		Subject:      pkix.Name{CommonName: cluster, Organization: []string{"backbone"}},
-		NotBefore:    now.Add(-5 * time.Minute),
-		NotAfter:     notAfter,
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-		URIs:         []*url.URL{id.URL()},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, a.Cert, &key.PublicKey, a.Key)
-	if err != nil {
-		return nil, nil, err
-	}
-	keyDER, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		return nil, nil, err
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), nil
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), keyPEM, nil
 }
 
 // IssueCA creates an issuing CA signed by the anchor, for one cluster's
@@ -134,6 +112,24 @@ func (a *Anchor) IssueCA(name string, validity time.Duration) (certPEM, keyPEM [
 	if _, err := identity.New(a.TrustDomain, name); err != nil {
 		return nil, nil, err
 	}
+	der, keyPEM, err := a.sign(validity, func(tmpl *x509.Certificate, key *ecdsa.PrivateKey) {
+		skid := sha256.Sum256(elliptic.MarshalCompressed(elliptic.P256(), key.X, key.Y))
+		tmpl.Subject = pkix.Name{CommonName: "backbone issuing CA " + name, Organization: []string{"backbone"}}
+		tmpl.IsCA, tmpl.BasicConstraintsValid, tmpl.MaxPathLenZero = true, true, true
+		tmpl.KeyUsage = x509.KeyUsageCertSign | x509.KeyUsageCRLSign
+		tmpl.SubjectKeyId = skid[:20]
+		tmpl.PermittedURIDomains = []string{a.TrustDomain}
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	return append(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), a.CertPEM()...), keyPEM, nil
+}
+
+// sign makes a new P-256 key and a certificate for it signed by the
+// anchor, valid from five minutes ago (clock skew) for validity, capped at
+// the anchor's expiry; fill sets the rest of the template.
+func (a *Anchor) sign(validity time.Duration, fill func(*x509.Certificate, *ecdsa.PrivateKey)) (der, keyPEM []byte, err error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, nil, err
@@ -143,33 +139,19 @@ func (a *Anchor) IssueCA(name string, validity time.Duration) (certPEM, keyPEM [
 		return nil, nil, err
 	}
 	now := time.Now()
-	notAfter := now.Add(validity)
-	if notAfter.After(a.Cert.NotAfter) {
-		notAfter = a.Cert.NotAfter
+	tmpl := &x509.Certificate{SerialNumber: sn, NotBefore: now.Add(-5 * time.Minute), NotAfter: now.Add(validity)}
+	if tmpl.NotAfter.After(a.Cert.NotAfter) {
+		tmpl.NotAfter = a.Cert.NotAfter
 	}
-	skid := sha256.Sum256(elliptic.MarshalCompressed(elliptic.P256(), key.X, key.Y))
-	tmpl := &x509.Certificate{
-		SerialNumber:          sn,
-		Subject:               pkix.Name{CommonName: "backbone issuing CA " + name, Organization: []string{"backbone"}},
-		NotBefore:             now.Add(-5 * time.Minute),
-		NotAfter:              notAfter,
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		MaxPathLenZero:        true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-		SubjectKeyId:          skid[:20],
-		PermittedURIDomains:   []string{a.TrustDomain},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, a.Cert, &key.PublicKey, a.Key)
-	if err != nil {
+	fill(tmpl, key)
+	if der, err = x509.CreateCertificate(rand.Reader, tmpl, a.Cert, &key.PublicKey, a.Key); err != nil {
 		return nil, nil, err
 	}
 	keyDER, err := x509.MarshalECPrivateKey(key)
 	if err != nil {
 		return nil, nil, err
 	}
-	chain := append(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), a.CertPEM()...)
-	return chain, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), nil
+	return der, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), nil
 }
 
 // CertPEM is the anchor's certificate in PEM.
