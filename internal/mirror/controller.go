@@ -87,6 +87,7 @@ type Reconciler struct {
 	// (under syncMu): the next pass rebuilds only what changed since.
 	verified           map[types.NamespacedName]Verified
 	verifiedGeneration map[types.NamespacedName]int64
+	passes             map[types.NamespacedName]int // whole-Link passes made, per Link (under syncMu)
 	// ownWrites tells the events of this controller's own writes from
 	// everyone else's.
 	ownWrites ownWrites

@@ -65,7 +65,15 @@ func (r *Reconciler) sync(ctx context.Context, link *v1alpha1.Link, w *remoteWat
 		return nil, err
 	}
 	linkKey := types.NamespacedName{Namespace: link.Namespace, Name: link.Name}
-	if link.Generation == r.verifiedGeneration[linkKey] {
+	// Every fullCompareEvery-th pass compares every mirror whatever the
+	// record says (every 5 minutes at the default resync): a safety net
+	// for what no resourceVersion shows, such as two mirrors left holding
+	// one gateway port by an interrupted write.
+	if r.passes == nil {
+		r.passes = map[types.NamespacedName]int{}
+	}
+	r.passes[linkKey]++
+	if link.Generation == r.verifiedGeneration[linkKey] && r.passes[linkKey]%fullCompareEvery != 0 {
 		in.Verified = r.verified[linkKey]
 	}
 	plan := Calculate(in)
@@ -198,6 +206,10 @@ const (
 	needCount              // the mirror count moved
 	needLink               // a whole-Link pass: problems, or a failed write
 )
+
+// fullCompareEvery is how often a whole-Link pass ignores what the
+// previous ones verified.
+const fullCompareEvery = 10
 
 // mirrorOfIndex indexes the local mirrors by the remote Service they
 // mirror (cluster/name; the namespace is the same on both sides).
@@ -436,6 +448,7 @@ func (r *Reconciler) finalize(ctx context.Context, link *v1alpha1.Link) error {
 	r.stopWatch(types.NamespacedName{Namespace: link.Namespace, Name: link.Name})
 	r.syncMu.Lock()
 	delete(r.verified, types.NamespacedName{Namespace: link.Namespace, Name: link.Name})
+	delete(r.passes, types.NamespacedName{Namespace: link.Namespace, Name: link.Name})
 	r.syncMu.Unlock()
 	cluster := link.Spec.TargetClusterName
 	sel := client.MatchingLabels{v1alpha1.MirroredFromLabel: cluster}
