@@ -83,11 +83,9 @@ type Reconciler struct {
 	// nextPort is where single changes look for a new gateway port
 	// (under syncMu).
 	nextPort int32
-	// verified is, per Link, what its last whole-Link pass found in sync
-	// (under syncMu): the next pass rebuilds only what changed since.
-	verified           map[types.NamespacedName]Verified
-	verifiedGeneration map[types.NamespacedName]int64
-	passes             map[types.NamespacedName]int // whole-Link passes made, per Link (under syncMu)
+	// passes is, per Link, what its whole-Link passes left for the next
+	// one (under syncMu).
+	passes map[types.NamespacedName]*linkPasses
 	// ownWrites tells the events of this controller's own writes from
 	// everyone else's.
 	ownWrites ownWrites
@@ -293,6 +291,15 @@ func (w *ownWrites) forget(o client.Object) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	delete(w.rv, ownKey(o))
+}
+
+// linkPasses is what a Link's whole-Link passes carry from one to the
+// next: the mirrors the last one found in sync, at which generation of
+// the Link, and how many passes were made.
+type linkPasses struct {
+	verified   Verified
+	generation int64
+	count      int
 }
 
 // serviceWorkers mirror single changes side by side: their plans take

@@ -70,11 +70,16 @@ func (r *Reconciler) sync(ctx context.Context, link *v1alpha1.Link, w *remoteWat
 	// for what no resourceVersion shows, such as two mirrors left holding
 	// one gateway port by an interrupted write.
 	if r.passes == nil {
-		r.passes = map[types.NamespacedName]int{}
+		r.passes = map[types.NamespacedName]*linkPasses{}
 	}
-	r.passes[linkKey]++
-	if link.Generation == r.verifiedGeneration[linkKey] && r.passes[linkKey]%fullCompareEvery != 0 {
-		in.Verified = r.verified[linkKey]
+	passes := r.passes[linkKey]
+	if passes == nil {
+		passes = &linkPasses{}
+		r.passes[linkKey] = passes
+	}
+	passes.count++
+	if link.Generation == passes.generation && passes.count%fullCompareEvery != 0 {
+		in.Verified = passes.verified
 	}
 	plan := Calculate(in)
 	if in.Ports.HandedOut() {
@@ -84,13 +89,10 @@ func (r *Reconciler) sync(ctx context.Context, link *v1alpha1.Link, w *remoteWat
 		r.nextPort = in.Ports.Next()
 	}
 	if err := r.apply(ctx, plan); err != nil {
-		delete(r.verified, linkKey)
+		passes.verified = nil
 		return plan, err
 	}
-	if r.verified == nil {
-		r.verified, r.verifiedGeneration = map[types.NamespacedName]Verified{}, map[types.NamespacedName]int64{}
-	}
-	r.verified[linkKey], r.verifiedGeneration[linkKey] = plan.Verified, link.Generation
+	passes.verified, passes.generation = plan.Verified, link.Generation
 	return plan, nil
 }
 
@@ -447,7 +449,6 @@ func ignoreExists(err error) error {
 func (r *Reconciler) finalize(ctx context.Context, link *v1alpha1.Link) error {
 	r.stopWatch(types.NamespacedName{Namespace: link.Namespace, Name: link.Name})
 	r.syncMu.Lock()
-	delete(r.verified, types.NamespacedName{Namespace: link.Namespace, Name: link.Name})
 	delete(r.passes, types.NamespacedName{Namespace: link.Namespace, Name: link.Name})
 	r.syncMu.Unlock()
 	cluster := link.Spec.TargetClusterName
