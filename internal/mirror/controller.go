@@ -20,6 +20,7 @@ import (
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
@@ -63,7 +64,9 @@ type Options struct {
 
 // Reconciler keeps the mirrors of every Link.
 type Reconciler struct {
-	client   client.Client
+	client client.Client
+	// cache is the client's cache, read in place by whole-Link passes.
+	cache    cache.Cache
 	opts     Options
 	recorder events.EventRecorder
 	events   chan event.TypedGenericEvent[*v1alpha1.Link]
@@ -110,7 +113,7 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 		opts.Parallelism = 32
 	}
 	r := &Reconciler{
-		client: mgr.GetClient(), opts: opts,
+		client: mgr.GetClient(), cache: mgr.GetCache(), opts: opts,
 		recorder: mgr.GetEventRecorder("backbone-mirror"),
 		events:   make(chan event.TypedGenericEvent[*v1alpha1.Link], 1024),
 		watches:  map[types.NamespacedName]*remoteWatch{}, creds: map[types.NamespacedName]string{},
@@ -411,14 +414,14 @@ func (r *Reconciler) refreshCount(ctx context.Context, key types.NamespacedName)
 		return
 	}
 	cluster := link.Spec.TargetClusterName
-	var svcs corev1.ServiceList
-	if err := r.client.List(ctx, &svcs, client.MatchingLabels{v1alpha1.MirroredFromLabel: cluster}, client.UnsafeDisableDeepCopy); err != nil {
+	svcs, err := servicesInPlace(ctx, r.cache)
+	if err != nil {
 		r.enqueueLink(key)
 		return
 	}
 	n := 0
-	for i := range svcs.Items {
-		if owned(&svcs.Items[i], cluster) {
+	for _, s := range svcs {
+		if owned(s, cluster) {
 			n++
 		}
 	}

@@ -24,7 +24,8 @@ import (
 
 // RemoteService is one exported Service of the linked cluster.
 type RemoteService struct {
-	Service corev1.Service
+	// Service is read, never modified: it is the remote cache's own object.
+	Service *corev1.Service
 	// Hostnames of the pods behind a headless Service (StatefulSets).
 	Hostnames []string
 }
@@ -138,9 +139,11 @@ func shapeOf(in Input) string {
 
 // Calculate computes the plan. It is pure: same input, same plan.
 func Calculate(in Input) *Plan {
-	p := &Plan{Verified: Verified{}}
+	// Sized for one mirror per remote Service: grown from empty, the two
+	// maps of a pass over 10,000 would leave as much again behind.
+	p := &Plan{Verified: make(Verified, len(in.Remote))}
 	shape := shapeOf(in)
-	want := map[types.NamespacedName]desired{}
+	want := make(map[types.NamespacedName]desired, len(in.Remote))
 	newNamespaces := map[string]bool{}
 	// In a stable order, sorting pointers: the Services themselves are
 	// large and the input is not ours to reorder.
@@ -168,7 +171,7 @@ func Calculate(in Input) *Plan {
 		}
 		headless := rs.Spec.ClusterIP == corev1.ClusterIPNone
 		if headless && len(r.Hostnames) > 0 {
-			mirrorHeadless(p, in, *r, want)
+			mirrorHeadless(p, in, r, want)
 			continue
 		}
 		if !headless && in.Verified != nil {
@@ -256,7 +259,7 @@ func isHeadless(s *corev1.Service) bool { return s.Spec.ClusterIP == corev1.Clus
 // addMirror adds the mirror of rs (or of one pod hostname of rs) whose
 // endpoints are the gateway on allocated ports. It returns the mirror's key
 // or false when it cannot exist.
-func addMirror(p *Plan, in Input, rs corev1.Service, hostname string, headless bool, want map[types.NamespacedName]desired) (types.NamespacedName, bool) {
+func addMirror(p *Plan, in Input, rs *corev1.Service, hostname string, headless bool, want map[types.NamespacedName]desired) (types.NamespacedName, bool) {
 	name := MirrorName(rs.Name, in.Cluster)
 	if hostname != "" {
 		name = hostname + "-" + name
@@ -314,7 +317,7 @@ func addMirror(p *Plan, in Input, rs corev1.Service, hostname string, headless b
 // so <pod>.<svc>-<cluster>.<ns>.svc resolves as it does in the remote
 // cluster. The per-pod ClusterIPs are known once the per-pod mirrors
 // exist, so the headless mirror's endpoints fill in on the next pass.
-func mirrorHeadless(p *Plan, in Input, r RemoteService, want map[types.NamespacedName]desired) {
+func mirrorHeadless(p *Plan, in Input, r *RemoteService, want map[types.NamespacedName]desired) {
 	rs := r.Service
 	name := MirrorName(rs.Name, in.Cluster)
 	key := types.NamespacedName{Namespace: rs.Namespace, Name: name}
@@ -368,7 +371,7 @@ func protocolOf(sp corev1.ServicePort) corev1.Protocol {
 }
 
 // mirrorService builds the mirror Service of rs.
-func mirrorService(in Input, rs corev1.Service, name, hostname string, headless bool) *corev1.Service {
+func mirrorService(in Input, rs *corev1.Service, name, hostname string, headless bool) *corev1.Service {
 	labels := map[string]string{}
 	for k, v := range rs.Labels {
 		if !in.ExcludedLabels[k] && k != v1alpha1.ExportedLabel {

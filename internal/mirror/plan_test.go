@@ -2,6 +2,7 @@ package mirror
 
 import (
 	"fmt"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -13,8 +14,8 @@ import (
 	"github.com/backbone-mesh/backbone/api/v1alpha1"
 )
 
-func remoteSvc(ns, name string, ports ...corev1.ServicePort) corev1.Service {
-	return corev1.Service{
+func remoteSvc(ns, name string, ports ...corev1.ServicePort) *corev1.Service {
+	return &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, ResourceVersion: "7",
 			Labels:      map[string]string{v1alpha1.ExportedLabel: "true", "app": name, "team": "payments"},
 			Annotations: map[string]string{"note": "hi", corev1.LastAppliedConfigAnnotation: "{}"}},
@@ -35,6 +36,23 @@ type state struct {
 
 func newState() *state {
 	return &state{local: map[types.NamespacedName]*corev1.Service{}, slices: map[types.NamespacedName]*discoveryv1.EndpointSlice{}, ports: map[string]int32{}, ns: map[string]bool{"shop": true, "data": true}}
+}
+
+// copyInputs deep-copies what Calculate is given to read.
+func copyInputs(remote []RemoteService, s *state) ([]*corev1.Service, map[types.NamespacedName]*corev1.Service, map[types.NamespacedName]*discoveryv1.EndpointSlice) {
+	var r []*corev1.Service
+	for _, rs := range remote {
+		r = append(r, rs.Service.DeepCopy())
+	}
+	l := map[types.NamespacedName]*corev1.Service{}
+	for k, v := range s.local {
+		l[k] = v.DeepCopy()
+	}
+	sl := map[types.NamespacedName]*discoveryv1.EndpointSlice{}
+	for k, v := range s.slices {
+		sl[k] = v.DeepCopy()
+	}
+	return r, l, sl
 }
 
 func key(ns, name string) types.NamespacedName {
@@ -204,7 +222,7 @@ func TestCalculate(t *testing.T) {
 		},
 		"an ExternalName service is reported, not mirrored, and an existing mirror of it goes": {
 			before: []RemoteService{{Service: remoteSvc("shop", "cart", httpPort(8080))}},
-			remote: []RemoteService{{Service: func() corev1.Service {
+			remote: []RemoteService{{Service: func() *corev1.Service {
 				s := remoteSvc("shop", "cart", httpPort(8080))
 				s.Spec.Type, s.Spec.ExternalName = corev1.ServiceTypeExternalName, "cart.example.com"
 				return s
@@ -279,7 +297,13 @@ func TestCalculate(t *testing.T) {
 				s.apply(Calculate(s.input(tc.before, nil)))
 				s.apply(Calculate(s.input(tc.before, nil))) // second pass: per-pod ClusterIPs
 			}
+			// Calculate reads the caches' own objects in place: it must
+			// leave every input as it found it.
+			remoteBefore, localBefore, slicesBefore := copyInputs(tc.remote, s)
 			p := Calculate(s.input(tc.remote, tc.mutate))
+			if r, l, sl := copyInputs(tc.remote, s); !reflect.DeepEqual(r, remoteBefore) || !reflect.DeepEqual(l, localBefore) || !reflect.DeepEqual(sl, slicesBefore) {
+				t.Fatal("Calculate modified its input")
+			}
 			if tc.wantEmpty != p.Empty() {
 				t.Fatalf("Empty() = %v, plan %+v", p.Empty(), p)
 			}
@@ -294,7 +318,7 @@ func TestCalculate(t *testing.T) {
 	}
 }
 
-func headlessSvc() corev1.Service {
+func headlessSvc() *corev1.Service {
 	s := remoteSvc("data", "db", corev1.ServicePort{Name: "pg", Port: 5432})
 	s.Spec.ClusterIP = corev1.ClusterIPNone
 	return s

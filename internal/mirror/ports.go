@@ -40,7 +40,7 @@ type Allocator struct {
 // NewAllocator returns an allocator over r with the existing allocations
 // (key → port; keys are PortKey values).
 func NewAllocator(r PortRange, existing map[string]int32) *Allocator {
-	a := &Allocator{r: r, byKey: map[string]int32{}, used: map[int32]string{}}
+	a := &Allocator{r: r, byKey: make(map[string]int32, len(existing)), used: make(map[int32]string, len(existing))}
 	// In key order, so that of two keys claiming one port (a duplicate from
 	// an interrupted write) the same one keeps it on every pass.
 	for _, k := range slices.Sorted(maps.Keys(existing)) {

@@ -190,23 +190,23 @@ func (w *remoteWatch) ping(ctx context.Context) error {
 // with the pod hostnames of headless ones.
 func (w *remoteWatch) exported(ctx context.Context) ([]RemoteService, error) {
 	// Read in place: mirrors are built from copies of what they need.
-	var svcs corev1.ServiceList
-	if err := w.cache.List(ctx, &svcs, client.UnsafeDisableDeepCopy); err != nil {
+	svcs, err := servicesInPlace(ctx, w.cache)
+	if err != nil {
 		return nil, err
 	}
 	exports := map[string]bool{}
 	if w.hasServiceExports {
 		var ses mcsv1beta1.ServiceExportList
-		if err := w.cache.List(ctx, &ses); err != nil {
+		if err := w.cache.List(ctx, &ses, client.UnsafeDisableDeepCopy); err != nil {
 			return nil, err
 		}
 		for _, se := range ses.Items {
 			exports[se.Namespace+"/"+se.Name] = true
 		}
 	}
-	var out []RemoteService
-	for _, s := range svcs.Items {
-		if !isExported(&s, exports[s.Namespace+"/"+s.Name]) {
+	out := make([]RemoteService, 0, len(svcs))
+	for _, s := range svcs {
+		if !isExported(s, exports[s.Namespace+"/"+s.Name]) {
 			continue
 		}
 		r, err := w.remoteService(ctx, s)
@@ -238,7 +238,7 @@ func (w *remoteWatch) exportedOne(ctx context.Context, namespace, name string) (
 	if !isExported(&s, export) {
 		return RemoteService{}, false, nil
 	}
-	r, err := w.remoteService(ctx, s)
+	r, err := w.remoteService(ctx, &s)
 	return r, err == nil, err
 }
 
@@ -249,7 +249,7 @@ func isExported(s *corev1.Service, serviceExport bool) bool {
 }
 
 // remoteService adds the pod hostnames of a headless Service.
-func (w *remoteWatch) remoteService(ctx context.Context, s corev1.Service) (RemoteService, error) {
+func (w *remoteWatch) remoteService(ctx context.Context, s *corev1.Service) (RemoteService, error) {
 	r := RemoteService{Service: s}
 	if s.Spec.ClusterIP != corev1.ClusterIPNone {
 		return r, nil

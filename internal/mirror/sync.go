@@ -40,13 +40,12 @@ func (r *Reconciler) sync(ctx context.Context, link *v1alpha1.Link, w *remoteWat
 	// conflicts), and every mirror of this cluster (to delete stale ones).
 	// The cache's objects are read in place, not copied: the plan copies
 	// whatever it changes.
-	var local corev1.ServiceList
-	if err := r.client.List(ctx, &local, client.UnsafeDisableDeepCopy); err != nil {
+	local, err := servicesInPlace(ctx, r.cache)
+	if err != nil {
 		return nil, err
 	}
-	byName := make(map[types.NamespacedName]*corev1.Service, len(local.Items))
-	for i := range local.Items {
-		s := &local.Items[i]
+	byName := make(map[types.NamespacedName]*corev1.Service, len(local))
+	for _, s := range local {
 		key := types.NamespacedName{Namespace: s.Namespace, Name: s.Name}
 		byName[key] = s
 		if owned(s, cluster) {
