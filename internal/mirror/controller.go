@@ -256,44 +256,97 @@ var linkChanged = predicate.Funcs{UpdateFunc: func(e event.UpdateEvent) bool {
 	return o.Generation != n.Generation || !n.DeletionTimestamp.IsZero() || !slices.Equal(o.Finalizers, n.Finalizers) || alive(o) != alive(n)
 }}
 
-// ownWrites holds the resourceVersion of each object the controller
-// wrote last, until its event comes back.
+// ownWrites tells the events of the controller's own writes from
+// everyone else's. A write is noted before it is sent: its event may reach
+// the informer before the API server's answer reaches the writer (a first
+// sync of 10,000 mirrors, 32 writes in flight, saw thousands of them come
+// back as work when the version was only noted after the answer).
 type ownWrites struct {
 	mu sync.Mutex
-	rv map[string]string
+	m  map[string]*ownWrite
+}
+
+type ownWrite struct {
+	inFlight bool
+	rv       string // the version written, once the API server answered
+	early    string // the version an event brought while the write was in flight
 }
 
 func ownKey(o client.Object) string {
 	return fmt.Sprintf("%T/%s/%s", o, o.GetNamespace(), o.GetName())
 }
 
-func (w *ownWrites) remember(o client.Object) {
+// begin notes a write of o about to be sent.
+func (w *ownWrites) begin(o client.Object) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.rv == nil {
-		w.rv = map[string]string{}
+	if w.m == nil {
+		w.m = map[string]*ownWrite{}
 	}
-	w.rv[ownKey(o)] = o.GetResourceVersion()
+	w.m[ownKey(o)] = &ownWrite{inFlight: true}
 }
 
-// seen reports whether o is the version the controller wrote; any other
-// version of the object forgets it.
+// done notes the answer to the write begun for o (o as written, or err).
+// It reports whether o needs a check after all: an event came while the
+// write was in flight and its version is not the one written (someone
+// else's change, or a write that failed).
+func (w *ownWrites) done(o client.Object, err error) (check bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	k := ownKey(o)
+	e, ok := w.m[k]
+	if !ok || !e.inFlight {
+		return false
+	}
+	if err != nil {
+		delete(w.m, k)
+		return e.early != ""
+	}
+	e.inFlight, e.rv = false, o.GetResourceVersion()
+	if e.early == "" {
+		return false // its event is still to come
+	}
+	delete(w.m, k)
+	return e.early != e.rv
+}
+
+// seen reports whether o is the version the controller wrote (or is
+// writing: done tells then); any other version forgets the write.
 func (w *ownWrites) seen(o client.Object) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	k := ownKey(o)
-	rv, ok := w.rv[k]
+	e, ok := w.m[k]
 	if !ok {
 		return false
 	}
-	delete(w.rv, k)
-	return rv == o.GetResourceVersion()
+	if e.inFlight {
+		e.early = o.GetResourceVersion()
+		return true
+	}
+	delete(w.m, k)
+	return e.rv == o.GetResourceVersion()
 }
 
 func (w *ownWrites) forget(o client.Object) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	delete(w.rv, ownKey(o))
+	delete(w.m, ownKey(o))
+}
+
+// recheck queues the check of a mirror or mirror slice whose event was
+// taken for the controller's own write while that write was in flight,
+// and was not.
+func (r *Reconciler) recheck(ctx context.Context, o client.Object) {
+	cluster := o.GetLabels()[v1alpha1.MirroredFromLabel]
+	remote := o.GetAnnotations()[v1alpha1.RemoteNameAnnotation]
+	for _, req := range r.linksOfCluster(ctx, cluster) {
+		if remote == "" {
+			r.enqueueLink(req.NamespacedName)
+			continue
+		}
+		r.services.Add(serviceKey{Link: req.NamespacedName, Namespace: o.GetNamespace(), Name: remote})
+	}
 }
 
 // linkPasses is what a Link's whole-Link passes carry from one to the

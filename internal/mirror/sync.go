@@ -365,37 +365,53 @@ func (r *Reconciler) apply(ctx context.Context, p *Plan) error {
 		},
 		func() error {
 			return parallel(ctx, r.opts.Parallelism, p.CreateServices, func(ctx context.Context, s *corev1.Service) error {
-				if err := r.write("Service", "create", r.client.Create(ctx, s)); err != nil {
+				r.ownWrites.begin(s)
+				err := r.write("Service", "create", r.client.Create(ctx, s))
+				if r.ownWrites.done(s, err) {
+					r.recheck(ctx, s)
+				}
+				if err != nil {
 					return fmt.Errorf("creating mirror %s/%s: %w", s.Namespace, s.Name, err)
 				}
-				r.ownWrites.remember(s)
 				return nil
 			})
 		},
 		func() error {
 			return parallel(ctx, r.opts.Parallelism, p.UpdateServices, func(ctx context.Context, s *corev1.Service) error {
-				if err := r.write("Service", "update", r.client.Update(ctx, s)); err != nil {
+				r.ownWrites.begin(s)
+				err := r.write("Service", "update", r.client.Update(ctx, s))
+				if r.ownWrites.done(s, err) {
+					r.recheck(ctx, s)
+				}
+				if err != nil {
 					return fmt.Errorf("updating mirror %s/%s: %w", s.Namespace, s.Name, err)
 				}
-				r.ownWrites.remember(s)
 				return nil
 			})
 		},
 		func() error {
 			return parallel(ctx, r.opts.Parallelism, p.CreateSlices, func(ctx context.Context, s *discoveryv1.EndpointSlice) error {
-				if err := r.write("EndpointSlice", "create", r.client.Create(ctx, s)); err != nil {
+				r.ownWrites.begin(s)
+				err := r.write("EndpointSlice", "create", r.client.Create(ctx, s))
+				if r.ownWrites.done(s, err) {
+					r.recheck(ctx, s)
+				}
+				if err != nil {
 					return fmt.Errorf("creating EndpointSlice %s/%s: %w", s.Namespace, s.Name, err)
 				}
-				r.ownWrites.remember(s)
 				return nil
 			})
 		},
 		func() error {
 			return parallel(ctx, r.opts.Parallelism, p.UpdateSlices, func(ctx context.Context, s *discoveryv1.EndpointSlice) error {
-				if err := r.write("EndpointSlice", "update", r.client.Update(ctx, s)); err != nil {
+				r.ownWrites.begin(s)
+				err := r.write("EndpointSlice", "update", r.client.Update(ctx, s))
+				if r.ownWrites.done(s, err) {
+					r.recheck(ctx, s)
+				}
+				if err != nil {
 					return fmt.Errorf("updating EndpointSlice %s/%s: %w", s.Namespace, s.Name, err)
 				}
-				r.ownWrites.remember(s)
 				return nil
 			})
 		},
