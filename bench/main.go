@@ -115,7 +115,7 @@ func main() {
 	flag.DurationVar(&o.wanOneWay, "wan-latency", 30*time.Millisecond, "one-way latency between the clusters for the new-connection test")
 	flag.Int64Var(&o.bulkBytes, "bulk-bytes", 1<<30, "bytes of the single-stream bulk transfer")
 	flag.StringVar(&o.perfDir, "perf-dir", "", "record perf profiles of the proxies during saturation and the single-stream bulk transfer into this directory (perturbs the figures: a diagnostic, not a measurement)")
-	flag.StringVar(&sections, "sections", "paths,mirroring", "what to measure: paths (latency, throughput, new connections against the peers), mirroring (at scale)")
+	flag.StringVar(&sections, "sections", "paths,mirroring,apiserver", "what to measure: paths (latency, throughput, new connections against the peers), mirroring (at scale), apiserver (what an API server alone accepts: the floor under mirroring's first sync)")
 	flag.StringVar(&sizes, "mirror-services", "1000,5000,10000", "numbers of exported services to mirror")
 	flag.IntVar(&o.mirrorRate, "mirror-rate", 10, "single changes per second while sustained propagation is measured")
 	flag.BoolVar(&o.keep, "keep", false, "keep the working directory (clusters' data, processes' logs)")
@@ -128,8 +128,8 @@ func main() {
 	o.mirrorSizes = positiveInts("-mirror-services", sizes)
 	o.sections = map[string]bool{}
 	for _, s := range strings.Split(sections, ",") {
-		if s != "paths" && s != "mirroring" {
-			log.Fatalf("-sections: %q is neither paths nor mirroring", s)
+		if s != "paths" && s != "mirroring" && s != "apiserver" {
+			log.Fatalf("-sections: %q is none of paths, mirroring, apiserver", s)
 		}
 		o.sections[s] = true
 	}
@@ -198,6 +198,13 @@ func run(ctx context.Context, o options) error {
 		if r.mirroring, err = measureMirroring(ctx, dir, o.mirrorSizes, o.mirrorRate, o.mirrorFor, o.outage); err != nil {
 			return err
 		}
+	}
+	if o.sections["apiserver"] {
+		a, err := measureAPIServer(ctx, dir, slices.Max(o.mirrorSizes))
+		if err != nil {
+			return err
+		}
+		r.apiServer = &a
 	}
 	return r.write(o.out)
 }

@@ -108,6 +108,7 @@ type report struct {
 	// round trip on the same loopback, for its overhead.
 	probe, tcpRTT time.Duration
 	mirroring     []mirrorResult
+	apiServer     *apiServerResult
 }
 
 // measureProbe times 200 link probes (GET /ready over the pooled mTLS
@@ -169,6 +170,9 @@ func (r *report) write(path string) error {
 	}
 	if len(r.mirroring) > 0 {
 		r.writeMirroring(&b)
+	}
+	if r.apiServer != nil {
+		r.writeAPIServer(&b)
 	}
 	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
 		return err

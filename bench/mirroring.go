@@ -222,7 +222,8 @@ func mirrorOnce(ctx context.Context, dir, bin string, n, rate int, changeFor, ou
 		return res, err
 	}
 	res.syncReqs, res.syncWrite = m.requests, m.writes
-	log.Printf("  mirrored in %s: %.0f API requests, %.0f writes, %.1f CPU s", res.mirrorAll.Round(time.Millisecond), res.syncReqs, res.syncWrite, res.syncCPU)
+	log.Printf("  mirrored in %s: %.0f API requests, %.0f writes, %.1f CPU s, %.0f single changes queued (the controller's own writes must not come back as work)",
+		res.mirrorAll.Round(time.Millisecond), res.syncReqs, res.syncWrite, res.syncCPU, m.singles)
 	saveHeap(pprofAddr, n, "after-first-sync")
 	log.Printf("  peak RSS so far (first sync): %.0f MiB", peakRSS(cmd.Process.Pid))
 
@@ -616,7 +617,12 @@ func (c *changer) sustained(ctx context.Context, rate int, d time.Duration) (pro
 	return propagation{mode: fmt.Sprintf("%d/s for %s", rate, d), changes: count, lost: lost, byOp: byOp}, nil
 }
 
-type controllerMetrics struct{ requests, writes float64 }
+type controllerMetrics struct {
+	requests, writes float64
+	// singles are the single changes queued (remote events, and local ones
+	// that are not the controller's own writes).
+	singles float64
+}
 
 // scrape reads the controller's API request and write counters.
 func scrape(admin string) (controllerMetrics, error) {
@@ -642,6 +648,15 @@ func scrape(admin string) (controllerMetrics, error) {
 	}
 	m.requests = sum("rest_client_requests_total")
 	m.writes = sum("backbone_mirror_api_writes_total")
+	if f, ok := families["workqueue_adds_total"]; ok {
+		for _, mm := range f.GetMetric() {
+			for _, l := range mm.GetLabel() {
+				if l.GetName() == "name" && l.GetValue() == "mirror_service" {
+					m.singles += mm.GetCounter().GetValue()
+				}
+			}
+		}
+	}
 	if _, ok := families["rest_client_requests_total"]; !ok {
 		return m, errors.New("the controller does not export rest_client_requests_total")
 	}
