@@ -108,7 +108,7 @@ func main() {
 	var o options
 	var rates, peers, sections, sizes string
 	flag.StringVar(&o.out, "out", "bench/results.md", "file to write the results to")
-	flag.IntVar(&o.repeat, "repeat", 3, "runs per measurement; medians are reported")
+	flag.IntVar(&o.repeat, "repeat", 5, "rounds of every measurement over every path in turn; medians are reported")
 	flag.DurationVar(&o.duration, "duration", 5*time.Second, "length of each fixed-rate and saturation run")
 	flag.StringVar(&rates, "rates", "1000,10000", "fixed request rates (req/s)")
 	flag.StringVar(&peers, "peers", "nginx,haproxy", "peers to compare with (nginx, haproxy)")
@@ -247,9 +247,15 @@ func measurePaths(ctx context.Context, dir string, o options, r *report) error {
 		}
 	}
 
-	for _, p := range paths {
-		log.Printf("measuring %s", p.name)
-		r.add(measure(ctx, p, o))
+	rounds := make([][]round, len(paths))
+	for i := range o.repeat {
+		for j, p := range paths {
+			log.Printf("round %d of %d: measuring %s", i+1, o.repeat, p.name)
+			rounds[j] = append(rounds[j], measureRound(ctx, p, o))
+		}
+	}
+	for j, p := range paths {
+		r.add(combine(p.name, o.rates, rounds[j]))
 		if p.probe != nil {
 			r.probe, r.tcpRTT = measureProbe(p.probe)
 		}

@@ -30,6 +30,7 @@ type result struct {
 	bulkCPU       float64
 	parallelMBps  float64
 	parallelCPU   float64
+	rounds        []round // what the medians are of
 }
 
 func durMedian(ds []time.Duration) time.Duration {
@@ -40,64 +41,85 @@ func durMedian(ds []time.Duration) time.Duration {
 	return time.Duration(median(xs))
 }
 
-func measure(ctx context.Context, p *path, o options) result {
-	r := result{name: p.name}
+// round is one pass of every measurement over one path.
+type round struct {
+	p50, p99, p999  []time.Duration // per rate
+	errors          []int64
+	rps, cpuPer100k float64 // cpuPer100k is 0 when nothing was served
+	newConn         []time.Duration
+	one, oneCPU     float64
+	par, parCPU     float64
+}
+
+// measureRound measures p once: each rate, saturation, new connections
+// and bulk. The harness runs rounds over every path in turn, so that a
+// slow minute of a shared machine falls on all of them rather than on
+// the one measured then.
+func measureRound(ctx context.Context, p *path, o options) round {
+	var r round
 	url := "http://" + p.httpAddr + "/"
 	for _, rate := range o.rates {
-		var p50s, p99s, p999s []time.Duration
-		var errs int64
-		for range o.repeat {
-			lats, e, _ := fixedRate(ctx, url, rate, 64, o.duration)
-			errs += e
-			p50s = append(p50s, lats.percentile(0.5))
-			p99s = append(p99s, lats.percentile(0.99))
-			p999s = append(p999s, lats.percentile(0.999))
-		}
-		r.rates = append(r.rates, rateResult{rate: rate, p50: durMedian(p50s), p99: durMedian(p99s), p999: durMedian(p999s), errors: errs})
+		lats, e, _ := fixedRate(ctx, url, rate, 64, o.duration)
+		r.p50 = append(r.p50, lats.percentile(0.5))
+		r.p99 = append(r.p99, lats.percentile(0.99))
+		r.p999 = append(r.p999, lats.percentile(0.999))
+		r.errors = append(r.errors, e)
 	}
-
-	var rps, cpu []float64
-	for range o.repeat {
-		var got float64
-		c, _ := measureCPU(p.pids, profiled(o, p, "saturation", func() { got, _ = saturate(ctx, url, 64, o.duration) }))
-		rps = append(rps, got)
-		if got > 0 {
-			cpu = append(cpu, c/(got*o.duration.Seconds())*100000)
-		}
+	c, _ := measureCPU(p.pids, profiled(o, p, "saturation", func() { r.rps, _ = saturate(ctx, url, 64, o.duration) }))
+	if r.rps > 0 {
+		r.cpuPer100k = c / (r.rps * o.duration.Seconds()) * 100000
 	}
-	r.saturationRPS, r.cpuPer100k = median(rps), median(cpu)
-
 	if p.wanAddr != "" {
-		var ds []time.Duration
-		for range 5 * o.repeat {
+		for range 5 {
 			d, err := firstByte(p.wanAddr, "bench")
 			if err != nil {
 				log.Printf("%s: new connection: %v", p.name, err)
 				continue
 			}
-			ds = append(ds, d)
+			r.newConn = append(r.newConn, d)
 		}
-		r.newConn = durMedian(ds)
 	}
-
-	var one, oneCPU, par, parCPU []float64
-	for range o.repeat {
-		var mbps float64
-		var err error
-		c, _ := measureCPU(p.pids, profiled(o, p, "bulk", func() { mbps, err = bulk(p.bulkAddr, o.bulkBytes, 1) }))
-		if err != nil {
-			log.Printf("%s: bulk: %v", p.name, err)
-		}
-		one, oneCPU = append(one, mbps), append(oneCPU, c)
-		c, _ = measureCPU(p.pids, func() { mbps, err = bulk(p.bulkAddr, o.bulkBytes, 64) })
-		if err != nil {
-			log.Printf("%s: parallel bulk: %v", p.name, err)
-		}
-		par, parCPU = append(par, mbps), append(parCPU, c)
+	var err error
+	r.oneCPU, _ = measureCPU(p.pids, profiled(o, p, "bulk", func() { r.one, err = bulk(p.bulkAddr, o.bulkBytes, 1) }))
+	if err != nil {
+		log.Printf("%s: bulk: %v", p.name, err)
 	}
-	r.bulkMBps, r.bulkCPU = median(one), median(oneCPU)
-	r.parallelMBps, r.parallelCPU = median(par), median(parCPU)
+	r.parCPU, _ = measureCPU(p.pids, func() { r.par, err = bulk(p.bulkAddr, o.bulkBytes, 64) })
+	if err != nil {
+		log.Printf("%s: parallel bulk: %v", p.name, err)
+	}
 	return r
+}
+
+// combine reports the medians of a path's rounds.
+func combine(name string, rates []int, rounds []round) result {
+	res := result{name: name, rounds: rounds}
+	for i, rate := range rates {
+		var p50s, p99s, p999s []time.Duration
+		var errs int64
+		for _, r := range rounds {
+			p50s, p99s, p999s = append(p50s, r.p50[i]), append(p99s, r.p99[i]), append(p999s, r.p999[i])
+			errs += r.errors[i]
+		}
+		res.rates = append(res.rates, rateResult{rate: rate, p50: durMedian(p50s), p99: durMedian(p99s), p999: durMedian(p999s), errors: errs})
+	}
+	var rps, cpu, one, oneCPU, par, parCPU []float64
+	var nc []time.Duration
+	for _, r := range rounds {
+		rps = append(rps, r.rps)
+		if r.cpuPer100k > 0 {
+			cpu = append(cpu, r.cpuPer100k)
+		}
+		nc = append(nc, r.newConn...)
+		one, oneCPU, par, parCPU = append(one, r.one), append(oneCPU, r.oneCPU), append(par, r.par), append(parCPU, r.parCPU)
+	}
+	res.saturationRPS, res.cpuPer100k = median(rps), median(cpu)
+	if len(nc) > 0 {
+		res.newConn = durMedian(nc)
+	}
+	res.bulkMBps, res.bulkCPU = median(one), median(oneCPU)
+	res.parallelMBps, res.parallelCPU = median(par), median(parCPU)
+	return res
 }
 
 type report struct {
@@ -262,6 +284,22 @@ func (r *report) writePaths(b *strings.Builder) {
 				return 100000 / x.cpuPer100k
 			}
 			fmt.Fprintf(b, "| %s | %s | %s | %s | %s |\n", res.name, ratio(addedBB, addedPeer), ratio(eff(*bb), eff(res)), ratio(float64(bb.newConn), float64(res.newConn)), ratio(bb.bulkMBps, res.bulkMBps))
+		}
+		// The same two ratios round by round: each round measured every
+		// path within minutes of the others, so their spread is the
+		// machine's.
+		b.WriteString("\nRound by round (each round measures every path in turn):\n\n| peer | added p99 @ first rate | req/s per CPU s |\n|---|---|---|\n")
+		for _, res := range r.results {
+			if res.name == "backbone" || res.name == "direct" || direct == nil {
+				continue
+			}
+			var added, eff []string
+			for i := range min(len(bb.rounds), len(res.rounds), len(direct.rounds)) {
+				bbR, peerR, dR := bb.rounds[i], res.rounds[i], direct.rounds[i]
+				added = append(added, ratio(float64(bbR.p99[0]-dR.p99[0]), float64(peerR.p99[0]-dR.p99[0])))
+				eff = append(eff, ratio(peerR.cpuPer100k, bbR.cpuPer100k))
+			}
+			fmt.Fprintf(b, "| %s | %s | %s |\n", res.name, strings.Join(added, ", "), strings.Join(eff, ", "))
 		}
 	}
 	if r.probe > 0 {
