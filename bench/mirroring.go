@@ -330,28 +330,7 @@ func saveHeap(addr string, n int, when string) {
 }
 
 func createScaleServices(ctx context.Context, c client.Client, n int) error {
-	work := make(chan int)
-	errs := make(chan error, 32)
-	var wg sync.WaitGroup
-	for range 32 {
-		wg.Go(func() {
-			for i := range work {
-				if err := c.Create(ctx, scaleService(fmt.Sprintf("svc-%05d", i))); err != nil {
-					select {
-					case errs <- err:
-					default:
-					}
-				}
-			}
-		})
-	}
-	for i := range n {
-		work <- i
-	}
-	close(work)
-	wg.Wait()
-	close(errs)
-	return <-errs
+	return createParallel(ctx, c, n, func(i int) client.Object { return scaleService(fmt.Sprintf("svc-%05d", i)) })
 }
 
 func scaleService(name string) *corev1.Service {
