@@ -191,3 +191,28 @@ func BenchmarkGatewayStream(b *testing.B) {
 		<-done
 	}
 }
+
+// BenchmarkTunnelRoundTrip: request and answer on one established stream,
+// as a keep-alive client's requests go — 1 KiB up, the 1 KiB echo read
+// back, per operation. ns/op is the round trip through both ends.
+func BenchmarkTunnelRoundTrip(b *testing.B) {
+	pool, authority := benchPeer(b)
+	msg := bytes.Repeat([]byte("x"), 1024)
+	buf := make([]byte, len(msg))
+	app, gw := net.Pipe()
+	st, err := pool.OpenStream(context.Background(), "east", authority, gw)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer func() { _ = app.Close(); _ = gw.Close(); _ = st.Close() }()
+	b.ReportAllocs()
+	b.SetBytes(int64(len(msg)))
+	for b.Loop() {
+		if _, err := app.Write(msg); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := io.ReadFull(st.Down, buf); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
