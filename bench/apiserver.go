@@ -57,7 +57,7 @@ func measureAPIServer(ctx context.Context, dir string, n int) (apiServerResult, 
 	start := time.Now()
 	for b := 0; b*res.batch < n; b++ {
 		count := min(res.batch, n-b*res.batch)
-		rate, err := create(count, func(i int) client.Object { return scaleService(fmt.Sprintf("svc-%05d", b*res.batch+i)) })
+		rate, err := create(count, func(i int) client.Object { return scaleService(fmt.Sprintf("svc-%05d", b*res.batch+i), false) })
 		if err != nil {
 			return res, err
 		}
@@ -66,9 +66,7 @@ func measureAPIServer(ctx context.Context, dir string, n int) (apiServerResult, 
 	}
 	res.total = time.Since(start)
 	if res.headlessRate, err = create(res.batch, func(i int) client.Object {
-		s := scaleService(fmt.Sprintf("headless-%05d", i))
-		s.Spec.ClusterIP = corev1.ClusterIPNone
-		return s
+		return scaleService(fmt.Sprintf("headless-%05d", i), true)
 	}); err != nil {
 		return res, err
 	}

@@ -42,10 +42,12 @@ type options struct {
 	perfDir   string // profiles of the proxies under load, if set
 	// Mirroring at scale.
 	mirrorSizes []int
-	mirrorRate  int
-	mirrorFor   time.Duration
-	outage      time.Duration
-	keep        bool
+	// mirrorHeadless are sizes mirrored again with headless Services.
+	mirrorHeadless []int
+	mirrorRate     int
+	mirrorFor      time.Duration
+	outage         time.Duration
+	keep           bool
 }
 
 // path is one way from the client to the backend.
@@ -106,7 +108,7 @@ func main() {
 		log.Print("no private network namespace (not root): measuring the peers only")
 	}
 	var o options
-	var rates, peers, sections, sizes string
+	var rates, peers, sections, sizes, headless string
 	flag.StringVar(&o.out, "out", "bench/results.md", "file to write the results to")
 	flag.IntVar(&o.repeat, "repeat", 5, "rounds of every measurement over every path in turn; medians are reported")
 	flag.DurationVar(&o.duration, "duration", 5*time.Second, "length of each fixed-rate and saturation run")
@@ -117,6 +119,7 @@ func main() {
 	flag.StringVar(&o.perfDir, "perf-dir", "", "record perf profiles of the proxies during saturation and the single-stream bulk transfer into this directory (perturbs the figures: a diagnostic, not a measurement)")
 	flag.StringVar(&sections, "sections", "paths,mirroring,apiserver", "what to measure: paths (latency, throughput, new connections against the peers), mirroring (at scale), apiserver (what an API server alone accepts: the floor under mirroring's first sync)")
 	flag.StringVar(&sizes, "mirror-services", "1000,5000,10000", "numbers of exported services to mirror")
+	flag.StringVar(&headless, "mirror-headless-services", "10000", "numbers of exported headless services to mirror as well (their mirrors need no cluster IP: the controller's own pace); empty for none")
 	flag.IntVar(&o.mirrorRate, "mirror-rate", 10, "single changes per second while sustained propagation is measured")
 	flag.BoolVar(&o.keep, "keep", false, "keep the working directory (clusters' data, processes' logs)")
 	flag.StringVar(&controllerLogLevel, "mirror-controller-log-level", controllerLogLevel, "--log-level of the mirroring controller (debug logs every single change's time)")
@@ -126,6 +129,9 @@ func main() {
 	flag.Parse()
 	o.rates = positiveInts("-rates", rates)
 	o.mirrorSizes = positiveInts("-mirror-services", sizes)
+	if headless != "" {
+		o.mirrorHeadless = positiveInts("-mirror-headless-services", headless)
+	}
 	o.sections = map[string]bool{}
 	for _, s := range strings.Split(sections, ",") {
 		if s != "paths" && s != "mirroring" && s != "apiserver" {
@@ -195,7 +201,14 @@ func run(ctx context.Context, o options) error {
 	}
 	if o.sections["mirroring"] {
 		var err error
-		if r.mirroring, err = measureMirroring(ctx, dir, o.mirrorSizes, o.mirrorRate, o.mirrorFor, o.outage); err != nil {
+		var runs []mirrorRun
+		for _, n := range o.mirrorSizes {
+			runs = append(runs, mirrorRun{n: n})
+		}
+		for _, n := range o.mirrorHeadless {
+			runs = append(runs, mirrorRun{n: n, headless: true})
+		}
+		if r.mirroring, err = measureMirroring(ctx, dir, runs, o.mirrorRate, o.mirrorFor, o.outage); err != nil {
 			return err
 		}
 	}

@@ -209,8 +209,8 @@ func (r *report) writeMirroring(b *strings.Builder) {
 		"Requests and writes are the controller's own counters (`rest_client_requests_total`, `backbone_mirror_api_writes_total`); one run per size.\n\n")
 	b.WriteString("| services | first sync | API requests | writes | CPU s | steady requests/min | steady writes/min | steady CPU s/min | peak RSS MiB |\n|---|---|---|---|---|---|---|---|---|\n")
 	for _, m := range r.mirroring {
-		fmt.Fprintf(b, "| %d | %.1f s | %.0f | %.0f | %.1f | %.1f | %.1f | %.2f | %.0f |\n",
-			m.services, m.mirrorAll.Seconds(), m.syncReqs, m.syncWrite, m.syncCPU, m.steadyReqsPerMin, m.steadyWritesPerMin, m.steadyCPUPerMin, m.peakRSSMiB)
+		fmt.Fprintf(b, "| %s | %.1f s | %.0f | %.0f | %.1f | %.1f | %.1f | %.2f | %.0f |\n",
+			m.label(), m.mirrorAll.Seconds(), m.syncReqs, m.syncWrite, m.syncCPU, m.steadyReqsPerMin, m.steadyWritesPerMin, m.steadyCPUPerMin, m.peakRSSMiB)
 	}
 	b.WriteString("\nSingle-change propagation: updates of existing Services, creations and deletions in turn, each timed from its write to east (the API round trip included) " +
 		"to the mirror's event (Modified with the change, Added, Deleted) reaching a watch on west. Isolated: each change after the previous one was seen. " +
@@ -222,7 +222,7 @@ func (r *report) writeMirroring(b *strings.Builder) {
 	for _, m := range r.mirroring {
 		for _, p := range m.props {
 			all, acked := p.all(), p.allAcked()
-			fmt.Fprintf(b, "| %d | %s | %d | %s | %s | %s | %s | %s | %s | %d | %s | %s | %s | %s / %s |\n", m.services, p.mode, p.changes,
+			fmt.Fprintf(b, "| %s | %s | %d | %s | %s | %s | %s | %s | %s | %d | %s | %s | %s | %s / %s |\n", m.label(), p.mode, p.changes,
 				ms(pct(all, 0.5)), ms(pct(all, 0.99)), ms(pct(all, 1)), ms(pct(p.byOp["update"], 0.5)), ms(pct(p.byOp["create"], 0.5)), ms(pct(p.byOp["delete"], 0.5)), p.lost,
 				ms(pct(p.byOp["write"], 0.5)), ms(pct(acked, 0.5)), ms(pct(acked, 0.99)), ms(pct(p.byOp["write create"], 0.5)), ms(pct(p.byOp["write create"], 0.99)))
 		}

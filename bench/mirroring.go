@@ -41,8 +41,25 @@ import (
 var controllerLogLevel = "warn"
 
 // mirrorResult is one size of the mirroring measurement.
+// mirrorRun is one size to mirror: n Services with cluster IPs, or n
+// headless ones — whose mirrors need no cluster IP, so the API servers'
+// allocator (see the apiserver section) is out of the way and the first
+// sync shows the controller's own pace.
+type mirrorRun struct {
+	n        int
+	headless bool
+}
+
+func (r mirrorRun) String() string {
+	if r.headless {
+		return fmt.Sprintf("%d headless", r.n)
+	}
+	return strconv.Itoa(r.n)
+}
+
 type mirrorResult struct {
 	services int
+	headless bool
 	// mirrorAll: from the controller's start to every mirror and its
 	// EndpointSlice existing in west.
 	mirrorAll time.Duration
@@ -57,12 +74,15 @@ type mirrorResult struct {
 	peakRSSMiB                                            float64
 }
 
+// label names the run in the report.
+func (m mirrorResult) label() string { return mirrorRun{n: m.services, headless: m.headless}.String() }
+
 // measureMirroring runs, for each size, two fresh clusters: n exported
 // Services in east, a `backbone controller` process for west with a Link
 // holding the link reader's real, least-privilege credentials, and
 // measures the first sync, single changes at a sustained rate and the
 // steady state, from the controller's own metrics and /proc.
-func measureMirroring(ctx context.Context, dir string, sizes []int, rate int, changeFor, outage time.Duration) ([]mirrorResult, error) {
+func measureMirroring(ctx context.Context, dir string, runs []mirrorRun, rate int, changeFor, outage time.Duration) ([]mirrorResult, error) {
 	if !testenv.InNetns() {
 		return nil, errors.New("mirroring needs the private network namespace (run the bench as root)")
 	}
@@ -71,11 +91,11 @@ func measureMirroring(ctx context.Context, dir string, sizes []int, rate int, ch
 		return nil, err
 	}
 	var out []mirrorResult
-	for _, n := range sizes {
-		log.Printf("mirroring %d services", n)
-		res, err := mirrorOnce(ctx, filepath.Join(dir, fmt.Sprintf("mirror-%d", n)), bin, n, rate, changeFor, outage)
+	for _, run := range runs {
+		log.Printf("mirroring %s services", run)
+		res, err := mirrorOnce(ctx, filepath.Join(dir, "mirror-"+strings.ReplaceAll(run.String(), " ", "-")), bin, run, rate, changeFor, outage)
 		if err != nil {
-			return out, fmt.Errorf("%d services: %w", n, err)
+			return out, fmt.Errorf("%s services: %w", run, err)
 		}
 		out = append(out, res)
 	}
@@ -95,8 +115,9 @@ func buildBackbone(dir string) (string, error) {
 	return bin, nil
 }
 
-func mirrorOnce(ctx context.Context, dir, bin string, n, rate int, changeFor, outage time.Duration) (mirrorResult, error) {
-	res := mirrorResult{services: n}
+func mirrorOnce(ctx context.Context, dir, bin string, run mirrorRun, rate int, changeFor, outage time.Duration) (mirrorResult, error) {
+	n := run.n
+	res := mirrorResult{services: n, headless: run.headless}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return res, err
 	}
@@ -127,10 +148,10 @@ func mirrorOnce(ctx context.Context, dir, bin string, n, rate int, changeFor, ou
 		}
 	}
 	began := time.Now()
-	if err := createScaleServices(ctx, east.Client, n); err != nil {
+	if err := createScaleServices(ctx, east.Client, n, run.headless); err != nil {
 		return res, err
 	}
-	log.Printf("  %d exported services created in east in %s", n, time.Since(began).Round(time.Millisecond))
+	log.Printf("  %s exported services created in east in %s", run, time.Since(began).Round(time.Millisecond))
 
 	// west's gateway, as its Service: what every mirror slice points at.
 	westIP := testenv.NetnsAddr(2)
@@ -224,13 +245,13 @@ func mirrorOnce(ctx context.Context, dir, bin string, n, rate int, changeFor, ou
 	res.syncReqs, res.syncWrite = m.requests, m.writes
 	log.Printf("  mirrored in %s: %.0f API requests, %.0f writes, %.1f CPU s, %.0f single changes queued (the controller's own writes must not come back as work)",
 		res.mirrorAll.Round(time.Millisecond), res.syncReqs, res.syncWrite, res.syncCPU, m.singles)
-	saveHeap(pprofAddr, n, "after-first-sync")
+	saveHeap(pprofAddr, run, "after-first-sync")
 	log.Printf("  peak RSS so far (first sync): %.0f MiB", peakRSS(cmd.Process.Pid))
 
 	// Let the follow-up passes (status) settle, then single changes:
 	// isolated, then at a sustained rate.
 	time.Sleep(3 * time.Second)
-	ch, err := newChanger(ctx, east, west, n)
+	ch, err := newChanger(ctx, east, west, n, run.headless)
 	if err != nil {
 		return res, err
 	}
@@ -265,7 +286,7 @@ func mirrorOnce(ctx context.Context, dir, bin string, n, rate int, changeFor, ou
 	if heapDir != "" {
 		// What the steady state spends its CPU on (a resync pass falls in
 		// any 35 s).
-		go saveProfile(pprofAddr, "profile?seconds=35", filepath.Join(heapDir, fmt.Sprintf("controller-%d-cpu-steady.pb.gz", n)))
+		go saveProfile(pprofAddr, "profile?seconds=35", filepath.Join(heapDir, "controller-"+strings.ReplaceAll(run.String(), " ", "-")+"-cpu-steady.pb.gz"))
 	}
 	time.Sleep(steady)
 	after, err := scrape(admin)
@@ -293,7 +314,7 @@ func mirrorOnce(ctx context.Context, dir, bin string, n, rate int, changeFor, ou
 	}
 	res.peakRSSMiB = peakRSS(cmd.Process.Pid)
 	log.Printf("  peak RSS %.0f MiB", res.peakRSSMiB)
-	saveHeap(pprofAddr, n, "at-end")
+	saveHeap(pprofAddr, run, "at-end")
 	return res, nil
 }
 
@@ -323,22 +344,26 @@ var heapDir string
 
 // saveHeap writes the controller's heap profile (after a GC) into heapDir
 // and logs the Go heap figures next to the process's RSS.
-func saveHeap(addr string, n int, when string) {
+func saveHeap(addr string, run mirrorRun, when string) {
 	if heapDir != "" {
-		saveProfile(addr, "heap?gc=1", filepath.Join(heapDir, fmt.Sprintf("controller-%d-heap-%s.pb.gz", n, when)))
+		saveProfile(addr, "heap?gc=1", filepath.Join(heapDir, "controller-"+strings.ReplaceAll(run.String(), " ", "-")+"-heap-"+when+".pb.gz"))
 	}
 }
 
-func createScaleServices(ctx context.Context, c client.Client, n int) error {
-	return createParallel(ctx, c, n, func(i int) client.Object { return scaleService(fmt.Sprintf("svc-%05d", i)) })
+func createScaleServices(ctx context.Context, c client.Client, n int, headless bool) error {
+	return createParallel(ctx, c, n, func(i int) client.Object { return scaleService(fmt.Sprintf("svc-%05d", i), headless) })
 }
 
-func scaleService(name string) *corev1.Service {
-	return &corev1.Service{
+func scaleService(name string, headless bool) *corev1.Service {
+	s := &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "scale",
 			Labels: map[string]string{v1alpha1.ExportedLabel: "true", "app": "scale"}},
 		Spec: corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "http", Port: 8080}}},
 	}
+	if headless {
+		s.Spec.ClusterIP = corev1.ClusterIPNone
+	}
+	return s
 }
 
 func countMeta(ctx context.Context, c client.Client, list *metav1.PartialObjectMetadataList) (int, error) {
@@ -353,15 +378,16 @@ func countMeta(ctx context.Context, c client.Client, list *metav1.PartialObjectM
 // write (the API round trip included) to the mirror's event reaching a
 // watch on west: Added, Modified with the change, Deleted.
 type changer struct {
-	east    *testenv.Cluster
-	n       int
-	mu      sync.Mutex
-	sent    map[string]time.Time // "op/mirror[#seq]" → when written
-	acked   map[string]time.Time // → when east's API server answered the write
-	seenAt  map[string]time.Time // → when the mirror's event reached west's watch
-	took    map[string][]time.Duration
-	created []string        // remote names whose mirror was seen
-	writes  []time.Duration // how long east's API server took for each write
+	east     *testenv.Cluster
+	n        int
+	headless bool // creations are headless Services
+	mu       sync.Mutex
+	sent     map[string]time.Time // "op/mirror[#seq]" → when written
+	acked    map[string]time.Time // → when east's API server answered the write
+	seenAt   map[string]time.Time // → when the mirror's event reached west's watch
+	took     map[string][]time.Duration
+	created  []string        // remote names whose mirror was seen
+	writes   []time.Duration // how long east's API server took for each write
 	// writesByOp are the same by operation: a creation costs the API
 	// server a cluster IP, the part of its path the mirror's creation in
 	// west pays again.
@@ -373,7 +399,7 @@ type changer struct {
 
 var ops = []string{"update", "create", "delete"}
 
-func newChanger(ctx context.Context, east, west *testenv.Cluster, n int) (*changer, error) {
+func newChanger(ctx context.Context, east, west *testenv.Cluster, n int, headless bool) (*changer, error) {
 	wc, err := client.NewWithWatch(west.Config, client.Options{Scheme: west.Client.Scheme()})
 	if err != nil {
 		return nil, err
@@ -389,7 +415,7 @@ func newChanger(ctx context.Context, east, west *testenv.Cluster, n int) (*chang
 		cancel()
 		return nil, err
 	}
-	c := &changer{east: east, n: n, sent: map[string]time.Time{}, acked: map[string]time.Time{}, seenAt: map[string]time.Time{},
+	c := &changer{east: east, n: n, headless: headless, sent: map[string]time.Time{}, acked: map[string]time.Time{}, seenAt: map[string]time.Time{},
 		took: map[string][]time.Duration{}, writesByOp: map[string][]time.Duration{}, stop: func() { w.Stop(); cancel() }}
 	go func() {
 		for ev := range w.ResultChan() {
@@ -453,7 +479,7 @@ func (c *changer) change(ctx context.Context, i int) (string, error) {
 		key, write = "update/"+name+"#"+strconv.Itoa(seq), func() error { return c.east.Client.Update(ctx, &s) }
 	case "create":
 		name := fmt.Sprintf("new-%05d", seq)
-		key, write = "create/"+name, func() error { return c.east.Client.Create(ctx, scaleService(name)) }
+		key, write = "create/"+name, func() error { return c.east.Client.Create(ctx, scaleService(name, c.headless)) }
 	case "delete":
 		key, write = "delete/"+victim, func() error {
 			return c.east.Client.Delete(ctx, &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "scale", Name: victim}})
