@@ -174,7 +174,10 @@ func Calculate(in Input) *Plan {
 			mirrorHeadless(p, in, r, want)
 			continue
 		}
-		if !headless && in.Verified != nil {
+		// A headless Service without pod hostnames is mirrored like any
+		// other (one mirror, one slice on the gateway), so its mirror is
+		// kept on the same record; one with hostnames went above.
+		if in.Verified != nil {
 			key := types.NamespacedName{Namespace: rs.Namespace, Name: MirrorName(rs.Name, in.Cluster)}
 			cur, sl := in.Local[key], in.LocalSlices[key]
 			if cur != nil && sl != nil {
@@ -304,7 +307,7 @@ func addMirror(p *Plan, in Input, rs *corev1.Service, hostname string, headless 
 		})
 	}
 	d := desired{svc: svc, slice: slice}
-	if hostname == "" && !headless {
+	if hostname == "" {
 		d.remoteRV = rs.ResourceVersion
 	}
 	want[key] = d

@@ -435,13 +435,15 @@ func TestVerifiedMirrorsAreKeptUntilSomethingMoves(t *testing.T) {
 		for k, v := range labels {
 			a.Labels[k] = v
 		}
-		return []RemoteService{{Service: a}, {Service: remoteSvc("shop", "orders", httpPort(80))}}
+		// A headless Service with no pod hostnames has one mirror and one
+		// slice like the others, and is kept on the record like them.
+		return []RemoteService{{Service: a}, {Service: remoteSvc("shop", "orders", httpPort(80))}, {Service: headlessSvc()}}
 	}
 	setup := func() (*state, Verified) {
 		s := newState()
 		s.apply(Calculate(s.input(remote("7", nil), nil)))
 		p := Calculate(s.input(remote("7", nil), nil))
-		if !p.Empty() || len(p.Verified) != 2 {
+		if !p.Empty() || len(p.Verified) != 3 {
 			t.Fatalf("steady state: empty %v, %d verified", p.Empty(), len(p.Verified))
 		}
 		return s, p.Verified
@@ -470,7 +472,7 @@ func TestVerifiedMirrorsAreKeptUntilSomethingMoves(t *testing.T) {
 	t.Run("nothing moved: kept, nothing planned", func(t *testing.T) {
 		s, v := setup()
 		p := same(t, s, remote("7", nil), v, nil)
-		if !p.Empty() || p.Mirrors != 2 || p.Verified[cart] != v[cart] {
+		if !p.Empty() || p.Mirrors != 3 || p.Verified[cart] != v[cart] || p.Verified[key("data", "db-east")] != v[key("data", "db-east")] {
 			t.Fatalf("plan %+v", p)
 		}
 	})
@@ -504,28 +506,49 @@ func TestVerifiedMirrorsAreKeptUntilSomethingMoves(t *testing.T) {
 	t.Run("the gateway moved", func(t *testing.T) {
 		s, v := setup()
 		p := same(t, s, remote("7", nil), v, func(in *Input) { in.GatewayAddresses = []string{"10.213.0.9"} })
-		if len(p.UpdateSlices) != 2 {
-			t.Fatalf("%d slices updated, want both", len(p.UpdateSlices))
+		if len(p.UpdateSlices) != 3 {
+			t.Fatalf("%d slices updated, want all three", len(p.UpdateSlices))
 		}
 	})
 	t.Run("the remote gateway died", func(t *testing.T) {
 		s, v := setup()
-		if p := same(t, s, remote("7", nil), v, func(in *Input) { in.Alive = false }); len(p.UpdateSlices) != 2 {
-			t.Fatalf("%d slices updated, want both", len(p.UpdateSlices))
+		if p := same(t, s, remote("7", nil), v, func(in *Input) { in.Alive = false }); len(p.UpdateSlices) != 3 {
+			t.Fatalf("%d slices updated, want all three", len(p.UpdateSlices))
 		}
 	})
 	t.Run("a label is now excluded", func(t *testing.T) {
 		s, v := setup()
 		p := same(t, s, remote("7", nil), v, func(in *Input) { in.ExcludedLabels = map[string]bool{"team": true} })
-		if len(p.UpdateServices) != 2 {
-			t.Fatalf("%d mirrors updated, want both", len(p.UpdateServices))
+		if len(p.UpdateServices) != 3 {
+			t.Fatalf("%d mirrors updated, want all three", len(p.UpdateServices))
 		}
 	})
 	t.Run("the remote Service is gone", func(t *testing.T) {
 		s, v := setup()
 		p := same(t, s, remote("7", nil)[1:], v, nil)
-		if len(p.DeleteServices) != 1 || p.DeleteServices[0].Name != "cart-east" || p.Mirrors != 1 {
+		if len(p.DeleteServices) != 1 || p.DeleteServices[0].Name != "cart-east" || p.Mirrors != 2 {
 			t.Fatalf("the mirror of a gone Service is not deleted: %+v", p.DeleteServices)
+		}
+	})
+	// A headless Service's pods getting hostnames moves no resourceVersion
+	// of the Service or of its mirror: the record must not hide it.
+	t.Run("the headless Service's pods got hostnames", func(t *testing.T) {
+		s, v := setup()
+		rs := remote("7", nil)
+		rs[2].Hostnames = []string{"db-0", "db-1"}
+		p := same(t, s, rs, v, nil)
+		if len(p.CreateServices) != 2 || len(p.UpdateSlices) != 1 {
+			t.Fatalf("per-pod mirrors not planned: %d created, %d slices updated", len(p.CreateServices), len(p.UpdateSlices))
+		}
+	})
+	t.Run("the headless Service got a cluster IP", func(t *testing.T) {
+		s, v := setup()
+		rs := remote("7", nil)
+		db := headlessSvc()
+		db.Spec.ClusterIP, db.ResourceVersion = "10.0.0.7", "9"
+		rs[2].Service = db
+		if p := same(t, s, rs, v, nil); len(p.DeleteServices) != 1 || len(p.CreateServices) != 1 {
+			t.Fatalf("the mirror is not replaced: %d deleted, %d created", len(p.DeleteServices), len(p.CreateServices))
 		}
 	})
 }
