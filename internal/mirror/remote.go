@@ -86,6 +86,7 @@ func startRemoteWatch(cluster string, cfg *rest.Config, token string, onChange f
 	if w.hasServiceExports {
 		kinds = append(kinds, &mcsv1beta1.ServiceExport{})
 	}
+	var handlers []toolscache.InformerSynced
 	for _, k := range kinds {
 		inf, err := c.GetInformer(ctx, k, cache.BlockUntilSynced(false))
 		if err != nil {
@@ -126,14 +127,20 @@ func startRemoteWatch(cluster string, cfg *rest.Config, token string, onChange f
 			},
 			DeleteFunc: changed,
 		}
-		if _, err := inf.AddEventHandler(h); err != nil {
+		reg, err := inf.AddEventHandler(h)
+		if err != nil {
 			cancel()
 			return nil, err
 		}
+		handlers = append(handlers, reg.HasSynced)
 	}
 	go func() { _ = c.Start(ctx) }()
 	go func() {
-		if !c.WaitForCacheSync(ctx) {
+		// The first list is complete once the caches hold it and the
+		// handlers were handed every object in it: a cache reports synced
+		// while its handler may still have thousands of the list's objects
+		// to deliver, which would each count as a single change.
+		if !c.WaitForCacheSync(ctx) || !toolscache.WaitForCacheSync(ctx.Done(), handlers...) {
 			w.syncErr = errors.New("stopped before the first complete list")
 		}
 		close(w.synced)
