@@ -50,6 +50,9 @@ type mirrorRun struct {
 	headless bool
 }
 
+// slug names the run's files.
+func (r mirrorRun) slug() string { return strings.ReplaceAll(r.String(), " ", "-") }
+
 func (r mirrorRun) String() string {
 	if r.headless {
 		return fmt.Sprintf("%d headless", r.n)
@@ -93,7 +96,7 @@ func measureMirroring(ctx context.Context, dir string, runs []mirrorRun, rate in
 	var out []mirrorResult
 	for _, run := range runs {
 		log.Printf("mirroring %s services", run)
-		res, err := mirrorOnce(ctx, filepath.Join(dir, "mirror-"+strings.ReplaceAll(run.String(), " ", "-")), bin, run, rate, changeFor, outage)
+		res, err := mirrorOnce(ctx, filepath.Join(dir, "mirror-"+run.slug()), bin, run, rate, changeFor, outage)
 		if err != nil {
 			return out, fmt.Errorf("%s services: %w", run, err)
 		}
@@ -286,7 +289,7 @@ func mirrorOnce(ctx context.Context, dir, bin string, run mirrorRun, rate int, c
 	if heapDir != "" {
 		// What the steady state spends its CPU on (a resync pass falls in
 		// any 35 s).
-		go saveProfile(pprofAddr, "profile?seconds=35", filepath.Join(heapDir, "controller-"+strings.ReplaceAll(run.String(), " ", "-")+"-cpu-steady.pb.gz"))
+		go saveProfile(pprofAddr, "profile?seconds=35", filepath.Join(heapDir, "controller-"+run.slug()+"-cpu-steady.pb.gz"))
 	}
 	time.Sleep(steady)
 	after, err := scrape(admin)
@@ -346,7 +349,7 @@ var heapDir string
 // and logs the Go heap figures next to the process's RSS.
 func saveHeap(addr string, run mirrorRun, when string) {
 	if heapDir != "" {
-		saveProfile(addr, "heap?gc=1", filepath.Join(heapDir, "controller-"+strings.ReplaceAll(run.String(), " ", "-")+"-heap-"+when+".pb.gz"))
+		saveProfile(addr, "heap?gc=1", filepath.Join(heapDir, "controller-"+run.slug()+"-heap-"+when+".pb.gz"))
 	}
 }
 

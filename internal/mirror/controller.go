@@ -139,20 +139,20 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 	mirrors := handler.Funcs{
 		CreateFunc: func(ctx context.Context, e event.CreateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
 			if !r.ownWrites.seen(e.Object) { // what this controller just wrote: nothing to check
-				r.localChanged(ctx, e.Object, q)
+				r.localChanged(ctx, e.Object, q.Add)
 			}
 		},
 		UpdateFunc: func(ctx context.Context, e event.UpdateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
 			if !r.ownWrites.seen(e.ObjectNew) {
-				r.localChanged(ctx, e.ObjectNew, q)
+				r.localChanged(ctx, e.ObjectNew, q.Add)
 			}
 		},
 		DeleteFunc: func(ctx context.Context, e event.DeleteEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
 			r.ownWrites.forget(e.Object) // a deletion is checked whoever made it
-			r.localChanged(ctx, e.Object, q)
+			r.localChanged(ctx, e.Object, q.Add)
 		},
 		GenericFunc: func(ctx context.Context, e event.GenericEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
-			r.localChanged(ctx, e.Object, q)
+			r.localChanged(ctx, e.Object, q.Add)
 		},
 	}
 	inSystemNamespace := predicate.NewPredicateFuncs(func(o client.Object) bool { return o.GetNamespace() == v1alpha1.SystemNamespace })
@@ -200,14 +200,14 @@ func (r *Reconciler) linksOfCluster(ctx context.Context, cluster string) []recon
 }
 
 // localChanged routes a local Service or EndpointSlice event: a mirror's
-// to the single-Service worker, the gateway's slices to every Link, the
-// rest nowhere.
-func (r *Reconciler) localChanged(ctx context.Context, o client.Object, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+// to the single-Service worker, the gateway's slices to every Link (through
+// enqueue), the rest nowhere.
+func (r *Reconciler) localChanged(ctx context.Context, o client.Object, enqueue func(reconcile.Request)) {
 	labels := o.GetLabels()
 	if _, slice := o.(*discoveryv1.EndpointSlice); slice {
 		if o.GetNamespace() == v1alpha1.SystemNamespace && labels[discoveryv1.LabelServiceName] == v1alpha1.GatewayServiceName {
 			for _, req := range r.allLinks(ctx) {
-				q.Add(req)
+				enqueue(req)
 			}
 			return
 		}
@@ -225,7 +225,7 @@ func (r *Reconciler) localChanged(ctx context.Context, o client.Object, q workqu
 		var svc corev1.Service
 		if err := r.client.Get(ctx, types.NamespacedName{Namespace: o.GetNamespace(), Name: o.GetName()}, &svc, client.UnsafeDisableDeepCopy); err != nil {
 			for _, req := range r.linksOfCluster(ctx, labels[v1alpha1.MirroredFromLabel]) {
-				q.Add(req) // an orphaned slice: the whole-Link pass removes it
+				enqueue(req) // an orphaned slice: the whole-Link pass removes it
 			}
 			return
 		}
@@ -238,7 +238,7 @@ func (r *Reconciler) localChanged(ctx context.Context, o client.Object, q workqu
 	remote := o.GetAnnotations()[v1alpha1.RemoteNameAnnotation]
 	for _, req := range r.linksOfCluster(ctx, cluster) {
 		if remote == "" {
-			q.Add(req)
+			enqueue(req)
 			continue
 		}
 		r.services.Add(serviceKey{Link: req.NamespacedName, Namespace: o.GetNamespace(), Name: remote})
@@ -334,19 +334,11 @@ func (w *ownWrites) forget(o client.Object) {
 	delete(w.m, ownKey(o))
 }
 
-// recheck queues the check of a mirror or mirror slice whose event was
-// taken for the controller's own write while that write was in flight,
-// and was not.
+// recheck routes, as its event would have been, a mirror or mirror slice
+// whose event was taken for the controller's own write while that write
+// was in flight, and was not.
 func (r *Reconciler) recheck(ctx context.Context, o client.Object) {
-	cluster := o.GetLabels()[v1alpha1.MirroredFromLabel]
-	remote := o.GetAnnotations()[v1alpha1.RemoteNameAnnotation]
-	for _, req := range r.linksOfCluster(ctx, cluster) {
-		if remote == "" {
-			r.enqueueLink(req.NamespacedName)
-			continue
-		}
-		r.services.Add(serviceKey{Link: req.NamespacedName, Namespace: o.GetNamespace(), Name: remote})
-	}
+	r.localChanged(ctx, o, func(req reconcile.Request) { r.enqueueLink(req.NamespacedName) })
 }
 
 // linkPasses is what a Link's whole-Link passes carry from one to the

@@ -106,9 +106,10 @@ func owned(svc *corev1.Service, cluster string) bool {
 }
 
 // desired is one mirror Service with its EndpointSlice. remoteRV is the
-// remote Service's resourceVersion for a plain mirror (empty for the
-// mirrors of headless Services, whose endpoints come from elsewhere too);
-// kept marks a mirror verified unchanged, not rebuilt.
+// remote Service's resourceVersion for a mirror built from nothing else
+// (empty for the per-pod and headless mirrors of a Service with pod
+// hostnames, whose endpoints come from elsewhere too); kept marks a
+// mirror verified unchanged, not rebuilt.
 type desired struct {
 	svc      *corev1.Service
 	slice    *discoveryv1.EndpointSlice

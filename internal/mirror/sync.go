@@ -346,6 +346,25 @@ func (r *Reconciler) write(kind, verb string, err error) error {
 	return err
 }
 
+// writeOwn creates or updates (verb) o, one of the controller's own
+// writes: noted before it is sent so that its event is not taken for
+// someone else's change; an event during the write that was someone
+// else's is routed once the answer is in.
+func (r *Reconciler) writeOwn(ctx context.Context, o client.Object, kind, verb string) error {
+	r.ownWrites.begin(o)
+	var err error
+	if verb == "create" {
+		err = r.client.Create(ctx, o)
+	} else {
+		err = r.client.Update(ctx, o)
+	}
+	err = r.write(kind, verb, err)
+	if r.ownWrites.done(o, err) {
+		r.recheck(ctx, o)
+	}
+	return err
+}
+
 // apply executes a plan: namespaces, then Services, then slices; deletes
 // last. Within a phase the writes run in parallel (bounded); the first
 // error stops the phase and the Link is retried.
@@ -365,12 +384,7 @@ func (r *Reconciler) apply(ctx context.Context, p *Plan) error {
 		},
 		func() error {
 			return parallel(ctx, r.opts.Parallelism, p.CreateServices, func(ctx context.Context, s *corev1.Service) error {
-				r.ownWrites.begin(s)
-				err := r.write("Service", "create", r.client.Create(ctx, s))
-				if r.ownWrites.done(s, err) {
-					r.recheck(ctx, s)
-				}
-				if err != nil {
+				if err := r.writeOwn(ctx, s, "Service", "create"); err != nil {
 					return fmt.Errorf("creating mirror %s/%s: %w", s.Namespace, s.Name, err)
 				}
 				return nil
@@ -378,12 +392,7 @@ func (r *Reconciler) apply(ctx context.Context, p *Plan) error {
 		},
 		func() error {
 			return parallel(ctx, r.opts.Parallelism, p.UpdateServices, func(ctx context.Context, s *corev1.Service) error {
-				r.ownWrites.begin(s)
-				err := r.write("Service", "update", r.client.Update(ctx, s))
-				if r.ownWrites.done(s, err) {
-					r.recheck(ctx, s)
-				}
-				if err != nil {
+				if err := r.writeOwn(ctx, s, "Service", "update"); err != nil {
 					return fmt.Errorf("updating mirror %s/%s: %w", s.Namespace, s.Name, err)
 				}
 				return nil
@@ -391,12 +400,7 @@ func (r *Reconciler) apply(ctx context.Context, p *Plan) error {
 		},
 		func() error {
 			return parallel(ctx, r.opts.Parallelism, p.CreateSlices, func(ctx context.Context, s *discoveryv1.EndpointSlice) error {
-				r.ownWrites.begin(s)
-				err := r.write("EndpointSlice", "create", r.client.Create(ctx, s))
-				if r.ownWrites.done(s, err) {
-					r.recheck(ctx, s)
-				}
-				if err != nil {
+				if err := r.writeOwn(ctx, s, "EndpointSlice", "create"); err != nil {
 					return fmt.Errorf("creating EndpointSlice %s/%s: %w", s.Namespace, s.Name, err)
 				}
 				return nil
@@ -404,12 +408,7 @@ func (r *Reconciler) apply(ctx context.Context, p *Plan) error {
 		},
 		func() error {
 			return parallel(ctx, r.opts.Parallelism, p.UpdateSlices, func(ctx context.Context, s *discoveryv1.EndpointSlice) error {
-				r.ownWrites.begin(s)
-				err := r.write("EndpointSlice", "update", r.client.Update(ctx, s))
-				if r.ownWrites.done(s, err) {
-					r.recheck(ctx, s)
-				}
-				if err != nil {
+				if err := r.writeOwn(ctx, s, "EndpointSlice", "update"); err != nil {
 					return fmt.Errorf("updating EndpointSlice %s/%s: %w", s.Namespace, s.Name, err)
 				}
 				return nil
