@@ -181,7 +181,10 @@ func Calculate(in Input) *Plan {
 		if in.Verified != nil {
 			key := types.NamespacedName{Namespace: rs.Namespace, Name: MirrorName(rs.Name, in.Cluster)}
 			cur, sl := in.Local[key], in.LocalSlices[key]
-			if cur != nil && sl != nil {
+			// Its gateway ports must still be its own: a duplicate moves no
+			// resourceVersion of this mirror, and only the full comparison
+			// gives the loser a new port.
+			if cur != nil && sl != nil && holdsPorts(in.Ports, sl) {
 				at := VerifiedAt{Remote: rs.ResourceVersion, Service: cur.ResourceVersion, Slice: sl.ResourceVersion, Shape: shape}
 				if v, ok := in.Verified[key]; ok && v == at {
 					want[key] = desired{kept: true}
@@ -256,6 +259,17 @@ func Calculate(in Input) *Plan {
 		}
 	}
 	return p
+}
+
+// holdsPorts reports whether every gateway port of a mirror's slice is
+// that mirror's in the allocator.
+func holdsPorts(a *Allocator, sl *discoveryv1.EndpointSlice) bool {
+	for _, p := range sl.Ports {
+		if p.Name == nil || p.Port == nil || !a.Holds(PortKey(sl.Namespace, sl.Name, *p.Name), *p.Port) {
+			return false
+		}
+	}
+	return true
 }
 
 func isHeadless(s *corev1.Service) bool { return s.Spec.ClusterIP == corev1.ClusterIPNone }

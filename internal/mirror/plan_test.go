@@ -530,6 +530,18 @@ func TestVerifiedMirrorsAreKeptUntilSomethingMoves(t *testing.T) {
 			t.Fatalf("the mirror of a gone Service is not deleted: %+v", p.DeleteServices)
 		}
 	})
+	// Two plans that each read the ports before the other's slice reached
+	// the cache can give one port to two mirrors (of two Links); that moves
+	// no resourceVersion of the mirror that loses it.
+	t.Run("another mirror holds the same gateway port", func(t *testing.T) {
+		s, v := setup()
+		port := *s.slices[cart].Ports[0].Port
+		s.ports[PortKey("a", "x-west", "http")] = port // sorts first: it keeps the port
+		p := same(t, s, remote("7", nil), v, nil)
+		if len(p.UpdateSlices) != 1 || p.UpdateSlices[0].Name != "cart-east" || *p.UpdateSlices[0].Ports[0].Port == port {
+			t.Fatalf("the mirror that lost its port keeps it: %d slices updated", len(p.UpdateSlices))
+		}
+	})
 	// A headless Service's pods getting hostnames moves no resourceVersion
 	// of the Service or of its mirror: the record must not hide it.
 	t.Run("the headless Service's pods got hostnames", func(t *testing.T) {

@@ -110,6 +110,14 @@ func (a *Allocator) Get(key string) (int32, error) {
 	return 0, fmt.Errorf("no free gateway port in %d-%d", a.r.Low, a.r.High)
 }
 
+// Holds reports whether key holds port: false when another key kept it (a
+// duplicate left by two plans that each read the ports before the other's
+// slice was in the cache, or by an interrupted write).
+func (a *Allocator) Holds(key string, port int32) bool {
+	p, ok := a.byKey[key]
+	return ok && p == port
+}
+
 // Release frees the ports of keys no longer needed.
 func (a *Allocator) Release(key string) {
 	if p, ok := a.byKey[key]; ok {

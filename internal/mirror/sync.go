@@ -66,8 +66,7 @@ func (r *Reconciler) sync(ctx context.Context, link *v1alpha1.Link, w *remoteWat
 	linkKey := types.NamespacedName{Namespace: link.Namespace, Name: link.Name}
 	// Every fullCompareEvery-th pass compares every mirror whatever the
 	// record says (every 5 minutes at the default resync): a safety net
-	// for what no resourceVersion shows, such as two mirrors left holding
-	// one gateway port by an interrupted write.
+	// for what no resourceVersion shows.
 	if r.passes == nil {
 		r.passes = map[types.NamespacedName]*linkPasses{}
 	}
