@@ -31,13 +31,15 @@ import (
 // benchTrustDomain is the trust domain of the bench's gateway identities.
 const benchTrustDomain = "bench.backbone.test"
 
-// backbonePath sets up backbone's own cross-cluster path: two real
+// backbonePaths sets up backbone's own cross-cluster path: two real
 // clusters (etcd + kube-apiserver each), a `backbone gateway` process per
 // cluster with real mTLS between them, the backends exported from east and
 // mirrored in west (the mirror controller's output, written directly so
 // the data path is measured alone). The WAN variant is a second link to
-// east's gateway through a latency-injecting proxy.
-func backbonePath(ctx context.Context, dir, httpBackend, sinkBackend string, wan time.Duration) (*path, error) {
+// east's gateway through a latency-injecting proxy. The second path is
+// the same but for the answering gateway, a second one of east running
+// net/http's HTTP/2 server (--inbound-server=net/http).
+func backbonePaths(ctx context.Context, dir, httpBackend, sinkBackend string, wan time.Duration) ([]*path, error) {
 	if !testenv.InNetns() {
 		return nil, errors.New("backbone's path needs the private network namespace (run the bench as root)")
 	}
@@ -51,7 +53,7 @@ func backbonePath(ctx context.Context, dir, httpBackend, sinkBackend string, wan
 			stops[i]()
 		}
 	}
-	fail := func(err error) (*path, error) { stop(); return nil, err }
+	fail := func(err error) ([]*path, error) { stop(); return nil, err }
 
 	east, stopEast, err := startCluster(dir, "east")
 	if err != nil {
@@ -76,20 +78,27 @@ func backbonePath(ctx context.Context, dir, httpBackend, sinkBackend string, wan
 		}
 		return d, certs.WriteIdentity(d, c, k, anchor.CertPEM())
 	}
-	eastIP, westIP := testenv.NetnsAddr(1), testenv.NetnsAddr(2)
+	// east2 is a second gateway of east answering with net/http's HTTP/2
+	// server: the same tunnels through the same west gateway, to compare
+	// the inbound servers in one run.
+	eastIP, westIP, east2IP := testenv.NetnsAddr(1), testenv.NetnsAddr(2), testenv.NetnsAddr(3)
 	var pids []int
 	for _, g := range []struct {
-		c  *testenv.Cluster
-		ip string
-	}{{east, eastIP}, {west, westIP}} {
-		id, err := issueIdentity(g.c.Name)
-		if err != nil {
-			return fail(err)
+		c             *testenv.Cluster
+		ip, inbound   string
+		name          string
+		issueIdentity bool
+	}{{east, eastIP, gateway.InboundServerBackbone, "east", true}, {west, westIP, gateway.InboundServerBackbone, "west", true}, {east, east2IP, gateway.InboundServerNetHTTP, "east2", false}} {
+		id := filepath.Join(dir, "identity-"+g.c.Name)
+		if g.issueIdentity {
+			if id, err = issueIdentity(g.c.Name); err != nil {
+				return fail(err)
+			}
 		}
 		cmd := exec.Command(bin, "gateway", "--kubeconfig", g.c.Kubeconfig, "--cluster-name", g.c.Name,
-			"--identity-dir", id, "--inbound-address", net.JoinHostPort(g.ip, "4143"),
+			"--identity-dir", id, "--inbound-address", net.JoinHostPort(g.ip, "4143"), "--inbound-server", g.inbound,
 			"--outbound-bind-ip", g.ip, "--admin-address", net.JoinHostPort(g.ip, "9990"), "--log-level", "warn")
-		logf, err := os.Create(filepath.Join(dir, "gateway-"+g.c.Name+".log"))
+		logf, err := os.Create(filepath.Join(dir, "gateway-"+g.name+".log"))
 		if err != nil {
 			return fail(err)
 		}
@@ -124,10 +133,13 @@ func backbonePath(ctx context.Context, dir, httpBackend, sinkBackend string, wan
 	if err := createLink(ctx, west.Client, "east-wan", westIP, int32(n), eastID); err != nil {
 		return fail(err)
 	}
+	if err := createLink(ctx, west.Client, "east-nethttp", east2IP, 4143, eastID); err != nil {
+		return fail(err)
+	}
 	mirrors := []struct {
 		remote, from string
 		port         int32
-	}{{"web", "east", 20001}, {"sink", "east", 20002}, {"web", "east-wan", 20003}}
+	}{{"web", "east", 20001}, {"sink", "east", 20002}, {"web", "east-wan", 20003}, {"web", "east-nethttp", 20011}, {"sink", "east-nethttp", 20012}}
 	for _, m := range mirrors {
 		if err := createMirror(ctx, west.Client, m.from, m.remote, m.port, westIP); err != nil {
 			return fail(err)
@@ -145,16 +157,20 @@ func backbonePath(ctx context.Context, dir, httpBackend, sinkBackend string, wan
 		GatewayAddresses: []v1alpha1.GatewayAddress{{Host: eastIP, Port: 4143}}, GatewayIdentity: eastID}})
 	p := &path{
 		name: "backbone", httpAddr: addr(20001), bulkAddr: addr(20002), wanAddr: addr(20003),
-		pids: pids, stop: stop,
+		pids: pids[:2], stop: stop,
 		probe: func() (time.Duration, error) {
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 			defer cancel()
 			return pool.Probe(ctx, "east")
 		},
 	}
+	nethttp := &path{
+		name: "backbone, net/http inbound", httpAddr: addr(20011), bulkAddr: addr(20012),
+		pids: []int{pids[2], pids[1]}, stop: func() {},
+	}
 	// Wait for the listeners, and warm the pooled tunnels: a pod's first
 	// connection after the gateway starts pays the handshake once.
-	for _, a := range []string{p.httpAddr, p.wanAddr} {
+	for _, a := range []string{p.httpAddr, p.wanAddr, nethttp.httpAddr} {
 		var err error
 		for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
 			if err = get(nil, "http://"+a+"/"); err == nil {
@@ -165,7 +181,7 @@ func backbonePath(ctx context.Context, dir, httpBackend, sinkBackend string, wan
 			return fail(fmt.Errorf("backbone's path %s does not answer: %w", a, err))
 		}
 	}
-	return p, nil
+	return []*path{p, nethttp}, nil
 }
 
 // exportService exports a backend from a cluster, as a Deployment and

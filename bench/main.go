@@ -241,12 +241,12 @@ func measurePaths(ctx context.Context, dir string, o options, r *report) error {
 		defer p.stop()
 		paths = append(paths, p)
 	}
-	bb, err := backbonePath(ctx, dir, httpL.Addr().String(), sinkL.Addr().String(), o.wanOneWay)
+	bb, err := backbonePaths(ctx, dir, httpL.Addr().String(), sinkL.Addr().String(), o.wanOneWay)
 	if err != nil {
 		log.Printf("backbone's path is not measured: %v", err)
 	} else {
-		defer bb.stop()
-		paths = append(paths, bb)
+		defer bb[0].stop()
+		paths = append(paths, bb...)
 	}
 	for _, p := range paths {
 		var err error

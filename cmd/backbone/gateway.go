@@ -72,6 +72,7 @@ gracefully.`,
 	f.DurationVar(&opts.HeaderTimeout, "header-timeout", 10*time.Second, "time a peer has to complete its handshake and request headers")
 	f.DurationVar(&opts.EgressProbePeriod, "egress-probe-period", 10*time.Second, "how often each egress target this gateway serves is probed (±10% jitter); the controller writes status from the results")
 	f.DurationVar(&opts.EgressProbeTimeout, "egress-probe-timeout", 5*time.Second, "how long one egress probe (connect, TLS handshake, request) may take")
+	f.StringVar(&opts.InboundServer, "inbound-server", gateway.InboundServerBackbone, "HTTP/2 server of the inbound port: backbone (streams write their answers straight to the connection) or net/http (Go's, kept for comparison)")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringArrayVar(&resolve, "egress-resolve", nil, "NAME=ADDRESS[,ADDRESS...]: pin an egress target's name to addresses instead of DNS (repeatable; dial-time checks still apply)")
 	_ = cmd.MarkFlagRequired("cluster-name")

@@ -3,6 +3,7 @@ package gateway
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"io"
 	"log"
 	"log/slog"
@@ -10,6 +11,7 @@ import (
 	"net/http"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -50,6 +52,33 @@ type testPeer struct {
 // the listener's (a fault proxy in front of it).
 func startPeer(tb testing.TB, handler http.Handler, dialTimeout time.Duration, via func(addr string) string) *testPeer {
 	tb.Helper()
+	east, west := testIdentities(tb)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	pp := &testPeer{addr: l.Addr().String()}
+	srv := newTestServer(testInboundServer, east.ServerTLS("h2"), handler)
+	go func() { _ = srv.Serve(countingListener{l, &pp.accepted}) }()
+	tb.Cleanup(func() { _ = srv.Close() })
+	target := pp.addr
+	if via != nil {
+		target = via(pp.addr)
+	}
+	host, port, _ := net.SplitHostPort(target)
+	p, _ := strconv.Atoi(port)
+	pp.pool = NewPool(west, dialTimeout, slog.New(slog.DiscardHandler), nil)
+	tb.Cleanup(pp.pool.Close)
+	pp.pool.Ensure(v1alpha1.Link{Spec: v1alpha1.LinkSpec{TargetClusterName: "east",
+		GatewayAddresses: []v1alpha1.GatewayAddress{{Host: host, Port: int32(p)}},
+		GatewayIdentity:  "spiffe://bench.test/cluster/east"}})
+	return pp
+}
+
+// testIdentities issues east's and west's gateway identities from one
+// anchor (trust domain bench.test).
+func testIdentities(tb testing.TB) (east, west *identity.Files) {
+	tb.Helper()
 	anchor, err := certs.NewAnchor("bench.test", time.Hour)
 	if err != nil {
 		tb.Fatal(err)
@@ -69,44 +98,53 @@ func startPeer(tb testing.TB, handler http.Handler, dialTimeout time.Duration, v
 		}
 		return id
 	}
-	east, west := load("east"), load("west")
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
+	return load("east"), load("west")
+}
+
+// testInboundServer is the inbound server startPeer runs.
+var testInboundServer = InboundServerBackbone
+
+// newTestServer returns an inbound server of the given kind with the
+// gateway's settings, serving handler.
+func newTestServer(kind string, tlsConfig *tls.Config, handler http.Handler) server {
+	if kind == InboundServerNetHTTP {
+		var protocols http.Protocols
+		protocols.SetHTTP2(true)
+		return tlsServer{&http.Server{
+			TLSConfig: tlsConfig, Protocols: &protocols, HTTP2: h2Config(),
+			Handler: handler, ErrorLog: log.New(io.Discard, "", 0),
+		}}
 	}
-	pp := &testPeer{addr: l.Addr().String()}
-	var protocols http.Protocols
-	protocols.SetHTTP2(true)
-	srv := &http.Server{
-		TLSConfig: east.ServerTLS("h2"), Protocols: &protocols, HTTP2: h2Config(),
-		Handler:  handler,
-		ErrorLog: log.New(io.Discard, "", 0),
-		ConnState: func(_ net.Conn, s http.ConnState) {
-			if s == http.StateNew {
-				pp.accepted.Add(1)
-			}
-		},
+	cfg := h2Config()
+	return &h2Server{
+		handler: handler, tlsConfig: tlsConfig, log: slog.New(slog.DiscardHandler),
+		handshakeTimeout: 10 * time.Second, idleTimeout: 5 * time.Minute,
+		pingInterval: cfg.SendPingTimeout, pingTimeout: cfg.PingTimeout, writeTimeout: cfg.SendPingTimeout,
+		maxStreams: maxStreamsPerConn, streamWindow: streamWindow, connWindow: connectionWindow,
+		maxFrameSize: uint32(cfg.MaxReadFrameSize), maxHeaderBytes: 64 << 10,
 	}
-	go func() { _ = srv.ServeTLS(l, "", "") }()
-	tb.Cleanup(func() { _ = srv.Close() })
-	target := pp.addr
-	if via != nil {
-		target = via(pp.addr)
+}
+
+// countingListener counts the connections it accepts.
+type countingListener struct {
+	net.Listener
+	n *atomic.Int64
+}
+
+func (l countingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err == nil {
+		l.n.Add(1)
 	}
-	host, port, _ := net.SplitHostPort(target)
-	p, _ := strconv.Atoi(port)
-	pp.pool = NewPool(west, dialTimeout, slog.New(slog.DiscardHandler), nil)
-	tb.Cleanup(pp.pool.Close)
-	pp.pool.Ensure(v1alpha1.Link{Spec: v1alpha1.LinkSpec{TargetClusterName: "east",
-		GatewayAddresses: []v1alpha1.GatewayAddress{{Host: host, Port: int32(p)}},
-		GatewayIdentity:  "spiffe://bench.test/cluster/east"}})
-	return pp
+	return c, err
 }
 
 // BenchmarkTunnelStream: one tunnel stream per operation over a pooled
 // connection — open, 1 KiB up, 1 KiB echoed back, close. Allocations per
 // op are per stream.
-func BenchmarkTunnelStream(b *testing.B) {
+func BenchmarkTunnelStream(b *testing.B) { eachInboundServer(b, benchmarkTunnelStream) }
+
+func benchmarkTunnelStream(b *testing.B) {
 	pool, authority := benchPeer(b)
 	msg := bytes.Repeat([]byte("x"), 1024)
 	buf := make([]byte, len(msg))
@@ -132,7 +170,9 @@ func BenchmarkTunnelStream(b *testing.B) {
 
 // BenchmarkTunnelBulk: bytes through one long stream, 32 KiB per write;
 // allocations per op are per 32 KiB (divide by 32 for per KiB).
-func BenchmarkTunnelBulk(b *testing.B) {
+func BenchmarkTunnelBulk(b *testing.B) { eachInboundServer(b, benchmarkTunnelBulk) }
+
+func benchmarkTunnelBulk(b *testing.B) {
 	pool, authority := benchPeer(b)
 	app, gw := net.Pipe()
 	st, err := pool.OpenStream(context.Background(), "east", authority, gw)
@@ -195,7 +235,20 @@ func BenchmarkGatewayStream(b *testing.B) {
 // BenchmarkTunnelRoundTrip: request and answer on one established stream,
 // as a keep-alive client's requests go — 1 KiB up, the 1 KiB echo read
 // back, per operation. ns/op is the round trip through both ends.
-func BenchmarkTunnelRoundTrip(b *testing.B) {
+func BenchmarkTunnelRoundTrip(b *testing.B) { eachInboundServer(b, benchmarkTunnelRoundTrip) }
+
+// eachInboundServer runs a benchmark against each inbound server.
+func eachInboundServer(b *testing.B, bench func(*testing.B)) {
+	for _, kind := range []string{InboundServerBackbone, InboundServerNetHTTP} {
+		b.Run("inbound="+strings.ReplaceAll(kind, "/", ""), func(b *testing.B) {
+			defer func(k string) { testInboundServer = k }(testInboundServer)
+			testInboundServer = kind
+			bench(b)
+		})
+	}
+}
+
+func benchmarkTunnelRoundTrip(b *testing.B) {
 	pool, authority := benchPeer(b)
 	msg := bytes.Repeat([]byte("x"), 1024)
 	buf := make([]byte, len(msg))

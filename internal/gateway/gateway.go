@@ -56,6 +56,9 @@ type Options struct {
 	// probe may take (default 5s).
 	EgressProbePeriod  time.Duration
 	EgressProbeTimeout time.Duration
+	// InboundServer picks the inbound port's HTTP/2 server:
+	// InboundServerBackbone (the default) or InboundServerNetHTTP.
+	InboundServer string
 }
 
 func newOriginator(log *slog.Logger, pins map[string][]netip.Addr) *origin.Originator {

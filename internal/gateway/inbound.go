@@ -44,31 +44,74 @@ func h2Config() *http.HTTP2Config {
 // inboundServer is the mTLS endpoint peer gateways tunnel into.
 type inboundServer struct {
 	g   *Gateway
-	srv *http.Server
+	srv server
 }
+
+// server is what serves the inbound port: backbone's own HTTP/2 server
+// (h2Server), or net/http's, kept to compare against
+// (--inbound-server=net/http).
+type server interface {
+	Serve(net.Listener) error
+	Shutdown(context.Context) error
+	Close() error
+}
+
+// Inbound server implementations (Options.InboundServer).
+const (
+	InboundServerBackbone = "backbone"
+	InboundServerNetHTTP  = "net/http"
+)
 
 func newInboundServer(g *Gateway) (*inboundServer, error) {
 	s := &inboundServer{g: g}
-	// Only HTTP/2: a peer that does not negotiate h2 is not a gateway.
-	var protocols http.Protocols
-	protocols.SetHTTP2(true)
-	s.srv = &http.Server{
-		Handler:           http.HandlerFunc(s.serve),
-		TLSConfig:         g.identity.ServerTLS("h2"),
-		Protocols:         &protocols,
-		HTTP2:             h2Config(),
-		ReadHeaderTimeout: g.opts.HeaderTimeout,
-		IdleTimeout:       5 * time.Minute,
-		MaxHeaderBytes:    64 << 10,
-		ErrorLog:          slog.NewLogLogger(g.log.Handler().WithAttrs([]slog.Attr{slog.String("component", "inbound")}), slog.LevelDebug),
+	errorLog := g.log.With("component", "inbound")
+	switch g.opts.InboundServer {
+	case "", InboundServerBackbone:
+		cfg := h2Config()
+		s.srv = &h2Server{
+			handler:          http.HandlerFunc(s.serve),
+			tlsConfig:        g.identity.ServerTLS("h2"),
+			log:              errorLog,
+			handshakeTimeout: g.opts.HeaderTimeout,
+			idleTimeout:      5 * time.Minute,
+			pingInterval:     cfg.SendPingTimeout,
+			pingTimeout:      cfg.PingTimeout,
+			writeTimeout:     cfg.SendPingTimeout,
+			maxStreams:       maxStreamsPerConn,
+			streamWindow:     streamWindow,
+			connWindow:       connectionWindow,
+			maxFrameSize:     uint32(cfg.MaxReadFrameSize),
+			maxHeaderBytes:   64 << 10,
+		}
+	case InboundServerNetHTTP:
+		// Only HTTP/2: a peer that does not negotiate h2 is not a gateway.
+		var protocols http.Protocols
+		protocols.SetHTTP2(true)
+		s.srv = tlsServer{&http.Server{
+			Handler:           http.HandlerFunc(s.serve),
+			TLSConfig:         g.identity.ServerTLS("h2"),
+			Protocols:         &protocols,
+			HTTP2:             h2Config(),
+			ReadHeaderTimeout: g.opts.HeaderTimeout,
+			IdleTimeout:       5 * time.Minute,
+			MaxHeaderBytes:    64 << 10,
+			ErrorLog:          slog.NewLogLogger(errorLog.Handler(), slog.LevelDebug),
+		}}
+	default:
+		return nil, fmt.Errorf("inbound server %q: want %q or %q", g.opts.InboundServer, InboundServerBackbone, InboundServerNetHTTP)
 	}
 	return s, nil
 }
 
+// tlsServer serves TLS with an http.Server.
+type tlsServer struct{ *http.Server }
+
+func (t tlsServer) Serve(l net.Listener) error { return t.ServeTLS(l, "", "") }
+
 func (s *inboundServer) serveListener(l net.Listener) error {
 	// Handshakes are bounded: a client that opens a connection and stalls
 	// is cut off by the header timeout.
-	err := s.srv.ServeTLS(l, "", "")
+	err := s.srv.Serve(l)
 	if errors.Is(err, http.ErrServerClosed) {
 		return nil
 	}

@@ -1,0 +1,1254 @@
+package gateway
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/net/http/httpguts"
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+)
+
+// h2Server serves the inbound port's HTTP/2 connections. Tunnel streams
+// are long byte pipes, not documents, so a stream's answer is written by
+// the goroutine that read it from the backend, straight into the
+// connection, and the last of a burst of writers flushes. net/http's
+// server hands each write to its connection goroutine, which schedules it
+// and flushes from a goroutine of its own: two goroutine switches on every
+// answer, the larger part of the latency a gateway added at low load.
+//
+// It speaks what peer gateways and probes send: CONNECT streams (RFC 9113
+// §8.5) and plain requests such as GET /ready. It enforces both flow
+// control windows, refuses streams beyond its concurrency limit (counting
+// a stream until its handler returns, so a peer resetting streams cannot
+// run more handlers than that), answers PING, follows SETTINGS, and ends
+// connections with GOAWAY: on Shutdown, after an idle period, and on a
+// protocol error. Frames are parsed by x/net's Framer and header blocks by
+// its HPACK decoder, bounded by the header list limit.
+type h2Server struct {
+	handler   http.Handler
+	tlsConfig *tls.Config
+	log       *slog.Logger
+
+	// handshakeTimeout bounds a new connection's TLS handshake, its
+	// preface and its first SETTINGS.
+	handshakeTimeout time.Duration
+	// idleTimeout ends a connection without streams for this long.
+	idleTimeout time.Duration
+	// pingInterval: a PING after this long without a frame from the peer;
+	// pingTimeout: the connection is closed this long after, still
+	// without one.
+	pingInterval, pingTimeout time.Duration
+	// writeTimeout bounds a flush that makes no progress (a peer that
+	// stopped reading).
+	writeTimeout time.Duration
+
+	maxStreams     uint32
+	streamWindow   uint32 // SETTINGS_INITIAL_WINDOW_SIZE we advertise
+	connWindow     uint32 // the connection's receive window
+	maxFrameSize   uint32 // SETTINGS_MAX_FRAME_SIZE we advertise
+	maxHeaderBytes uint32 // SETTINGS_MAX_HEADER_LIST_SIZE
+
+	mu        sync.Mutex
+	listeners map[net.Listener]struct{}
+	conns     map[*h2Conn]struct{}
+	shut      bool
+}
+
+const (
+	// goAwayLinger is how long a connection told to go away keeps reading
+	// once its streams are done, so requests the peer sent before it saw
+	// the GOAWAY are refused (and retried elsewhere) rather than lost in
+	// a reset.
+	goAwayLinger = time.Second
+	// initialWindow is HTTP/2's window before SETTINGS change it.
+	initialWindow = 65535
+	maxWindow     = math.MaxInt32
+)
+
+var (
+	errStreamReset = errors.New("http2: stream reset by peer")
+	errStreamEnded = errors.New("http2: stream ended")
+	errConnClosed  = errors.New("http2: connection closed")
+	errBodyClosed  = errors.New("http2: request body closed")
+)
+
+func (s *h2Server) init() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.conns == nil {
+		s.conns = map[*h2Conn]struct{}{}
+		s.listeners = map[net.Listener]struct{}{}
+	}
+}
+
+// Serve accepts connections on l until Shutdown or Close, which make it
+// return http.ErrServerClosed.
+func (s *h2Server) Serve(l net.Listener) error {
+	s.init()
+	s.mu.Lock()
+	if s.shut {
+		s.mu.Unlock()
+		return http.ErrServerClosed
+	}
+	s.listeners[l] = struct{}{}
+	s.mu.Unlock()
+	var backoff time.Duration
+	for {
+		nc, err := l.Accept()
+		if err != nil {
+			s.mu.Lock()
+			shut := s.shut
+			s.mu.Unlock()
+			if shut {
+				return http.ErrServerClosed
+			}
+			if errors.Is(err, net.ErrClosed) {
+				return err
+			}
+			// Out of file descriptors and the like: wait, as net/http does.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			s.log.Warn("accepting a connection", "err", err, "retry-in", backoff)
+			time.Sleep(backoff)
+			continue
+		}
+		backoff = 0
+		go s.serveTLS(nc)
+	}
+}
+
+func (s *h2Server) serveTLS(nc net.Conn) {
+	tc := tls.Server(nc, s.tlsConfig)
+	deadline := time.Now().Add(s.handshakeTimeout)
+	_ = tc.SetDeadline(deadline)
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	err := tc.HandshakeContext(ctx)
+	cancel()
+	if err != nil {
+		s.log.Debug("TLS handshake", "remote", nc.RemoteAddr().String(), "err", err)
+		_ = nc.Close()
+		return
+	}
+	state := tc.ConnectionState()
+	if state.NegotiatedProtocol != "h2" {
+		s.log.Debug("refused: not HTTP/2", "remote", nc.RemoteAddr().String(), "alpn", state.NegotiatedProtocol)
+		_ = tc.Close()
+		return
+	}
+	s.serveConn(tc, &state)
+}
+
+// serveConn serves one connection whose TLS handshake (if any) is done,
+// until it closes. The first bytes must arrive before the handshake
+// deadline set on nc, which serveConn clears once SETTINGS came.
+func (s *h2Server) serveConn(nc net.Conn, state *tls.ConnectionState) {
+	c := s.newConn(nc, state)
+	s.mu.Lock()
+	if s.shut {
+		s.mu.Unlock()
+		_ = nc.Close()
+		return
+	}
+	s.conns[c] = struct{}{}
+	s.mu.Unlock()
+	c.serve()
+}
+
+// Shutdown stops accepting, sends every connection a GOAWAY and waits
+// until none has a stream left, or ctx ends.
+func (s *h2Server) Shutdown(ctx context.Context) error {
+	s.init()
+	conns := s.stop()
+	for _, c := range conns {
+		c.goAway(http2.ErrCodeNo, nil)
+	}
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if s.idle() {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-tick.C:
+		}
+	}
+}
+
+// Close stops accepting and closes every connection at once.
+func (s *h2Server) Close() error {
+	s.init()
+	for _, c := range s.stop() {
+		c.close()
+	}
+	return nil
+}
+
+func (s *h2Server) stop() []*h2Conn {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.shut = true
+	for l := range s.listeners {
+		_ = l.Close()
+	}
+	conns := make([]*h2Conn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	return conns
+}
+
+func (s *h2Server) idle() bool {
+	s.mu.Lock()
+	conns := make([]*h2Conn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	for _, c := range conns {
+		c.mu.Lock()
+		busy := !c.closed && c.active > 0
+		c.mu.Unlock()
+		if busy {
+			return false
+		}
+	}
+	return true
+}
+
+// h2Conn is one peer connection.
+type h2Conn struct {
+	srv    *h2Server
+	nc     net.Conn
+	tls    *tls.ConnectionState
+	remote string
+	fr     *http2.Framer // read by serve only; written under wmu
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	// Writing: frames go into bw under wmu; a writer that leaves nobody
+	// waiting behind it flushes.
+	wmu          sync.Mutex
+	bw           *bufio.Writer
+	henc         *hpack.Encoder
+	hbuf         bytes.Buffer
+	werr         error
+	deadlineSet  time.Time
+	waiting      atomic.Int32
+	peerMaxFrame atomic.Uint32
+
+	lastRead atomic.Int64 // unix nanoseconds of the last frame read
+
+	mu          sync.Mutex
+	flow        *sync.Cond // a send window grew, or a stream or the connection ended
+	streams     map[uint32]*h2Stream
+	active      int    // streams whose handlers run
+	maxID       uint32 // highest stream the peer opened
+	sendWindow  int64  // what we may still send on the connection
+	peerWindow  int64  // the peer's SETTINGS_INITIAL_WINDOW_SIZE
+	recvWindow  int64  // what the peer may still send on the connection
+	recvUnacked int64  // bytes consumed or discarded, not yet given back
+	goingAway   bool   // GOAWAY sent: no new streams
+	peerGone    bool   // GOAWAY received
+	closed      bool
+	lastActive  time.Time // when the last stream ended
+	timer       *time.Timer
+	pingSent    time.Time // zero when no PING is outstanding
+}
+
+func (s *h2Server) newConn(nc net.Conn, state *tls.ConnectionState) *h2Conn {
+	c := &h2Conn{
+		srv:        s,
+		nc:         nc,
+		tls:        state,
+		remote:     nc.RemoteAddr().String(),
+		streams:    map[uint32]*h2Stream{},
+		sendWindow: initialWindow,
+		peerWindow: initialWindow,
+		recvWindow: int64(s.connWindow),
+		lastActive: time.Now(),
+	}
+	c.ctx, c.cancel = context.WithCancel(context.Background())
+	c.flow = sync.NewCond(&c.mu)
+	c.bw = bufio.NewWriterSize(nc, int(s.maxFrameSize)+64<<10)
+	c.fr = http2.NewFramer(c.bw, bufio.NewReaderSize(nc, 32<<10))
+	c.fr.SetMaxReadFrameSize(s.maxFrameSize)
+	c.fr.MaxHeaderListSize = s.maxHeaderBytes
+	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	c.henc = hpack.NewEncoder(&c.hbuf)
+	c.peerMaxFrame.Store(16384)
+	c.lastRead.Store(time.Now().UnixNano())
+	return c
+}
+
+// serve reads the connection's frames until it ends.
+func (c *h2Conn) serve() {
+	defer c.close()
+	preface := make([]byte, len(http2.ClientPreface))
+	if _, err := io.ReadFull(c.nc, preface); err != nil || string(preface) != http2.ClientPreface {
+		c.srv.log.Debug("refused: no HTTP/2 preface", "remote", c.remote)
+		return
+	}
+	err := c.write(func() error {
+		if err := c.fr.WriteSettings(
+			http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: c.srv.maxStreams},
+			http2.Setting{ID: http2.SettingInitialWindowSize, Val: c.srv.streamWindow},
+			http2.Setting{ID: http2.SettingMaxFrameSize, Val: c.srv.maxFrameSize},
+			http2.Setting{ID: http2.SettingMaxHeaderListSize, Val: c.srv.maxHeaderBytes},
+		); err != nil {
+			return err
+		}
+		if inc := c.srv.connWindow - initialWindow; inc > 0 {
+			return c.fr.WriteWindowUpdate(0, inc)
+		}
+		return nil
+	})
+	if err != nil {
+		return
+	}
+	first := true
+	for {
+		f, err := c.fr.ReadFrame()
+		if err != nil {
+			var se http2.StreamError
+			var ce http2.ConnectionError
+			switch {
+			case errors.As(err, &se):
+				// A malformed header block: the stream's ID is used.
+				if c.noteStreamID(se.StreamID) != nil {
+					c.goAway(http2.ErrCodeProtocol, err)
+					return
+				}
+				c.resetStream(se.StreamID, se.Code, true)
+				continue
+			case errors.As(err, &ce):
+				c.goAway(http2.ErrCode(ce), err)
+			case errors.Is(err, http2.ErrFrameTooLarge):
+				c.goAway(http2.ErrCodeFrameSize, err)
+			default:
+				c.srv.log.Debug("reading", "remote", c.remote, "err", err)
+			}
+			return
+		}
+		c.lastRead.Store(time.Now().UnixNano())
+		if first {
+			sf, ok := f.(*http2.SettingsFrame)
+			if !ok || sf.IsAck() {
+				c.goAway(http2.ErrCodeProtocol, errors.New("the first frame is not SETTINGS"))
+				return
+			}
+			// Past the handshake: liveness is the PINGs' business now,
+			// and writes get deadlines of their own.
+			c.wmu.Lock()
+			_ = c.nc.SetDeadline(time.Time{})
+			c.deadlineSet = time.Time{}
+			c.wmu.Unlock()
+			c.armTimer()
+			first = false
+		}
+		if err := c.process(f); err != nil {
+			var ce http2.ConnectionError
+			if errors.As(err, &ce) {
+				c.goAway(http2.ErrCode(ce), err)
+			}
+			return
+		}
+	}
+}
+
+// connError is a connection error with what caused it.
+type connError struct {
+	code   http2.ErrCode
+	reason string
+}
+
+func (e connError) Error() string { return fmt.Sprintf("%v: %s", e.code, e.reason) }
+func (e connError) As(target any) bool {
+	if t, ok := target.(*http2.ConnectionError); ok {
+		*t = http2.ConnectionError(e.code)
+		return true
+	}
+	return false
+}
+
+func protocolError(format string, args ...any) error {
+	return connError{http2.ErrCodeProtocol, fmt.Sprintf(format, args...)}
+}
+
+// process handles one frame; an error ends the connection.
+func (c *h2Conn) process(f http2.Frame) error {
+	switch f := f.(type) {
+	case *http2.MetaHeadersFrame:
+		return c.processHeaders(f)
+	case *http2.DataFrame:
+		return c.processData(f)
+	case *http2.WindowUpdateFrame:
+		return c.processWindowUpdate(f)
+	case *http2.RSTStreamFrame:
+		c.mu.Lock()
+		idle := f.StreamID > c.maxID
+		c.mu.Unlock()
+		if idle {
+			return protocolError("RST_STREAM on idle stream %d", f.StreamID)
+		}
+		c.resetStream(f.StreamID, f.ErrCode, false)
+		return nil
+	case *http2.SettingsFrame:
+		return c.processSettings(f)
+	case *http2.PingFrame:
+		if f.IsAck() {
+			c.mu.Lock()
+			c.pingSent = time.Time{}
+			c.mu.Unlock()
+			return nil
+		}
+		return c.write(func() error { return c.fr.WritePing(true, f.Data) })
+	case *http2.GoAwayFrame:
+		c.mu.Lock()
+		c.peerGone = true
+		done := c.active == 0
+		c.mu.Unlock()
+		if done {
+			return errConnClosed
+		}
+		return nil
+	case *http2.PushPromiseFrame:
+		return protocolError("PUSH_PROMISE from a client")
+	}
+	// PRIORITY, PRIORITY_UPDATE and unknown frames carry nothing for us.
+	return nil
+}
+
+// noteStreamID records a stream ID the peer used in a frame that failed
+// to parse: a new one counts as opened.
+func (c *h2Conn) noteStreamID(id uint32) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if id > c.maxID {
+		if id%2 == 0 {
+			return protocolError("stream %d: even, not a client stream", id)
+		}
+		c.maxID = id
+	}
+	return nil
+}
+
+func (c *h2Conn) processHeaders(f *http2.MetaHeadersFrame) error {
+	id := f.StreamID
+	c.mu.Lock()
+	if st, ok := c.streams[id]; ok {
+		// Trailers: they end the request; we keep none.
+		if !f.StreamEnded() {
+			c.mu.Unlock()
+			return protocolError("stream %d: trailers without END_STREAM", id)
+		}
+		if st.recvErr != nil {
+			violation := st.reset == nil
+			c.mu.Unlock()
+			if violation {
+				c.resetStream(id, http2.ErrCodeStreamClosed, true)
+			}
+			return nil
+		}
+		st.recvErr = io.EOF
+		st.readable.Broadcast()
+		c.mu.Unlock()
+		return nil
+	}
+	if id%2 == 0 || id <= c.maxID {
+		c.mu.Unlock()
+		return protocolError("stream %d: HEADERS on a stream that is not new", id)
+	}
+	c.maxID = id
+	refuse := c.goingAway || c.closed || c.active >= int(c.srv.maxStreams+c.srv.maxStreams/8)
+	c.mu.Unlock()
+	if refuse {
+		return c.writeReset(id, http2.ErrCodeRefusedStream)
+	}
+	if f.Truncated {
+		return c.writeResponse(id, http.StatusRequestHeaderFieldsTooLarge)
+	}
+	req, code := c.newRequest(f)
+	if code != http2.ErrCodeNo {
+		return c.writeReset(id, code)
+	}
+	if req == nil {
+		return c.writeResponse(id, http.StatusBadRequest)
+	}
+
+	st := &h2Stream{c: c, id: id, recvWindow: int64(c.srv.streamWindow)}
+	st.readable = sync.NewCond(&c.mu)
+	st.ctx, st.cancel = context.WithCancel(c.ctx)
+	if f.StreamEnded() {
+		st.recvErr = io.EOF
+		req.Body = http.NoBody
+		req.ContentLength = 0
+	} else {
+		req.Body = &h2Body{st: st}
+	}
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		st.cancel()
+		return errConnClosed
+	}
+	st.sendWindow = c.peerWindow
+	c.streams[id] = st
+	c.active++
+	c.mu.Unlock()
+	go c.runHandler(st, req.WithContext(st.ctx))
+	return nil
+}
+
+// newRequest builds a request from a header block; a stream error code
+// when it is malformed, or a nil request for a 400.
+func (c *h2Conn) newRequest(f *http2.MetaHeadersFrame) (*http.Request, http2.ErrCode) {
+	method, authority := f.PseudoValue("method"), f.PseudoValue("authority")
+	path, scheme := f.PseudoValue("path"), f.PseudoValue("scheme")
+	if f.PseudoValue("protocol") != "" || f.PseudoValue("status") != "" {
+		return nil, http2.ErrCodeProtocol // extended CONNECT is not offered
+	}
+	if method == "" {
+		return nil, http2.ErrCodeProtocol
+	}
+	req := &http.Request{
+		Method:        method,
+		Proto:         "HTTP/2.0",
+		ProtoMajor:    2,
+		Header:        make(http.Header, len(f.Fields)),
+		Host:          authority,
+		RemoteAddr:    c.remote,
+		TLS:           c.tls,
+		ContentLength: -1,
+	}
+	if method == http.MethodConnect {
+		// RFC 9113 §8.5: :authority only.
+		if authority == "" || path != "" || scheme != "" {
+			return nil, http2.ErrCodeProtocol
+		}
+		req.URL = &url.URL{Host: authority}
+		req.RequestURI = authority
+	} else {
+		if path == "" || scheme == "" {
+			return nil, http2.ErrCodeProtocol
+		}
+		u, err := url.ParseRequestURI(path)
+		if err != nil {
+			return nil, http2.ErrCodeNo
+		}
+		req.URL = u
+		req.RequestURI = path
+	}
+	for _, hf := range f.RegularFields() {
+		switch hf.Name {
+		case "connection", "proxy-connection", "keep-alive", "transfer-encoding", "upgrade":
+			return nil, http2.ErrCodeProtocol // RFC 9113 §8.2.2
+		case "te":
+			if hf.Value != "trailers" {
+				return nil, http2.ErrCodeProtocol
+			}
+		case "content-length":
+			n, err := strconv.ParseInt(hf.Value, 10, 64)
+			if err != nil || n < 0 {
+				return nil, http2.ErrCodeProtocol
+			}
+			req.ContentLength = n
+		}
+		k := http.CanonicalHeaderKey(hf.Name)
+		req.Header[k] = append(req.Header[k], hf.Value)
+	}
+	return req, http2.ErrCodeNo
+}
+
+func (c *h2Conn) processData(f *http2.DataFrame) error {
+	id, n := f.StreamID, int64(f.Length)
+	data := f.Data()
+	c.mu.Lock()
+	if n > c.recvWindow {
+		c.mu.Unlock()
+		return connError{http2.ErrCodeFlowControl, fmt.Sprintf("DATA of %d bytes, %d in the connection's window", n, c.recvWindow)}
+	}
+	c.recvWindow -= n
+	st, ok := c.streams[id]
+	if !ok {
+		if id > c.maxID {
+			c.mu.Unlock()
+			return protocolError("DATA on idle stream %d", id)
+		}
+		// A stream already ended: its bytes are dropped, the window
+		// given back.
+		inc := c.releaseLocked(n)
+		c.mu.Unlock()
+		return c.writeWindowUpdates(0, inc, 0)
+	}
+	if st.recvErr != nil || st.bodyClosed {
+		// After END_STREAM that is the peer's error; after a reset or
+		// the body's Close the bytes are just dropped.
+		violation := st.reset == nil && st.recvErr == io.EOF
+		inc := c.releaseLocked(n)
+		c.mu.Unlock()
+		if violation {
+			c.resetStream(id, http2.ErrCodeStreamClosed, true)
+		}
+		return c.writeWindowUpdates(0, inc, 0)
+	}
+	if n > st.recvWindow {
+		inc := c.releaseLocked(n)
+		c.mu.Unlock()
+		c.resetStream(id, http2.ErrCodeFlowControl, true)
+		return c.writeWindowUpdates(0, inc, 0)
+	}
+	st.recvWindow -= n
+	st.buf.write(data)
+	// Padding is consumed at once.
+	inc := c.releaseLocked(n - int64(len(data)))
+	if f.StreamEnded() {
+		st.recvErr = io.EOF
+	}
+	st.readable.Broadcast()
+	c.mu.Unlock()
+	return c.writeWindowUpdates(0, inc, 0)
+}
+
+// windowRefresh is the least a WINDOW_UPDATE gives back. Updates go out
+// as soon as that much was consumed, as net/http's do: besides keeping
+// the sender's window open, they are what a peer sees of a connection
+// whose other direction is saturated, and it tells a slow connection
+// from a dead one by bytes arriving (liveness.go).
+const windowRefresh = 4 << 10
+
+// releaseLocked gives n bytes of the connection's window back and
+// returns the WINDOW_UPDATE increment due, if any.
+func (c *h2Conn) releaseLocked(n int64) uint32 {
+	c.recvUnacked += n
+	return c.connUpdateLocked()
+}
+
+func (c *h2Conn) connUpdateLocked() uint32 {
+	if c.recvUnacked < windowRefresh {
+		return 0
+	}
+	inc := c.recvUnacked
+	c.recvUnacked = 0
+	c.recvWindow += inc
+	return uint32(inc)
+}
+
+func (c *h2Conn) processWindowUpdate(f *http2.WindowUpdateFrame) error {
+	inc := int64(f.Increment)
+	c.mu.Lock()
+	if f.StreamID == 0 {
+		defer c.mu.Unlock()
+		if c.sendWindow+inc > maxWindow {
+			return connError{http2.ErrCodeFlowControl, "connection window above 2^31-1"}
+		}
+		c.sendWindow += inc
+		c.flow.Broadcast()
+		return nil
+	}
+	st, ok := c.streams[f.StreamID]
+	switch {
+	case !ok && f.StreamID > c.maxID:
+		c.mu.Unlock()
+		return protocolError("WINDOW_UPDATE on idle stream %d", f.StreamID)
+	case !ok:
+		c.mu.Unlock()
+	case st.sendWindow+inc > maxWindow:
+		c.mu.Unlock()
+		c.resetStream(f.StreamID, http2.ErrCodeFlowControl, true)
+	default:
+		st.sendWindow += inc
+		c.flow.Broadcast()
+		c.mu.Unlock()
+	}
+	return nil
+}
+
+func (c *h2Conn) processSettings(f *http2.SettingsFrame) error {
+	if f.IsAck() {
+		return nil
+	}
+	var tableSize *uint32
+	err := f.ForeachSetting(func(s http2.Setting) error {
+		if err := s.Valid(); err != nil {
+			return err
+		}
+		switch s.ID {
+		case http2.SettingInitialWindowSize:
+			c.mu.Lock()
+			delta := int64(s.Val) - c.peerWindow
+			c.peerWindow = int64(s.Val)
+			for _, st := range c.streams {
+				st.sendWindow += delta
+				if st.sendWindow > maxWindow {
+					c.mu.Unlock()
+					return connError{http2.ErrCodeFlowControl, "a stream's window above 2^31-1"}
+				}
+			}
+			c.flow.Broadcast()
+			c.mu.Unlock()
+		case http2.SettingMaxFrameSize:
+			c.peerMaxFrame.Store(s.Val)
+		case http2.SettingHeaderTableSize:
+			v := s.Val
+			tableSize = &v
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	return c.write(func() error {
+		if tableSize != nil {
+			c.henc.SetMaxDynamicTableSizeLimit(*tableSize)
+		}
+		return c.fr.WriteSettingsAck()
+	})
+}
+
+// write runs fn, which writes frames, under the write lock; the writer
+// that leaves nobody waiting flushes. A failed write closes the
+// connection.
+func (c *h2Conn) write(fn func() error) error {
+	c.waiting.Add(1)
+	c.wmu.Lock()
+	err := c.werr
+	if err == nil {
+		err = fn()
+		if c.waiting.Add(-1) == 0 && err == nil {
+			if now := time.Now(); c.srv.writeTimeout > 0 && now.Sub(c.deadlineSet) > time.Second {
+				// Moved at most once a second: the bound is between
+				// writeTimeout-1s and writeTimeout.
+				c.deadlineSet = now
+				_ = c.nc.SetWriteDeadline(now.Add(c.srv.writeTimeout))
+			}
+			err = c.bw.Flush()
+		}
+		if err != nil {
+			c.werr = err
+		}
+	} else {
+		c.waiting.Add(-1)
+	}
+	c.wmu.Unlock()
+	if err != nil {
+		// Closing unblocks the reader, the writers and the handlers.
+		_ = c.nc.Close()
+	}
+	return err
+}
+
+func (c *h2Conn) writeReset(id uint32, code http2.ErrCode) error {
+	return c.write(func() error { return c.fr.WriteRSTStream(id, code) })
+}
+
+func (c *h2Conn) writeWindowUpdates(id uint32, connInc, streamInc uint32) error {
+	if connInc == 0 && streamInc == 0 {
+		return nil
+	}
+	return c.write(func() error {
+		if connInc > 0 {
+			if err := c.fr.WriteWindowUpdate(0, connInc); err != nil {
+				return err
+			}
+		}
+		if streamInc > 0 {
+			return c.fr.WriteWindowUpdate(id, streamInc)
+		}
+		return nil
+	})
+}
+
+// writeResponse answers a stream that gets no handler with an empty
+// response.
+func (c *h2Conn) writeResponse(id uint32, status int) error {
+	return c.writeHeaders(id, status, nil, true)
+}
+
+// writeHeaders sends a response's header block, in CONTINUATION frames
+// past the peer's frame size.
+func (c *h2Conn) writeHeaders(id uint32, status int, h http.Header, end bool) error {
+	return c.write(func() error {
+		c.hbuf.Reset()
+		_ = c.henc.WriteField(hpack.HeaderField{Name: ":status", Value: strconv.Itoa(status)})
+		for k, vv := range h {
+			name := strings.ToLower(k)
+			if !httpguts.ValidHeaderFieldName(k) || name == "connection" || name == "keep-alive" ||
+				name == "proxy-connection" || name == "transfer-encoding" || name == "upgrade" {
+				continue
+			}
+			for _, v := range vv {
+				if httpguts.ValidHeaderFieldValue(v) {
+					_ = c.henc.WriteField(hpack.HeaderField{Name: name, Value: v})
+				}
+			}
+		}
+		block := c.hbuf.Bytes()
+		limit := int(c.peerMaxFrame.Load())
+		frag := block[:min(len(block), limit)]
+		block = block[len(frag):]
+		if err := c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: frag, EndStream: end, EndHeaders: len(block) == 0}); err != nil {
+			return err
+		}
+		for len(block) > 0 {
+			frag = block[:min(len(block), limit)]
+			block = block[len(frag):]
+			if err := c.fr.WriteContinuation(id, len(block) == 0, frag); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// resetStream ends a stream at once: its handler's reads and writes
+// fail, its context is cancelled. send says whether to tell the peer.
+func (c *h2Conn) resetStream(id uint32, code http2.ErrCode, send bool) {
+	c.mu.Lock()
+	st, ok := c.streams[id]
+	var inc uint32
+	if ok && st.reset == nil {
+		st.reset = http2.StreamError{StreamID: id, Code: code}
+		if !send {
+			st.reset = errStreamReset
+		}
+		st.recvErr = st.reset
+		inc = c.releaseLocked(int64(st.buf.discard()))
+		st.cancel()
+		st.readable.Broadcast()
+		c.flow.Broadcast()
+	}
+	c.mu.Unlock()
+	if send && (ok || id != 0) {
+		_ = c.writeReset(id, code)
+	}
+	_ = c.writeWindowUpdates(0, inc, 0)
+}
+
+// goAway tells the peer no new streams will be served; the connection
+// closes once its streams are done. A non-zero code closes it now.
+func (c *h2Conn) goAway(code http2.ErrCode, cause error) {
+	c.mu.Lock()
+	if c.closed || (c.goingAway && code == http2.ErrCodeNo) {
+		c.mu.Unlock()
+		return
+	}
+	c.goingAway = true
+	last := c.maxID
+	idle := c.active == 0
+	c.mu.Unlock()
+	if cause != nil {
+		c.srv.log.Debug("connection error", "remote", c.remote, "code", code.String(), "err", cause)
+	}
+	var debug []byte
+	if cause != nil {
+		debug = []byte(cause.Error())
+	}
+	_ = c.write(func() error { return c.fr.WriteGoAway(last, code, debug) })
+	if code != http2.ErrCodeNo {
+		c.close()
+		return
+	}
+	if idle {
+		c.lingerThenClose()
+	}
+}
+
+func (c *h2Conn) lingerThenClose() {
+	time.AfterFunc(goAwayLinger, c.close)
+}
+
+// close ends the connection and every stream on it.
+func (c *h2Conn) close() {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return
+	}
+	c.closed = true
+	for _, st := range c.streams {
+		if st.reset == nil {
+			st.reset = errConnClosed
+			st.recvErr = errConnClosed
+			st.buf.discard()
+		}
+		st.cancel()
+		st.readable.Broadcast()
+	}
+	c.flow.Broadcast()
+	if c.timer != nil {
+		c.timer.Stop()
+	}
+	c.mu.Unlock()
+	c.cancel()
+	_ = c.nc.Close()
+	c.srv.mu.Lock()
+	delete(c.srv.conns, c)
+	c.srv.mu.Unlock()
+}
+
+// armTimer starts the connection's one timer, which checks idleness and
+// liveness.
+func (c *h2Conn) armTimer() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return
+	}
+	c.timer = time.AfterFunc(c.nextCheckLocked(time.Now()), c.check)
+}
+
+func (c *h2Conn) nextCheckLocked(now time.Time) time.Duration {
+	next := time.Duration(math.MaxInt64)
+	if c.srv.idleTimeout > 0 && c.active == 0 {
+		next = min(next, c.lastActive.Add(c.srv.idleTimeout).Sub(now))
+	}
+	if c.srv.pingInterval > 0 {
+		if !c.pingSent.IsZero() {
+			next = min(next, c.pingSent.Add(c.srv.pingTimeout).Sub(now))
+		} else {
+			next = min(next, time.Unix(0, c.lastRead.Load()).Add(c.srv.pingInterval).Sub(now))
+		}
+	}
+	if next == time.Duration(math.MaxInt64) {
+		next = time.Hour
+	}
+	return max(next, 10*time.Millisecond)
+}
+
+func (c *h2Conn) check() {
+	now := time.Now()
+	lastRead := time.Unix(0, c.lastRead.Load())
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return
+	}
+	if !c.pingSent.IsZero() && lastRead.After(c.pingSent) {
+		c.pingSent = time.Time{} // anything read shows the peer alive
+	}
+	var ping, dead, idle bool
+	switch {
+	case c.srv.pingInterval > 0 && !c.pingSent.IsZero() && now.Sub(c.pingSent) >= c.srv.pingTimeout:
+		dead = true
+	case c.srv.pingInterval > 0 && c.pingSent.IsZero() && now.Sub(lastRead) >= c.srv.pingInterval:
+		ping = true
+		c.pingSent = now
+	}
+	if c.srv.idleTimeout > 0 && c.active == 0 && !c.goingAway && now.Sub(c.lastActive) >= c.srv.idleTimeout {
+		idle = true
+	}
+	c.timer.Reset(c.nextCheckLocked(now))
+	c.mu.Unlock()
+	switch {
+	case dead:
+		c.srv.log.Debug("closing: no answer to PING", "remote", c.remote)
+		c.close()
+	case idle:
+		c.goAway(http2.ErrCodeNo, nil)
+	}
+	if ping {
+		go func() {
+			_ = c.write(func() error { return c.fr.WritePing(false, [8]byte{'b', 'a', 'c', 'k', 'b', 'o', 'n', 'e'}) })
+		}()
+	}
+}
+
+// runHandler serves one stream and ends it.
+func (c *h2Conn) runHandler(st *h2Stream, req *http.Request) {
+	w := &h2ResponseWriter{st: st, header: http.Header{}}
+	panicked := true
+	defer func() {
+		if panicked {
+			if r := recover(); r != nil && r != http.ErrAbortHandler {
+				c.srv.log.Error("handler panic", "remote", c.remote, "panic", r)
+			}
+		}
+		c.endStream(st, w, panicked)
+	}()
+	c.srv.handler.ServeHTTP(w, req)
+	panicked = false
+}
+
+// endStream ends a stream whose handler returned: the response is ended
+// (or the stream reset after a panic) and, if the peer is still sending,
+// the stream is reset with NO_ERROR, as RFC 9113 §8.1 allows.
+func (c *h2Conn) endStream(st *h2Stream, w *h2ResponseWriter, panicked bool) {
+	c.mu.Lock()
+	reset := st.reset != nil
+	stillReceiving := st.recvErr == nil
+	if !reset {
+		st.reset = errStreamEnded
+		st.recvErr = errStreamEnded
+	}
+	inc := c.releaseLocked(int64(st.buf.discard()))
+	delete(c.streams, st.id)
+	c.active--
+	c.lastActive = time.Now()
+	closeNow := c.active == 0 && (c.goingAway || c.peerGone)
+	st.cancel()
+	st.readable.Broadcast()
+	c.flow.Broadcast()
+	c.mu.Unlock()
+
+	switch {
+	case reset:
+	case panicked:
+		_ = c.writeReset(st.id, http2.ErrCodeInternal)
+	default:
+		if !w.sentHeader {
+			w.sentHeader = true
+			_ = c.writeHeaders(st.id, w.statusCode(), w.header, true)
+		} else {
+			_ = c.write(func() error { return c.fr.WriteData(st.id, true, nil) })
+		}
+		if stillReceiving {
+			_ = c.writeReset(st.id, http2.ErrCodeNo)
+		}
+	}
+	_ = c.writeWindowUpdates(0, inc, 0)
+	if closeNow {
+		if c.peerGone {
+			c.close()
+		} else {
+			c.lingerThenClose()
+		}
+	}
+}
+
+// h2Stream is one stream's state, guarded by its connection's mu.
+type h2Stream struct {
+	c        *h2Conn
+	id       uint32
+	ctx      context.Context
+	cancel   context.CancelFunc
+	readable *sync.Cond
+
+	buf         chunkQueue
+	recvErr     error // io.EOF after END_STREAM; the reset's error
+	recvWindow  int64 // what the peer may still send on the stream
+	recvUnacked int64
+	bodyClosed  bool
+	sendWindow  int64
+	reset       error // set when the stream ended: no more frames for it
+}
+
+// writeData sends p in DATA frames as the flow control windows allow.
+func (st *h2Stream) writeData(p []byte) (int, error) {
+	c := st.c
+	written := 0
+	for len(p) > 0 {
+		c.mu.Lock()
+		var n int64
+		for {
+			if st.reset != nil {
+				err := st.reset
+				c.mu.Unlock()
+				return written, err
+			}
+			n = min(int64(len(p)), int64(c.peerMaxFrame.Load()), st.sendWindow, c.sendWindow)
+			if n > 0 {
+				break
+			}
+			c.flow.Wait()
+		}
+		st.sendWindow -= n
+		c.sendWindow -= n
+		c.mu.Unlock()
+		if err := c.write(func() error { return c.fr.WriteData(st.id, false, p[:n]) }); err != nil {
+			return written, err
+		}
+		written += int(n)
+		p = p[n:]
+	}
+	return written, nil
+}
+
+// h2Body is a request body: the stream's DATA as it arrives.
+type h2Body struct{ st *h2Stream }
+
+// Read returns the stream's bytes as they arrive. The window the bytes
+// of earlier Reads took is given back at the start of the next: by then
+// the caller has passed them on, and the update does not delay them.
+func (b *h2Body) Read(p []byte) (int, error) {
+	st := b.st
+	c := st.c
+	c.mu.Lock()
+	connInc := c.connUpdateLocked()
+	var streamInc uint32
+	if st.recvErr == nil && st.recvUnacked >= windowRefresh {
+		streamInc = uint32(st.recvUnacked)
+		st.recvWindow += st.recvUnacked
+		st.recvUnacked = 0
+	}
+	if connInc > 0 || streamInc > 0 {
+		c.mu.Unlock()
+		_ = c.writeWindowUpdates(st.id, connInc, streamInc)
+		c.mu.Lock()
+	}
+	for st.buf.len() == 0 && st.recvErr == nil && !st.bodyClosed {
+		st.readable.Wait()
+	}
+	if st.bodyClosed {
+		c.mu.Unlock()
+		return 0, errBodyClosed
+	}
+	if st.buf.len() == 0 {
+		err := st.recvErr
+		c.mu.Unlock()
+		return 0, err
+	}
+	n := st.buf.read(p)
+	c.recvUnacked += int64(n)
+	st.recvUnacked += int64(n)
+	c.mu.Unlock()
+	return n, nil
+}
+
+func (b *h2Body) Close() error {
+	st := b.st
+	c := st.c
+	c.mu.Lock()
+	st.bodyClosed = true
+	inc := c.releaseLocked(int64(st.buf.discard()))
+	st.readable.Broadcast()
+	c.mu.Unlock()
+	return c.writeWindowUpdates(0, inc, 0)
+}
+
+// h2ResponseWriter is a stream's http.ResponseWriter. Writes go out at
+// once: there is nothing to buffer in a tunnel.
+type h2ResponseWriter struct {
+	st         *h2Stream
+	header     http.Header
+	status     int
+	sentHeader bool
+}
+
+func (w *h2ResponseWriter) Header() http.Header { return w.header }
+
+func (w *h2ResponseWriter) WriteHeader(code int) {
+	if w.sentHeader || w.status != 0 || code < 200 {
+		return // informational responses are not sent
+	}
+	if code > 999 {
+		panic(fmt.Sprintf("invalid WriteHeader code %v", code))
+	}
+	w.status = code
+}
+
+func (w *h2ResponseWriter) statusCode() int {
+	if w.status == 0 {
+		return http.StatusOK
+	}
+	return w.status
+}
+
+// sendHeader sends the header block, once.
+func (w *h2ResponseWriter) sendHeader() error {
+	if w.sentHeader {
+		return nil
+	}
+	w.sentHeader = true
+	st := w.st
+	st.c.mu.Lock()
+	err := st.reset
+	st.c.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	return st.c.writeHeaders(st.id, w.statusCode(), w.header, false)
+}
+
+func (w *h2ResponseWriter) Write(p []byte) (int, error) {
+	if err := w.sendHeader(); err != nil {
+		return 0, err
+	}
+	return w.st.writeData(p)
+}
+
+func (w *h2ResponseWriter) Flush() { _ = w.FlushError() }
+
+// FlushError sends the header if it was not; writes are never held back.
+func (w *h2ResponseWriter) FlushError() error {
+	if err := w.sendHeader(); err != nil {
+		return err
+	}
+	w.st.c.mu.Lock()
+	defer w.st.c.mu.Unlock()
+	return w.st.reset
+}
+
+// chunkQueue holds a stream's received bytes in pooled chunks.
+type chunkQueue struct {
+	chunks []*chunk
+	size   int
+}
+
+func (q *chunkQueue) len() int { return q.size }
+
+func (q *chunkQueue) write(p []byte) {
+	q.size += len(p)
+	for len(p) > 0 {
+		if n := len(q.chunks); n > 0 {
+			// The last chunk's b ends inside its buf: fill up to its end.
+			last := q.chunks[n-1]
+			if m := copy(last.b[len(last.b):cap(last.b)], p); m > 0 {
+				last.b = last.b[:len(last.b)+m]
+				p = p[m:]
+				continue
+			}
+		}
+		c := bufferPool.Get().(*chunk)
+		m := copy(c.buf, p)
+		c.b = c.buf[:m]
+		p = p[m:]
+		q.chunks = append(q.chunks, c)
+	}
+}
+
+func (q *chunkQueue) read(p []byte) int {
+	n := 0
+	for n < len(p) && len(q.chunks) > 0 {
+		c := q.chunks[0]
+		m := copy(p[n:], c.b)
+		c.b = c.b[m:]
+		n += m
+		if len(c.b) == 0 {
+			c.release()
+			q.chunks[0] = nil
+			q.chunks = q.chunks[1:]
+		}
+	}
+	q.size -= n
+	if len(q.chunks) == 0 {
+		q.chunks = nil
+	}
+	return n
+}
+
+// discard drops what is held and returns how many bytes that was.
+func (q *chunkQueue) discard() int {
+	n := q.size
+	for _, c := range q.chunks {
+		c.release()
+	}
+	q.chunks, q.size = nil, 0
+	return n
+}
