@@ -471,9 +471,15 @@ func (c *h2Conn) processHeaders(f *http2.MetaHeadersFrame) error {
 		c.mu.Unlock()
 		return nil
 	}
-	if id%2 == 0 || id <= c.maxID {
+	if id%2 == 0 {
 		c.mu.Unlock()
-		return protocolError("stream %d: HEADERS on a stream that is not new", id)
+		return protocolError("stream %d: HEADERS on an even stream", id)
+	}
+	if id <= c.maxID {
+		// A stream already ended (its trailers crossed our reset): the
+		// block was decoded, keeping HPACK in step, and is dropped.
+		c.mu.Unlock()
+		return nil
 	}
 	c.maxID = id
 	refuse := c.goingAway || c.closed || c.active >= int(c.srv.maxStreams+c.srv.maxStreams/8)
