@@ -738,9 +738,10 @@ func (c *h2Conn) write(fn func() error) error {
 	if err == nil {
 		err = fn()
 		if c.waiting.Add(-1) == 0 && err == nil {
-			if now := time.Now(); c.srv.writeTimeout > 0 && now.Sub(c.deadlineSet) > time.Second {
-				// Moved at most once a second: the bound is between
-				// writeTimeout-1s and writeTimeout.
+			if now := time.Now(); c.srv.writeTimeout > 0 && now.Sub(c.deadlineSet) > c.srv.writeTimeout/4 {
+				// Moved only every quarter of the timeout, not on each
+				// flush: a flush that makes no progress fails after
+				// between 3/4 of writeTimeout and all of it.
 				c.deadlineSet = now
 				_ = c.nc.SetWriteDeadline(now.Add(c.srv.writeTimeout))
 			}

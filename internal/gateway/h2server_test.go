@@ -647,3 +647,112 @@ func FuzzH2ServerFrames(f *testing.F) {
 		}
 	})
 }
+
+func TestH2ServerFollowsThePeer(t *testing.T) {
+	t.Run("a peer that stops reading is cut off after the write timeout", func(t *testing.T) {
+		s := testH2Server(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			b := make([]byte, 32<<10)
+			for {
+				if _, err := w.Write(b); err != nil {
+					return
+				}
+			}
+		}))
+		s.writeTimeout = 400 * time.Millisecond
+		p := newRawPeer(t, s, false)
+		_ = p.fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 1<<31 - 1})
+		_ = p.fr.WriteWindowUpdate(0, 1<<31-1-initialWindow)
+		p.headers(1, true, ":method", "GET", ":scheme", "https", ":path", "/", ":authority", "a")
+		// The peer reads nothing: the socket buffers fill, the flush stalls.
+		select {
+		case <-p.done:
+		case <-time.After(10 * time.Second):
+			t.Fatal("a connection whose peer reads nothing was kept")
+		}
+	})
+	t.Run("SETTINGS_INITIAL_WINDOW_SIZE moves the windows of open streams", func(t *testing.T) {
+		s := testH2Server(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			_, _ = w.Write(bytes.Repeat([]byte("a"), 100))
+		}))
+		p := newRawPeer(t, s, false)
+		_ = p.fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 10})
+		p.headers(1, true, ":method", "GET", ":scheme", "https", ":path", "/", ":authority", "a")
+		p.expectStatus(1, "200")
+		got := 0
+		read := func(want int) {
+			for got < want {
+				d, ok := p.next().(*http2.DataFrame)
+				if !ok {
+					t.Fatal("want DATA")
+				}
+				got += len(d.Data())
+			}
+		}
+		read(10)
+		_ = p.conn.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+		if f, err := p.fr.ReadFrame(); err == nil {
+			if d, ok := f.(*http2.DataFrame); ok && len(d.Data()) > 0 {
+				t.Fatalf("%d bytes sent beyond a 10-byte window", len(d.Data()))
+			}
+		}
+		_ = p.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+		_ = p.fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 100})
+		read(100)
+		if got != 100 {
+			t.Fatalf("%d bytes, want 100", got)
+		}
+	})
+	t.Run("after the peer's GOAWAY streams in flight finish, then the connection ends", func(t *testing.T) {
+		release := make(chan struct{})
+		s := testH2Server(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			<-release
+			_, _ = io.WriteString(w, "done")
+		}))
+		p := newRawPeer(t, s, true)
+		p.headers(1, true, ":method", "GET", ":scheme", "https", ":path", "/", ":authority", "a")
+		for !func() bool { s.mu.Lock(); defer s.mu.Unlock(); return len(s.conns) == 1 }() {
+			time.Sleep(time.Millisecond)
+		}
+		_ = p.fr.WriteGoAway(0, http2.ErrCodeNo, nil)
+		close(release)
+		p.expectStatus(1, "200")
+		if d, ok := p.next().(*http2.DataFrame); !ok || string(d.Data()) != "done" {
+			t.Fatal("want the answer's DATA")
+		}
+		for f := p.next(); f != nil; f = p.next() {
+			if d, ok := f.(*http2.DataFrame); !ok || !d.StreamEnded() {
+				t.Fatalf("after the answer: %v", f)
+			}
+		}
+	})
+	t.Run("after Shutdown's GOAWAY new streams are refused, retryable", func(t *testing.T) {
+		release := make(chan struct{})
+		s := testH2Server(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { <-release }))
+		p := newRawPeer(t, s, true)
+		p.headers(1, true, ":method", "GET", ":scheme", "https", ":path", "/", ":authority", "a")
+		for !s.busy() {
+			time.Sleep(time.Millisecond)
+		}
+		shut := make(chan error, 1)
+		go func() { shut <- s.Shutdown(context.Background()) }()
+		f := p.next()
+		if ga, ok := f.(*http2.GoAwayFrame); !ok || ga.ErrCode != http2.ErrCodeNo || ga.LastStreamID != 1 {
+			t.Fatalf("want GOAWAY NO_ERROR up to stream 1, got %v", f)
+		}
+		p.headers(3, true, ":method", "GET", ":scheme", "https", ":path", "/", ":authority", "a")
+		p.expectReset(3, http2.ErrCodeRefusedStream)
+		close(release)
+		p.expectStatus(1, "200")
+		select {
+		case err := <-shut:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("Shutdown did not return")
+		}
+	})
+}
+
+// busy reports whether a stream's handler runs.
+func (s *h2Server) busy() bool { return !s.idle() }
