@@ -528,19 +528,7 @@ func TestH2ServerShutdownLetsStreamsFinish(t *testing.T) {
 		_ = resp.Body.Close()
 		answer <- string(b)
 	}()
-	for !func() bool { // the request is in its handler
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		for c := range s.conns {
-			c.mu.Lock()
-			n := c.active
-			c.mu.Unlock()
-			if n > 0 {
-				return true
-			}
-		}
-		return false
-	}() {
+	for !s.busy() { // the request is in its handler
 		time.Sleep(5 * time.Millisecond)
 	}
 	shut := make(chan error, 1)
