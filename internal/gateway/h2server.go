@@ -157,16 +157,20 @@ func (s *h2Server) serveTLS(nc net.Conn) {
 // until it closes. The first bytes must arrive before the handshake
 // deadline set on nc, which serveConn clears once SETTINGS came.
 func (s *h2Server) serveConn(nc net.Conn, state *tls.ConnectionState) {
-	c := s.newConn(nc, state)
+	s.newConn(nc, state).serve()
+}
+
+// register makes c one of the connections Shutdown and Close reach —
+// once its SETTINGS went out, so a GOAWAY never precedes them — or
+// returns false after Shutdown or Close.
+func (s *h2Server) register(c *h2Conn) bool {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	if s.shut {
-		s.mu.Unlock()
-		_ = nc.Close()
-		return
+		return false
 	}
 	s.conns[c] = struct{}{}
-	s.mu.Unlock()
-	c.serve()
+	return true
 }
 
 // Shutdown stops accepting, sends every connection a GOAWAY and waits
@@ -249,7 +253,8 @@ type h2Conn struct {
 	henc         *hpack.Encoder
 	hbuf         bytes.Buffer
 	werr         error
-	deadlineSet  time.Time
+	deadlineSet  time.Time   // under wmu
+	closing      atomic.Bool // close is flushing: deadlines stay short
 	waiting      atomic.Int32
 	peerMaxFrame atomic.Uint32
 
@@ -286,7 +291,7 @@ func (s *h2Server) newConn(nc net.Conn, state *tls.ConnectionState) *h2Conn {
 	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.flow = sync.NewCond(&c.mu)
-	c.bw = bufio.NewWriterSize(nc, int(s.maxFrameSize)+64<<10)
+	c.bw = bufio.NewWriterSize(deadlineWriter{c}, int(s.maxFrameSize)+64<<10)
 	c.fr = http2.NewFramer(c.bw, bufio.NewReaderSize(nc, 32<<10))
 	c.fr.SetMaxReadFrameSize(s.maxFrameSize)
 	c.fr.MaxHeaderListSize = s.maxHeaderBytes
@@ -319,7 +324,7 @@ func (c *h2Conn) serve() {
 		}
 		return nil
 	})
-	if err != nil {
+	if err != nil || !c.srv.register(c) {
 		return
 	}
 	first := true
@@ -483,19 +488,28 @@ func (c *h2Conn) processHeaders(f *http2.MetaHeadersFrame) error {
 	}
 	c.maxID = id
 	refuse := c.goingAway || c.closed || c.active >= int(c.srv.maxStreams+c.srv.maxStreams/8)
+	if !refuse {
+		// Counted in the same critical section as the check: a GOAWAY
+		// sent from now on covers this stream and waits for it.
+		c.active++
+	}
 	c.mu.Unlock()
 	if refuse {
 		return c.writeReset(id, http2.ErrCodeRefusedStream)
 	}
-	if f.Truncated {
-		return c.writeResponse(id, http.StatusRequestHeaderFieldsTooLarge)
-	}
+	var err error
 	req, code := c.newRequest(f)
-	if code != http2.ErrCodeNo {
-		return c.writeReset(id, code)
+	switch {
+	case f.Truncated:
+		err = c.writeResponse(id, http.StatusRequestHeaderFieldsTooLarge)
+	case code != http2.ErrCodeNo:
+		err = c.writeReset(id, code)
+	case req == nil:
+		err = c.writeResponse(id, http.StatusBadRequest)
 	}
-	if req == nil {
-		return c.writeResponse(id, http.StatusBadRequest)
+	if f.Truncated || code != http2.ErrCodeNo || req == nil {
+		c.streamGone()
+		return err
 	}
 
 	st := &h2Stream{c: c, id: id, recvWindow: int64(c.srv.streamWindow)}
@@ -510,13 +524,13 @@ func (c *h2Conn) processHeaders(f *http2.MetaHeadersFrame) error {
 	}
 	c.mu.Lock()
 	if c.closed {
+		c.active--
 		c.mu.Unlock()
 		st.cancel()
 		return errConnClosed
 	}
 	st.sendWindow = c.peerWindow
 	c.streams[id] = st
-	c.active++
 	c.mu.Unlock()
 	go c.runHandler(st, req.WithContext(st.ctx))
 	return nil
@@ -622,7 +636,8 @@ func (c *h2Conn) processData(f *http2.DataFrame) error {
 	}
 	st.recvWindow -= n
 	st.buf.write(data)
-	// Padding is consumed at once.
+	// Padding is consumed at once, from both windows.
+	st.recvUnacked += n - int64(len(data))
 	inc := c.releaseLocked(n - int64(len(data)))
 	if f.StreamEnded() {
 		st.recvErr = io.EOF
@@ -728,6 +743,25 @@ func (c *h2Conn) processSettings(f *http2.SettingsFrame) error {
 	})
 }
 
+// deadlineWriter is what the connection's bufio.Writer writes to, under
+// wmu: every socket write moves the write deadline on (at most every
+// quarter of the timeout), so a write that makes no progress fails after
+// between 3/4 of writeTimeout and all of it, and a connection whose
+// writes keep progressing never does — whoever's frames the buffer
+// happens to flush.
+type deadlineWriter struct{ c *h2Conn }
+
+func (d deadlineWriter) Write(p []byte) (int, error) {
+	c := d.c
+	if wt := c.srv.writeTimeout; wt > 0 && !c.closing.Load() {
+		if now := time.Now(); now.Sub(c.deadlineSet) > wt/4 {
+			c.deadlineSet = now
+			_ = c.nc.SetWriteDeadline(now.Add(wt))
+		}
+	}
+	return c.nc.Write(p)
+}
+
 // write runs fn, which writes frames, under the write lock; the writer
 // that leaves nobody waiting flushes. A failed write closes the
 // connection.
@@ -738,13 +772,6 @@ func (c *h2Conn) write(fn func() error) error {
 	if err == nil {
 		err = fn()
 		if c.waiting.Add(-1) == 0 && err == nil {
-			if now := time.Now(); c.srv.writeTimeout > 0 && now.Sub(c.deadlineSet) > c.srv.writeTimeout/4 {
-				// Moved only every quarter of the timeout, not on each
-				// flush: a flush that makes no progress fails after
-				// between 3/4 of writeTimeout and all of it.
-				c.deadlineSet = now
-				_ = c.nc.SetWriteDeadline(now.Add(c.srv.writeTimeout))
-			}
 			err = c.bw.Flush()
 		}
 		if err != nil {
@@ -878,7 +905,38 @@ func (c *h2Conn) goAway(code http2.ErrCode, cause error) {
 }
 
 func (c *h2Conn) lingerThenClose() {
-	time.AfterFunc(goAwayLinger, c.close)
+	time.AfterFunc(goAwayLinger, func() {
+		c.mu.Lock()
+		idle := c.active == 0
+		c.mu.Unlock()
+		if idle { // else the last stream to end comes back here
+			c.close()
+		}
+	})
+}
+
+// streamGone counts out a stream that got no handler, and ends the
+// connection if it was the last one after a GOAWAY.
+func (c *h2Conn) streamGone() {
+	c.mu.Lock()
+	c.active--
+	c.lastActive = time.Now()
+	last := c.active == 0 && (c.goingAway || c.peerGone)
+	peerGone := c.peerGone
+	c.mu.Unlock()
+	c.afterStream(last, peerGone)
+}
+
+// afterStream ends the connection once its last stream ended after a
+// GOAWAY: at once if the peer sent it, after the linger if we did.
+func (c *h2Conn) afterStream(last, peerGone bool) {
+	switch {
+	case !last:
+	case peerGone:
+		c.close()
+	default:
+		c.lingerThenClose()
+	}
 }
 
 // close ends the connection and every stream on it.
@@ -904,6 +962,17 @@ func (c *h2Conn) close() {
 	}
 	c.mu.Unlock()
 	c.cancel()
+	// Frames a writer left for the next one to flush (the last answer,
+	// an END_STREAM, a GOAWAY) go out first, within a second: the short
+	// deadline also frees a writer stuck on a peer that reads nothing.
+	c.closing.Store(true)
+	_ = c.nc.SetWriteDeadline(time.Now().Add(time.Second))
+	c.wmu.Lock()
+	if c.werr == nil {
+		_ = c.bw.Flush()
+		c.werr = errConnClosed
+	}
+	c.wmu.Unlock()
 	_ = c.nc.Close()
 	c.srv.mu.Lock()
 	delete(c.srv.conns, c)
@@ -1008,7 +1077,8 @@ func (c *h2Conn) endStream(st *h2Stream, w *h2ResponseWriter, panicked bool) {
 	delete(c.streams, st.id)
 	c.active--
 	c.lastActive = time.Now()
-	closeNow := c.active == 0 && (c.goingAway || c.peerGone)
+	last := c.active == 0 && (c.goingAway || c.peerGone)
+	peerGone := c.peerGone
 	st.cancel()
 	st.readable.Broadcast()
 	c.flow.Broadcast()
@@ -1030,13 +1100,7 @@ func (c *h2Conn) endStream(st *h2Stream, w *h2ResponseWriter, panicked bool) {
 		}
 	}
 	_ = c.writeWindowUpdates(0, inc, 0)
-	if closeNow {
-		if c.peerGone {
-			c.close()
-		} else {
-			c.lingerThenClose()
-		}
-	}
+	c.afterStream(last, peerGone)
 }
 
 // h2Stream is one stream's state, guarded by its connection's mu.

@@ -203,6 +203,11 @@ func (s *inboundServer) tunnel(w http.ResponseWriter, r *http.Request, caller st
 	s.g.drain.add()
 	defer s.g.drain.done()
 	defer func() { _ = backend.Close() }()
+	// A reset stream or a closed connection ends the backend connection
+	// too: the copy below waits on the backend, which may never answer
+	// or close, and the stream would hold its slot meanwhile.
+	stop := context.AfterFunc(r.Context(), func() { _ = backend.Close() })
+	defer stop()
 
 	fw := newFlushWriter(w)
 	w.WriteHeader(http.StatusOK)
