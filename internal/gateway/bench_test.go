@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/tls"
 	"io"
-	"log"
 	"log/slog"
 	"net"
 	"net/http"
@@ -107,22 +106,11 @@ var testInboundServer = InboundServerBackbone
 // newTestServer returns an inbound server of the given kind with the
 // gateway's settings, serving handler.
 func newTestServer(kind string, tlsConfig *tls.Config, handler http.Handler) server {
-	if kind == InboundServerNetHTTP {
-		var protocols http.Protocols
-		protocols.SetHTTP2(true)
-		return tlsServer{&http.Server{
-			TLSConfig: tlsConfig, Protocols: &protocols, HTTP2: h2Config(),
-			Handler: handler, ErrorLog: log.New(io.Discard, "", 0),
-		}}
+	srv, err := newServer(kind, tlsConfig, handler, slog.New(slog.DiscardHandler), 10*time.Second)
+	if err != nil {
+		panic(err)
 	}
-	cfg := h2Config()
-	return &h2Server{
-		handler: handler, tlsConfig: tlsConfig, log: slog.New(slog.DiscardHandler),
-		handshakeTimeout: 10 * time.Second, idleTimeout: 5 * time.Minute,
-		pingInterval: cfg.SendPingTimeout, pingTimeout: cfg.PingTimeout, writeTimeout: cfg.SendPingTimeout,
-		maxStreams: maxStreamsPerConn, streamWindow: streamWindow, connWindow: connectionWindow,
-		maxFrameSize: uint32(cfg.MaxReadFrameSize), maxHeaderBytes: 64 << 10,
-	}
+	return srv
 }
 
 // countingListener counts the connections it accepts.

@@ -9,10 +9,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"math"
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -54,8 +56,8 @@ type h2Server struct {
 	// pingTimeout: the connection is closed this long after, still
 	// without one.
 	pingInterval, pingTimeout time.Duration
-	// writeTimeout bounds a flush that makes no progress (a peer that
-	// stopped reading).
+	// writeTimeout bounds a socket write that makes no progress (a peer
+	// that stopped reading).
 	writeTimeout time.Duration
 
 	maxStreams     uint32
@@ -155,7 +157,7 @@ func (s *h2Server) serveTLS(nc net.Conn) {
 
 // serveConn serves one connection whose TLS handshake (if any) is done,
 // until it closes. The first bytes must arrive before the handshake
-// deadline set on nc, which serveConn clears once SETTINGS came.
+// deadline set on nc, which is cleared once the peer's SETTINGS came.
 func (s *h2Server) serveConn(nc net.Conn, state *tls.ConnectionState) {
 	s.newConn(nc, state).serve()
 }
@@ -204,28 +206,26 @@ func (s *h2Server) Close() error {
 	return nil
 }
 
+// stop stops accepting and returns the connections.
 func (s *h2Server) stop() []*h2Conn {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	s.shut = true
 	for l := range s.listeners {
 		_ = l.Close()
 	}
-	conns := make([]*h2Conn, 0, len(s.conns))
-	for c := range s.conns {
-		conns = append(conns, c)
-	}
-	return conns
+	s.mu.Unlock()
+	return s.connList()
 }
 
-func (s *h2Server) idle() bool {
+func (s *h2Server) connList() []*h2Conn {
 	s.mu.Lock()
-	conns := make([]*h2Conn, 0, len(s.conns))
-	for c := range s.conns {
-		conns = append(conns, c)
-	}
-	s.mu.Unlock()
-	for _, c := range conns {
+	defer s.mu.Unlock()
+	return slices.Collect(maps.Keys(s.conns))
+}
+
+// idle reports whether no connection has a stream left.
+func (s *h2Server) idle() bool {
+	for _, c := range s.connList() {
 		c.mu.Lock()
 		busy := !c.closed && c.active > 0
 		c.mu.Unlock()
@@ -497,17 +497,17 @@ func (c *h2Conn) processHeaders(f *http2.MetaHeadersFrame) error {
 	if refuse {
 		return c.writeReset(id, http2.ErrCodeRefusedStream)
 	}
-	var err error
 	req, code := c.newRequest(f)
-	switch {
-	case f.Truncated:
-		err = c.writeResponse(id, http.StatusRequestHeaderFieldsTooLarge)
-	case code != http2.ErrCodeNo:
-		err = c.writeReset(id, code)
-	case req == nil:
-		err = c.writeResponse(id, http.StatusBadRequest)
-	}
 	if f.Truncated || code != http2.ErrCodeNo || req == nil {
+		var err error
+		switch {
+		case f.Truncated:
+			err = c.writeResponse(id, http.StatusRequestHeaderFieldsTooLarge)
+		case code != http2.ErrCodeNo:
+			err = c.writeReset(id, code)
+		default:
+			err = c.writeResponse(id, http.StatusBadRequest)
+		}
 		c.streamGone()
 		return err
 	}
@@ -576,9 +576,10 @@ func (c *h2Conn) newRequest(f *http2.MetaHeadersFrame) (*http.Request, http2.Err
 		req.RequestURI = path
 	}
 	for _, hf := range f.RegularFields() {
-		switch hf.Name {
-		case "connection", "proxy-connection", "keep-alive", "transfer-encoding", "upgrade":
+		if connectionSpecific(hf.Name) {
 			return nil, http2.ErrCodeProtocol // RFC 9113 §8.2.2
+		}
+		switch hf.Name {
 		case "te":
 			if hf.Value != "trailers" {
 				return nil, http2.ErrCodeProtocol
@@ -594,6 +595,16 @@ func (c *h2Conn) newRequest(f *http2.MetaHeadersFrame) (*http.Request, http2.Err
 		req.Header[k] = append(req.Header[k], hf.Value)
 	}
 	return req, http2.ErrCodeNo
+}
+
+// connectionSpecific reports whether a (lower-case) header field is one
+// HTTP/2 forbids (RFC 9113 §8.2.2).
+func connectionSpecific(name string) bool {
+	switch name {
+	case "connection", "proxy-connection", "keep-alive", "transfer-encoding", "upgrade":
+		return true
+	}
+	return false
 }
 
 func (c *h2Conn) processData(f *http2.DataFrame) error {
@@ -815,40 +826,42 @@ func (c *h2Conn) writeResponse(id uint32, status int) error {
 	return c.writeHeaders(id, status, nil, true)
 }
 
-// writeHeaders sends a response's header block, in CONTINUATION frames
-// past the peer's frame size.
+// writeHeaders sends a response's header block.
 func (c *h2Conn) writeHeaders(id uint32, status int, h http.Header, end bool) error {
-	return c.write(func() error {
-		c.hbuf.Reset()
-		_ = c.henc.WriteField(hpack.HeaderField{Name: ":status", Value: strconv.Itoa(status)})
-		for k, vv := range h {
-			name := strings.ToLower(k)
-			if !httpguts.ValidHeaderFieldName(k) || name == "connection" || name == "keep-alive" ||
-				name == "proxy-connection" || name == "transfer-encoding" || name == "upgrade" {
-				continue
-			}
-			for _, v := range vv {
-				if httpguts.ValidHeaderFieldValue(v) {
-					_ = c.henc.WriteField(hpack.HeaderField{Name: name, Value: v})
-				}
+	return c.write(func() error { return c.headerFrames(id, status, h, end) })
+}
+
+// headerFrames writes a response's header block, in CONTINUATION frames
+// past the peer's frame size; under wmu.
+func (c *h2Conn) headerFrames(id uint32, status int, h http.Header, end bool) error {
+	c.hbuf.Reset()
+	_ = c.henc.WriteField(hpack.HeaderField{Name: ":status", Value: strconv.Itoa(status)})
+	for k, vv := range h {
+		name := strings.ToLower(k)
+		if !httpguts.ValidHeaderFieldName(k) || connectionSpecific(name) {
+			continue
+		}
+		for _, v := range vv {
+			if httpguts.ValidHeaderFieldValue(v) {
+				_ = c.henc.WriteField(hpack.HeaderField{Name: name, Value: v})
 			}
 		}
-		block := c.hbuf.Bytes()
-		limit := int(c.peerMaxFrame.Load())
-		frag := block[:min(len(block), limit)]
+	}
+	block := c.hbuf.Bytes()
+	limit := int(c.peerMaxFrame.Load())
+	frag := block[:min(len(block), limit)]
+	block = block[len(frag):]
+	if err := c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: frag, EndStream: end, EndHeaders: len(block) == 0}); err != nil {
+		return err
+	}
+	for len(block) > 0 {
+		frag = block[:min(len(block), limit)]
 		block = block[len(frag):]
-		if err := c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: frag, EndStream: end, EndHeaders: len(block) == 0}); err != nil {
+		if err := c.fr.WriteContinuation(id, len(block) == 0, frag); err != nil {
 			return err
 		}
-		for len(block) > 0 {
-			frag = block[:min(len(block), limit)]
-			block = block[len(frag):]
-			if err := c.fr.WriteContinuation(id, len(block) == 0, frag); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
+	}
+	return nil
 }
 
 // resetStream ends a stream at once: its handler's reads and writes
@@ -869,7 +882,7 @@ func (c *h2Conn) resetStream(id uint32, code http2.ErrCode, send bool) {
 		c.flow.Broadcast()
 	}
 	c.mu.Unlock()
-	if send && (ok || id != 0) {
+	if send && id != 0 {
 		_ = c.writeReset(id, code)
 	}
 	_ = c.writeWindowUpdates(0, inc, 0)
@@ -887,11 +900,9 @@ func (c *h2Conn) goAway(code http2.ErrCode, cause error) {
 	last := c.maxID
 	idle := c.active == 0
 	c.mu.Unlock()
-	if cause != nil {
-		c.srv.log.Debug("connection error", "remote", c.remote, "code", code.String(), "err", cause)
-	}
 	var debug []byte
 	if cause != nil {
+		c.srv.log.Debug("connection error", "remote", c.remote, "code", code.String(), "err", cause)
 		debug = []byte(cause.Error())
 	}
 	_ = c.write(func() error { return c.fr.WriteGoAway(last, code, debug) })
@@ -919,12 +930,17 @@ func (c *h2Conn) lingerThenClose() {
 // connection if it was the last one after a GOAWAY.
 func (c *h2Conn) streamGone() {
 	c.mu.Lock()
-	c.active--
-	c.lastActive = time.Now()
-	last := c.active == 0 && (c.goingAway || c.peerGone)
-	peerGone := c.peerGone
+	last, peerGone := c.streamGoneLocked()
 	c.mu.Unlock()
 	c.afterStream(last, peerGone)
+}
+
+// streamGoneLocked counts a stream out; last says it was the last after
+// a GOAWAY, peerGone whose.
+func (c *h2Conn) streamGoneLocked() (last, peerGone bool) {
+	c.active--
+	c.lastActive = time.Now()
+	return c.active == 0 && (c.goingAway || c.peerGone), c.peerGone
 }
 
 // afterStream ends the connection once its last stream ended after a
@@ -1075,31 +1091,36 @@ func (c *h2Conn) endStream(st *h2Stream, w *h2ResponseWriter, panicked bool) {
 	}
 	inc := c.releaseLocked(int64(st.buf.discard()))
 	delete(c.streams, st.id)
-	c.active--
-	c.lastActive = time.Now()
-	last := c.active == 0 && (c.goingAway || c.peerGone)
-	peerGone := c.peerGone
+	last, peerGone := c.streamGoneLocked()
 	st.cancel()
 	st.readable.Broadcast()
 	c.flow.Broadcast()
 	c.mu.Unlock()
 
-	switch {
-	case reset:
-	case panicked:
-		_ = c.writeReset(st.id, http2.ErrCodeInternal)
-	default:
-		if !w.sentHeader {
-			w.sentHeader = true
-			_ = c.writeHeaders(st.id, w.statusCode(), w.header, true)
-		} else {
-			_ = c.write(func() error { return c.fr.WriteData(st.id, true, nil) })
+	// The stream's last frames, and the window its unread bytes held,
+	// go out in one flush.
+	_ = c.write(func() error {
+		var err error
+		switch {
+		case reset:
+		case panicked:
+			err = c.fr.WriteRSTStream(st.id, http2.ErrCodeInternal)
+		default:
+			if !w.sentHeader {
+				w.sentHeader = true
+				err = c.headerFrames(st.id, w.statusCode(), w.header, true)
+			} else {
+				err = c.fr.WriteData(st.id, true, nil)
+			}
+			if err == nil && stillReceiving {
+				err = c.fr.WriteRSTStream(st.id, http2.ErrCodeNo)
+			}
 		}
-		if stillReceiving {
-			_ = c.writeReset(st.id, http2.ErrCodeNo)
+		if err == nil && inc > 0 {
+			err = c.fr.WriteWindowUpdate(0, inc)
 		}
-	}
-	_ = c.writeWindowUpdates(0, inc, 0)
+		return err
+	})
 	c.afterStream(last, peerGone)
 }
 

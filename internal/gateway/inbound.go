@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -64,16 +65,28 @@ const (
 
 func newInboundServer(g *Gateway) (*inboundServer, error) {
 	s := &inboundServer{g: g}
-	errorLog := g.log.With("component", "inbound")
-	switch g.opts.InboundServer {
+	srv, err := newServer(g.opts.InboundServer, g.identity.ServerTLS("h2"), http.HandlerFunc(s.serve),
+		g.log.With("component", "inbound"), g.opts.HeaderTimeout)
+	if err != nil {
+		return nil, err
+	}
+	s.srv = srv
+	return s, nil
+}
+
+// newServer returns an inbound server of the given kind with the
+// gateway's HTTP/2 settings.
+func newServer(kind string, tlsConfig *tls.Config, handler http.Handler, log *slog.Logger, headerTimeout time.Duration) (server, error) {
+	const idleTimeout, maxHeaderBytes = 5 * time.Minute, 64 << 10
+	cfg := h2Config()
+	switch kind {
 	case "", InboundServerBackbone:
-		cfg := h2Config()
-		s.srv = &h2Server{
-			handler:          http.HandlerFunc(s.serve),
-			tlsConfig:        g.identity.ServerTLS("h2"),
-			log:              errorLog,
-			handshakeTimeout: g.opts.HeaderTimeout,
-			idleTimeout:      5 * time.Minute,
+		return &h2Server{
+			handler:          handler,
+			tlsConfig:        tlsConfig,
+			log:              log,
+			handshakeTimeout: headerTimeout,
+			idleTimeout:      idleTimeout,
 			pingInterval:     cfg.SendPingTimeout,
 			pingTimeout:      cfg.PingTimeout,
 			writeTimeout:     cfg.SendPingTimeout,
@@ -81,26 +94,24 @@ func newInboundServer(g *Gateway) (*inboundServer, error) {
 			streamWindow:     streamWindow,
 			connWindow:       connectionWindow,
 			maxFrameSize:     uint32(cfg.MaxReadFrameSize),
-			maxHeaderBytes:   64 << 10,
-		}
+			maxHeaderBytes:   maxHeaderBytes,
+		}, nil
 	case InboundServerNetHTTP:
 		// Only HTTP/2: a peer that does not negotiate h2 is not a gateway.
 		var protocols http.Protocols
 		protocols.SetHTTP2(true)
-		s.srv = tlsServer{&http.Server{
-			Handler:           http.HandlerFunc(s.serve),
-			TLSConfig:         g.identity.ServerTLS("h2"),
+		return tlsServer{&http.Server{
+			Handler:           handler,
+			TLSConfig:         tlsConfig,
 			Protocols:         &protocols,
-			HTTP2:             h2Config(),
-			ReadHeaderTimeout: g.opts.HeaderTimeout,
-			IdleTimeout:       5 * time.Minute,
-			MaxHeaderBytes:    64 << 10,
-			ErrorLog:          slog.NewLogLogger(errorLog.Handler(), slog.LevelDebug),
-		}}
-	default:
-		return nil, fmt.Errorf("inbound server %q: want %q or %q", g.opts.InboundServer, InboundServerBackbone, InboundServerNetHTTP)
+			HTTP2:             cfg,
+			ReadHeaderTimeout: headerTimeout,
+			IdleTimeout:       idleTimeout,
+			MaxHeaderBytes:    maxHeaderBytes,
+			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+		}}, nil
 	}
-	return s, nil
+	return nil, fmt.Errorf("inbound server %q: want %q or %q", kind, InboundServerBackbone, InboundServerNetHTTP)
 }
 
 // tlsServer serves TLS with an http.Server.
