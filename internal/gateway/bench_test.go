@@ -23,8 +23,8 @@ import (
 // benchPeer is a stand-in peer gateway: the same TLS 1.3 mTLS and HTTP/2
 // settings as the inbound server, answering every CONNECT by echoing the
 // stream. With the Pool on the other side, it measures the tunnel's hot
-// path: stream setup, the application's bytes into the stream (pump,
-// attempt body), the answer back (copyBuffered).
+// path: stream setup, the application's bytes into the stream (the
+// attempt body's read), the answer back (copyBuffered).
 func benchPeer(b *testing.B) (*Pool, string) {
 	pp := startPeer(b, http.HandlerFunc(echoTunnel), 5*time.Second, nil)
 	return pp.pool, "web.demo.svc.cluster.local:80"

@@ -7,8 +7,10 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"os"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // A tunnel's first bytes travel with its CONNECT: the application's
@@ -18,112 +20,156 @@ import (
 // none of the application's bytes were handed to the failed one — so a
 // request is never delivered twice.
 
-// pump reads the application's connection into pooled chunks, one reader
-// goroutine for the stream's whole life, whichever attempt sends them.
-type pump struct {
-	ch   chan *chunk
-	err  error         // set before ch and done are closed: io.EOF or the read error
-	done chan struct{} // the application's side ended
-	stop chan struct{} // nobody will take more chunks
+// upload is the application's side of a stream. The attempt whose
+// transport asks for bytes reads them from the application's connection
+// straight into the transport's buffer: no goroutine of its own, no hand-off
+// between the read and the DATA frame that carries it. Reads are one at a
+// time (mu is held across them), so bytes stay in order across attempts: a
+// read that returns after its attempt was abandoned keeps its bytes (held)
+// for the next attempt.
+type upload struct {
+	src  Source
+	mu   sync.Mutex // held across src.Read
+	held []byte     // read for an abandoned attempt; the next attempt's first bytes
+	err  error      // how the application's side ended; set before done is closed
+	done chan struct{}
+	stop chan struct{} // nobody will take more bytes
 	once sync.Once
+	// interrupted: an abandoned attempt moved src's read deadline into the
+	// past to end its read; the next read puts it back.
+	interrupted atomic.Bool
 }
 
-// start begins reading src (the pump lives inside its Stream: one
-// allocation per stream).
-func (p *pump) start(src io.Reader) {
-	p.ch, p.done, p.stop = make(chan *chunk), make(chan struct{}), make(chan struct{})
-	go p.run(src)
+// Source is the application's side of a tunnel: a connection, whose read
+// deadline lets an attempt that is given up end the read it is waiting in
+// (the transport waits for that before it lets the stream go).
+type Source interface {
+	io.Reader
+	SetReadDeadline(time.Time) error
 }
 
-func (p *pump) run(src io.Reader) {
-	defer close(p.done)
-	for {
-		c := bufferPool.Get().(*chunk)
-		n, err := src.Read(c.buf)
-		if n > 0 {
-			c.b = c.buf[:n]
-			select {
-			case p.ch <- c:
-			case <-p.stop:
-				c.release()
-				p.err = errAbandoned
-				return
-			}
-		} else {
-			c.release()
-		}
-		if err != nil {
-			p.err = err
-			close(p.ch)
-			return
-		}
+func (u *upload) init(src Source) {
+	u.src, u.done, u.stop = src, make(chan struct{}), make(chan struct{})
+}
+
+// halt makes reads drop what they get from now on.
+func (u *upload) halt() { u.once.Do(func() { close(u.stop) }) }
+
+// interrupt ends a read under way, with a timeout and no bytes.
+func (u *upload) interrupt() {
+	u.interrupted.Store(true)
+	_ = u.src.SetReadDeadline(longAgo)
+}
+
+// longAgo is a read deadline in the past: it ends a read at once.
+var longAgo = time.Unix(1, 0)
+
+// end records how the application's side ended. u.mu is held.
+func (u *upload) end(err error) {
+	u.err = err
+	close(u.done)
+}
+
+func (u *upload) halted() bool {
+	select {
+	case <-u.stop:
+		return true
+	default:
+		return false
 	}
 }
 
-// halt makes the pump drop what it reads from now on; it exits at its next
-// read (the caller closes the application's connection).
-func (p *pump) halt() { p.once.Do(func() { close(p.stop) }) }
+// ended is the error a body reports once the application's side ended:
+// io.EOF (END_STREAM) for a half-close, the read error otherwise.
+func (u *upload) ended() error {
+	if errors.Is(u.err, io.EOF) || isClosed(u.err) {
+		return io.EOF
+	}
+	return u.err
+}
 
 // errAbandoned ends the body of an attempt that lost its stream.
 var errAbandoned = errors.New("tunnel attempt abandoned")
 
 // attemptBody is one attempt's request body. It counts what it handed to
-// the transport; once abandoned it takes nothing more from the pump.
+// the transport; once abandoned it takes nothing more from the upload.
 type attemptBody struct {
 	watch    answerWatch // bounds the wait for the peer's answer
-	p        *pump
+	u        *upload
 	abandon  chan struct{}
 	once     sync.Once
-	mu       sync.Mutex
-	pending  *chunk
 	consumed atomic.Int64
 }
 
-func (b *attemptBody) init(p *pump, carry *chunk) {
-	b.p, b.abandon, b.pending = p, make(chan struct{}), carry
+func (b *attemptBody) init(u *upload) {
+	b.u, b.abandon = u, make(chan struct{})
+}
+
+func (b *attemptBody) abandoned() bool {
+	select {
+	case <-b.abandon:
+		return true
+	default:
+		return b.u.halted()
+	}
 }
 
 func (b *attemptBody) Read(dst []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.pending == nil {
-		select {
-		case c, ok := <-b.p.ch:
-			if !ok {
-				if errors.Is(b.p.err, io.EOF) || isClosed(b.p.err) {
-					return 0, io.EOF // the application half-closed: END_STREAM
-				}
-				return 0, b.p.err
-			}
-			b.pending = c
-		case <-b.abandon:
-			return 0, errAbandoned
-		}
+	u := b.u
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if b.abandoned() {
+		return 0, errAbandoned
 	}
-	n := copy(dst, b.pending.b)
-	b.pending.b = b.pending.b[n:]
-	if len(b.pending.b) == 0 {
-		b.pending.release()
-		b.pending = nil
+	if len(u.held) > 0 {
+		n := copy(dst, u.held)
+		u.held = u.held[n:]
+		b.consumed.Add(int64(n))
+		return n, nil
+	}
+	if u.err != nil {
+		return 0, u.ended()
+	}
+	if u.interrupted.Swap(false) {
+		_ = u.src.SetReadDeadline(time.Time{})
+	}
+	n, err := u.src.Read(dst)
+	if b.abandoned() {
+		// The attempt was given up while its read waited: its bytes
+		// reached nobody, and go first on the next attempt.
+		if n > 0 && !u.halted() {
+			u.held = append(u.held, dst[:n]...)
+		}
+		if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+			u.end(err)
+		}
+		return 0, errAbandoned
+	}
+	if err != nil {
+		u.end(err)
 	}
 	b.consumed.Add(int64(n))
-	return n, nil
+	switch {
+	case err == nil:
+		return n, nil
+	case u.ended() == io.EOF:
+		return n, io.EOF // the last bytes go with END_STREAM
+	case n > 0:
+		return n, nil // the error on the next read, after these bytes
+	default:
+		return 0, u.ended()
+	}
 }
 
 // Close abandons the attempt (the transport calls it when done with the
-// body).
+// body, and waits for a read under way to return before it lets the
+// stream go: Close ends that read).
 func (b *attemptBody) Close() error {
-	b.once.Do(func() { close(b.abandon) })
+	b.once.Do(func() {
+		close(b.abandon)
+		b.u.interrupt()
+	})
 	return nil
-}
-
-// leftover returns what the abandoned attempt holds but never handed on.
-func (b *attemptBody) leftover() *chunk {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	c := b.pending
-	b.pending = nil
-	return c
 }
 
 // Stream is an open tunnel stream.
@@ -134,7 +180,7 @@ type Stream struct {
 
 	// One allocation holds what a stream needs when its first attempt
 	// succeeds, as most do.
-	pump  pump
+	up    upload
 	first attemptBody
 	down  cancelOnClose
 	url   url.URL
@@ -151,20 +197,20 @@ func (s *Stream) Sent() int64 { return s.body.consumed.Load() }
 // returned) or the stream stopped taking its bytes (nil).
 func (s *Stream) WaitSent() error {
 	select {
-	case <-s.pump.done:
-		if errors.Is(s.pump.err, io.EOF) || isClosed(s.pump.err) {
+	case <-s.up.done:
+		if s.up.ended() == io.EOF {
 			return nil
 		}
-		return s.pump.err
+		return s.up.err
 	case <-s.body.abandon:
-		s.pump.halt()
+		s.up.halt()
 		return nil
 	}
 }
 
 // Close releases the stream.
 func (s *Stream) Close() error {
-	s.pump.halt()
+	s.up.halt()
 	return s.Down.Close()
 }
 
@@ -174,21 +220,19 @@ func (s *Stream) Close() error {
 // ctx bounds the stream's whole life. Waiting for the peer's answer is
 // bounded by the dial timeout while the connection is silent, and by
 // maxAnswerWait dial timeouts while it still delivers bytes (liveness.go).
-func (p *Pool) OpenStream(ctx context.Context, cluster, authority string, src io.Reader) (*Stream, error) {
+func (p *Pool) OpenStream(ctx context.Context, cluster, authority string, src Source) (*Stream, error) {
 	pr, err := p.peer(cluster)
 	if err != nil {
 		return nil, err
 	}
 	st := &Stream{url: url.URL{Host: authority}}
-	pm := &st.pump
-	pm.start(src)
+	st.up.init(src)
 	ok := false
 	defer func() {
 		if !ok {
-			pm.halt()
+			st.up.halt()
 		}
 	}()
-	var carry *chunk
 	var lastErr error
 	for attempt := 0; attempt < max(2, len(pr.addrs)+1); attempt++ {
 		pc, err := p.conn(ctx, pr)
@@ -199,7 +243,7 @@ func (p *Pool) OpenStream(ctx context.Context, cluster, authority string, src io
 		if attempt > 0 {
 			body = &attemptBody{}
 		}
-		body.init(pm, carry)
+		body.init(&st.up)
 		sctx, cancel := context.WithCancel(ctx)
 		req := (&http.Request{
 			Method: http.MethodConnect,
@@ -232,7 +276,6 @@ func (p *Pool) OpenStream(ctx context.Context, cluster, authority string, src io
 			if body.consumed.Load() > 0 {
 				return nil, err // bytes may have reached the peer: never resend
 			}
-			carry = body.leftover()
 			continue
 		}
 		if resp.StatusCode != http.StatusOK {

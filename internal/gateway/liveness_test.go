@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"io"
+	"net"
 	"net/http"
 	"testing"
 	"time"
@@ -78,8 +79,8 @@ func alive(st *Stream) bool {
 
 // echoes opens a stream to authority and checks that it echoes.
 func echoes(ctx context.Context, pool *Pool, authority string) error {
-	app, gw := io.Pipe()
-	defer func() { _ = app.Close() }()
+	app, gw := net.Pipe()
+	defer func() { _ = app.Close(); _ = gw.Close() }()
 	st, err := pool.OpenStream(ctx, "east", authority, app)
 	if err != nil {
 		return err
@@ -142,8 +143,8 @@ func TestAnswerWaitTellsSlowFromDead(t *testing.T) {
 			}
 			var long *Stream
 			if tc.busy {
-				app, _ := io.Pipe()
-				defer func() { _ = app.Close() }()
+				app, other := net.Pipe()
+				defer func() { _ = app.Close(); _ = other.Close() }()
 				var err error
 				if long, err = pp.pool.OpenStream(ctx, "east", trickleAuthority, app); err != nil {
 					t.Fatal(err)

@@ -12,8 +12,8 @@ import (
 // enough that 10,000 streams stay within memory.
 const copyBufferSize = 32 << 10
 
-// bufferPool holds the copy buffers of tunnels, as chunks: the pump hands
-// them on as they are.
+// bufferPool holds the copy buffers of tunnels, as chunks: the inbound
+// server queues a stream's received bytes in them as they are.
 var bufferPool = sync.Pool{New: func() any { return &chunk{buf: make([]byte, copyBufferSize)} }}
 
 // chunk is a pooled copy buffer and the bytes it holds.
