@@ -257,3 +257,71 @@ func benchmarkTunnelRoundTrip(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkGatewayRoundTrip: an application's keep-alive request and
+// answer through both gateways' code over real sockets — the application's
+// TCP connection into serveOutbound, the pooled tunnel, inboundServer.tunnel
+// on the peer's side and a TCP echo backend — 1 KiB up and the 1 KiB echo
+// back per operation, as the paths benchmark's requests go.
+func BenchmarkGatewayRoundTrip(b *testing.B) { eachInboundServer(b, benchmarkGatewayRoundTrip) }
+
+func benchmarkGatewayRoundTrip(b *testing.B) {
+	discard := slog.New(slog.DiscardHandler)
+	echo, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer func() { _ = echo.Close() }()
+	go func() {
+		for {
+			c, err := echo.Accept()
+			if err != nil {
+				return
+			}
+			go func() { _, _ = copyBuffered(c, c); _ = c.Close() }()
+		}
+	}()
+	peerSide := &inboundServer{g: &Gateway{log: discard, metrics: newMetrics(nopRegisterer{}), drain: newDrainTracker()}}
+	pp := startPeer(b, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		backend, err := net.Dial("tcp", echo.Addr().String())
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadGateway)
+			return
+		}
+		peerSide.tunnel(w, r, "west", backend)
+	}), 5*time.Second, nil)
+	g := &Gateway{log: discard, metrics: newMetrics(nopRegisterer{}), drain: newDrainTracker(), pool: pp.pool}
+	r := route{cluster: "east", authority: "web.demo.svc.cluster.local:80"}
+	front, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer func() { _ = front.Close() }()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c, err := front.Accept()
+		if err != nil {
+			return
+		}
+		g.serveOutbound(context.Background(), c, r)
+	}()
+	app, err := net.Dial("tcp", front.Addr().String())
+	if err != nil {
+		b.Fatal(err)
+	}
+	msg := bytes.Repeat([]byte("x"), 1024)
+	buf := make([]byte, len(msg))
+	b.ReportAllocs()
+	b.SetBytes(int64(len(msg)))
+	for b.Loop() {
+		if _, err := app.Write(msg); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := io.ReadFull(app, buf); err != nil {
+			b.Fatal(err)
+		}
+	}
+	_ = app.Close()
+	<-done
+}

@@ -260,21 +260,24 @@ type h2Conn struct {
 
 	lastRead atomic.Int64 // unix nanoseconds of the last frame read
 
-	mu          sync.Mutex
-	flow        *sync.Cond // a send window grew, or a stream or the connection ended
-	streams     map[uint32]*h2Stream
-	active      int    // streams whose handlers run
-	maxID       uint32 // highest stream the peer opened
-	sendWindow  int64  // what we may still send on the connection
-	peerWindow  int64  // the peer's SETTINGS_INITIAL_WINDOW_SIZE
-	recvWindow  int64  // what the peer may still send on the connection
-	recvUnacked int64  // bytes consumed or discarded, not yet given back
-	goingAway   bool   // GOAWAY sent: no new streams
-	peerGone    bool   // GOAWAY received
-	closed      bool
-	lastActive  time.Time // when the last stream ended
-	timer       *time.Timer
-	pingSent    time.Time // zero when no PING is outstanding
+	mu         sync.Mutex
+	flow       *sync.Cond // a send window grew, or a stream or the connection ended
+	streams    map[uint32]*h2Stream
+	active     int    // streams whose handlers run
+	maxID      uint32 // highest stream the peer opened
+	sendWindow int64  // what we may still send on the connection
+	peerWindow int64  // the peer's SETTINGS_INITIAL_WINDOW_SIZE
+	// settingsAcked: the peer acknowledged our SETTINGS. Until then it may
+	// send a new stream the protocol's default window, larger than ours.
+	settingsAcked bool
+	recvWindow    int64 // what the peer may still send on the connection
+	recvUnacked   int64 // bytes consumed or discarded, not yet given back
+	goingAway     bool  // GOAWAY sent: no new streams
+	peerGone      bool  // GOAWAY received
+	closed        bool
+	lastActive    time.Time // when the last stream ended
+	timer         *time.Timer
+	pingSent      time.Time // zero when no PING is outstanding
 }
 
 func (s *h2Server) newConn(nc net.Conn, state *tls.ConnectionState) *h2Conn {
@@ -513,6 +516,11 @@ func (c *h2Conn) processHeaders(f *http2.MetaHeadersFrame) error {
 	}
 
 	st := &h2Stream{c: c, id: id, recvWindow: int64(c.srv.streamWindow)}
+	c.mu.Lock()
+	if !c.settingsAcked {
+		st.recvWindow = max(st.recvWindow, initialWindow)
+	}
+	c.mu.Unlock()
 	st.readable = sync.NewCond(&c.mu)
 	st.ctx, st.cancel = context.WithCancel(c.ctx)
 	if f.StreamEnded() {
@@ -646,16 +654,37 @@ func (c *h2Conn) processData(f *http2.DataFrame) error {
 		return c.writeWindowUpdates(0, inc, 0)
 	}
 	st.recvWindow -= n
-	st.buf.write(data)
 	// Padding is consumed at once, from both windows.
-	st.recvUnacked += n - int64(len(data))
-	inc := c.releaseLocked(n - int64(len(data)))
-	if f.StreamEnded() {
+	consumed := n - int64(len(data))
+	if len(data) > 0 && st.sink != nil && st.buf.len() == 0 && !st.sinkWriting {
+		st.sinkBusy = true
+		c.mu.Unlock()
+		m := st.sink.writeNow(data)
+		c.mu.Lock()
+		st.sinkBusy = false
+		st.sinkWritten += int64(m)
+		data = data[m:]
+		consumed += int64(m)
+		if st.bodyClosed || st.reset != nil {
+			consumed += int64(len(data)) // ended meanwhile: the rest is dropped
+			data = nil
+		}
+	}
+	st.buf.write(data)
+	st.recvUnacked += consumed
+	var streamInc uint32
+	if st.recvErr == nil && st.recvUnacked >= windowRefresh {
+		streamInc = uint32(st.recvUnacked)
+		st.recvWindow += st.recvUnacked
+		st.recvUnacked = 0
+	}
+	inc := c.releaseLocked(consumed)
+	if f.StreamEnded() && st.recvErr == nil {
 		st.recvErr = io.EOF
 	}
 	st.readable.Broadcast()
 	c.mu.Unlock()
-	return c.writeWindowUpdates(0, inc, 0)
+	return c.writeWindowUpdates(id, inc, streamInc)
 }
 
 // windowRefresh is the least a WINDOW_UPDATE gives back. Updates go out
@@ -714,6 +743,19 @@ func (c *h2Conn) processWindowUpdate(f *http2.WindowUpdateFrame) error {
 
 func (c *h2Conn) processSettings(f *http2.SettingsFrame) error {
 	if f.IsAck() {
+		// From here on the peer counts new streams from our window, and
+		// has moved the open ones' windows by the difference (RFC 9113
+		// 6.9.3: DATA sent before it saw our SETTINGS may exceed them).
+		c.mu.Lock()
+		if !c.settingsAcked {
+			c.settingsAcked = true
+			if d := initialWindow - int64(c.srv.streamWindow); d > 0 {
+				for _, st := range c.streams {
+					st.recvWindow -= d
+				}
+			}
+		}
+		c.mu.Unlock()
 		return nil
 	}
 	var tableSize *uint32
@@ -1139,6 +1181,15 @@ type h2Stream struct {
 	bodyClosed  bool
 	sendWindow  int64
 	reset       error // set when the stream ended: no more frames for it
+
+	// The body's WriteTo destination, when it is a socket: the frame
+	// reader writes arriving DATA to it itself while nothing is queued
+	// (sinkWriting: WriteTo is writing queued bytes; sinkBusy: the frame
+	// reader is writing).
+	sink        *sinkSocket
+	sinkWriting bool
+	sinkBusy    bool
+	sinkWritten int64 // what the frame reader wrote to sink
 }
 
 // writeData sends p in DATA frames as the flow control windows allow.
@@ -1178,7 +1229,11 @@ type h2Body struct{ st *h2Stream }
 // Read returns the stream's bytes as they arrive. The window the bytes
 // of earlier Reads took is given back at the start of the next: by then
 // the caller has passed them on, and the update does not delay them.
-func (b *h2Body) Read(p []byte) (int, error) {
+func (b *h2Body) Read(p []byte) (int, error) { return b.read(p, false) }
+
+// read is Read; forSink marks the bytes returned as being written to the
+// sink until WriteTo clears sinkWriting.
+func (b *h2Body) read(p []byte, forSink bool) (int, error) {
 	st := b.st
 	c := st.c
 	c.mu.Lock()
@@ -1209,8 +1264,56 @@ func (b *h2Body) Read(p []byte) (int, error) {
 	n := st.buf.read(p)
 	c.recvUnacked += int64(n)
 	st.recvUnacked += int64(n)
+	st.sinkWriting = forSink
 	c.mu.Unlock()
 	return n, nil
+}
+
+// WriteTo copies the stream's bytes to w as they arrive. When w is a
+// plain socket, the frame reader writes arriving DATA to it itself while
+// nothing is queued for it and the socket takes the bytes at once
+// (writeNow): the bytes reach the backend without a goroutine hand-off.
+// What the socket does not take at once is queued and written here, in
+// order.
+func (b *h2Body) WriteTo(w io.Writer) (written int64, err error) {
+	st := b.st
+	c := st.c
+	c.mu.Lock()
+	st.sink = newSinkSocket(w)
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		st.sink = nil
+		for st.sinkBusy {
+			st.readable.Wait()
+		}
+		written += st.sinkWritten
+		c.mu.Unlock()
+	}()
+	ch := bufferPool.Get().(*chunk)
+	defer ch.release()
+	for {
+		n, rerr := b.read(ch.buf, true)
+		if n > 0 {
+			m, werr := w.Write(ch.buf[:n])
+			c.mu.Lock()
+			st.sinkWriting = false
+			c.mu.Unlock()
+			written += int64(m)
+			if werr == nil && m != n {
+				werr = io.ErrShortWrite
+			}
+			if werr != nil {
+				return written, werr
+			}
+		}
+		if rerr != nil {
+			if rerr == io.EOF {
+				return written, nil
+			}
+			return written, rerr
+		}
+	}
 }
 
 func (b *h2Body) Close() error {

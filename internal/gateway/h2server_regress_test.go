@@ -11,6 +11,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -280,5 +281,97 @@ func TestTunnelEndsWithItsStream(t *testing.T) {
 	case <-handlerDone:
 	case <-time.After(5 * time.Second):
 		t.Fatal("the tunnel outlived its reset stream")
+	}
+}
+
+// TestH2ServerWritesUploadsToTheBackendInOrder: a tunnel's request bytes
+// reach a socket backend in order and complete whether the frame reader
+// writes them itself (the backend's socket takes them at once) or queues
+// them for the stream's upload (its buffer is full: a backend with a small
+// receive buffer that reads in bursts with pauses), across many streams
+// sharing the connection.
+func TestH2ServerWritesUploadsToTheBackendInOrder(t *testing.T) {
+	backends, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = backends.Close() }()
+	go func() {
+		for {
+			c, err := backends.Accept()
+			if err != nil {
+				return
+			}
+			_ = c.(*net.TCPConn).SetReadBuffer(4 << 10)
+			go func() {
+				defer func() { _ = c.Close() }()
+				b := make([]byte, 3000)
+				for i := 0; ; i++ {
+					n, err := c.Read(b)
+					if n > 0 {
+						if _, werr := c.Write(b[:n]); werr != nil {
+							return
+						}
+					}
+					if err != nil {
+						closeWrite(c)
+						return
+					}
+					if i%16 == 0 {
+						time.Sleep(time.Millisecond) // the backend pauses: its buffer fills
+					}
+				}
+			}()
+		}
+	}()
+	var direct, queued atomic.Int64
+	s := testH2Server(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		backend, err := net.Dial("tcp", backends.Addr().String())
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadGateway)
+			return
+		}
+		defer func() { _ = backend.Close() }()
+		fw := newFlushWriter(w)
+		w.WriteHeader(http.StatusOK)
+		_ = fw.f.FlushError()
+		up := make(chan struct{})
+		go func() {
+			defer close(up)
+			n, _ := uploadTo(backend, r.Body)
+			b := r.Body.(*h2Body)
+			b.st.c.mu.Lock()
+			d := b.st.sinkWritten
+			b.st.c.mu.Unlock()
+			direct.Add(d)
+			queued.Add(n - d)
+			closeWrite(backend)
+		}()
+		_, _ = copyBuffered(fw, backend)
+		<-up
+	}))
+	client, addr := h2Client(t, s)
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for i := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs <- echoStream(client, addr, i, 1<<20)
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Logf("written by the frame reader: %d bytes; queued for the upload: %d", direct.Load(), queued.Load())
+	if total := direct.Load() + queued.Load(); total != 8<<20 {
+		t.Fatalf("the backends were given %d bytes, want %d", total, 8<<20)
+	}
+	if direct.Load() == 0 {
+		t.Error("the frame reader wrote nothing to the backends itself")
 	}
 }

@@ -268,9 +268,40 @@ func TestH2ServerRefusesWhatTheProtocolForbids(t *testing.T) {
 		p := newRawPeer(t, testH2Server(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			<-r.Context().Done() // never reads: the window is not given back
 		})), true)
+		_ = p.fr.WriteSettingsAck() // the server's SETTINGS (always its first frame) apply
 		p.connect(1)
 		chunk := make([]byte, 16<<10)
 		_ = p.fr.WriteData(1, false, chunk) // exactly the window
+		_ = p.fr.WriteData(1, false, []byte("x"))
+		p.expectReset(1, http2.ErrCodeFlowControl)
+	})
+	// RFC 9113 6.9.3: a peer that has not seen the server's SETTINGS yet
+	// sends with the default window (65,535), above the server's 16 KiB;
+	// once it acknowledges them, the open stream's window is the server's.
+	t.Run("DATA before the peer acknowledged SETTINGS has the default window", func(t *testing.T) {
+		p := newRawPeer(t, testH2Server(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			<-r.Context().Done()
+		})), true)
+		p.connect(1)
+		for range 2 {
+			_ = p.fr.WriteData(1, false, make([]byte, 16<<10)) // 32 KiB: within 65,535, beyond 16 KiB
+		}
+		_ = p.fr.WritePing(false, [8]byte{1})
+		for {
+			f := p.next()
+			if f == nil {
+				t.Fatal("connection closed")
+			}
+			if _, ok := f.(*http2.PingFrame); ok {
+				break
+			}
+			if ga, ok := f.(*http2.GoAwayFrame); ok {
+				t.Fatalf("GOAWAY %v (%q) before the PING's answer", ga.ErrCode, ga.DebugData())
+			}
+			t.Fatalf("%v before the PING's answer: the default window was not allowed", f)
+		}
+		// next acknowledged the SETTINGS: the stream's window is now
+		// 16 KiB - 32 KiB, and any byte is beyond it.
 		_ = p.fr.WriteData(1, false, []byte("x"))
 		p.expectReset(1, http2.ErrCodeFlowControl)
 	})

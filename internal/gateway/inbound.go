@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -202,6 +203,16 @@ func (s *inboundServer) serve(w http.ResponseWriter, r *http.Request) {
 	s.tunnel(w, r, caller, backend)
 }
 
+// uploadTo copies a stream's request bytes to the backend; backbone's own
+// server's bodies write them to the socket from the frame reader when
+// they can (h2Body.WriteTo).
+func uploadTo(backend net.Conn, body io.Reader) (int64, error) {
+	if b, ok := body.(*h2Body); ok {
+		return b.WriteTo(backend)
+	}
+	return copyBuffered(backend, body)
+}
+
 // tunnel joins the stream and the backend connection. Client EOF (the end
 // of the request stream) half-closes the backend; backend EOF ends the
 // response stream.
@@ -228,7 +239,7 @@ func (s *inboundServer) tunnel(w http.ResponseWriter, r *http.Request, caller st
 	}
 	up := make(chan error, 1)
 	go func() {
-		n, err := copyBuffered(backend, r.Body)
+		n, err := uploadTo(backend, r.Body)
 		m.received.Add(float64(n))
 		closeWrite(backend)
 		up <- err

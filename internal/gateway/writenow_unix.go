@@ -1,0 +1,65 @@
+//go:build unix
+
+package gateway
+
+import (
+	"io"
+	"net"
+	"syscall"
+)
+
+// sinkSocket is a socket the inbound server's frame reader writes to
+// without waiting (h2Body.WriteTo). Only one goroutine at a time uses it.
+type sinkSocket struct {
+	rc syscall.RawConn
+	p  []byte // being written
+	n  int    // written of p
+	do func(fd uintptr) bool
+}
+
+// newSinkSocket returns the socket under w when w is a plain TCP or Unix
+// connection (bytes written to the socket are the bytes w would write),
+// nil otherwise.
+func newSinkSocket(w io.Writer) *sinkSocket {
+	var sc syscall.Conn
+	switch c := w.(type) {
+	case *net.TCPConn:
+		sc = c
+	case *net.UnixConn:
+		sc = c
+	default:
+		return nil
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	s := &sinkSocket{rc: rc}
+	s.do = s.write
+	return s
+}
+
+// writeNow writes as much of p as the socket takes without waiting and
+// returns how much that was: 0 when its send buffer is full or it failed
+// (the caller queues the rest for a blocking write, which reports the
+// error).
+func (s *sinkSocket) writeNow(p []byte) int {
+	s.p, s.n = p, 0
+	_ = s.rc.Write(s.do)
+	s.p = nil
+	return s.n
+}
+
+func (s *sinkSocket) write(fd uintptr) bool {
+	for s.n < len(s.p) {
+		m, err := syscall.Write(int(fd), s.p[s.n:])
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != nil || m <= 0 {
+			break
+		}
+		s.n += m
+	}
+	return true // never wait for the socket
+}
