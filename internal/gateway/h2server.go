@@ -1290,30 +1290,26 @@ func (b *h2Body) WriteTo(w io.Writer) (written int64, err error) {
 		written += st.sinkWritten
 		c.mu.Unlock()
 	}()
-	ch := bufferPool.Get().(*chunk)
-	defer ch.release()
-	for {
-		n, rerr := b.read(ch.buf, true)
-		if n > 0 {
-			m, werr := w.Write(ch.buf[:n])
-			c.mu.Lock()
-			st.sinkWriting = false
-			c.mu.Unlock()
-			written += int64(m)
-			if werr == nil && m != n {
-				werr = io.ErrShortWrite
-			}
-			if werr != nil {
-				return written, werr
-			}
-		}
-		if rerr != nil {
-			if rerr == io.EOF {
-				return written, nil
-			}
-			return written, rerr
-		}
-	}
+	return copyBuffered(sinkWriter{w, st}, sinkReader{b})
+}
+
+// sinkReader reads a body for WriteTo: the bytes it returns are being
+// written to the sink until sinkWriter has written them.
+type sinkReader struct{ b *h2Body }
+
+func (r sinkReader) Read(p []byte) (int, error) { return r.b.read(p, true) }
+
+type sinkWriter struct {
+	w  io.Writer
+	st *h2Stream
+}
+
+func (s sinkWriter) Write(p []byte) (int, error) {
+	n, err := s.w.Write(p)
+	s.st.c.mu.Lock()
+	s.st.sinkWriting = false
+	s.st.c.mu.Unlock()
+	return n, err
 }
 
 func (b *h2Body) Close() error {

@@ -351,22 +351,7 @@ func TestH2ServerWritesUploadsToTheBackendInOrder(t *testing.T) {
 		<-up
 	}))
 	client, addr := h2Client(t, s)
-	var wg sync.WaitGroup
-	errs := make(chan error, 8)
-	for i := range 8 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs <- echoStream(client, addr, i, 1<<20)
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
+	echoStreams(t, client, addr, 8, 1<<20)
 	t.Logf("written by the frame reader: %d bytes; queued for the upload: %d", direct.Load(), queued.Load())
 	if total := direct.Load() + queued.Load(); total != 8<<20 {
 		t.Fatalf("the backends were given %d bytes, want %d", total, 8<<20)

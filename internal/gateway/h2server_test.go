@@ -480,22 +480,7 @@ func TestH2ServerCarriesStreamsOfGoClients(t *testing.T) {
 	// WINDOW_UPDATEs in both directions.
 	t.Run("64 concurrent echo streams, flow controlled both ways", func(t *testing.T) {
 		before := runtime.NumGoroutine()
-		var wg sync.WaitGroup
-		errs := make(chan error, 64)
-		for i := range 64 {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				errs <- echoStream(client, addr, i, 1<<20)
-			}()
-		}
-		wg.Wait()
-		close(errs)
-		for err := range errs {
-			if err != nil {
-				t.Fatal(err)
-			}
-		}
+		echoStreams(t, client, addr, 64, 1<<20)
 		deadline := time.Now().Add(5 * time.Second)
 		for runtime.NumGoroutine() > before+4 && time.Now().Before(deadline) {
 			time.Sleep(10 * time.Millisecond)
@@ -504,6 +489,27 @@ func TestH2ServerCarriesStreamsOfGoClients(t *testing.T) {
 			t.Fatalf("%d goroutines after the streams ended, %d before", n, before)
 		}
 	})
+}
+
+// echoStreams runs echoStream on streams streams at once, n bytes each.
+func echoStreams(t *testing.T, client *http.Client, addr string, streams, n int) {
+	t.Helper()
+	var wg sync.WaitGroup
+	errs := make(chan error, streams)
+	for i := range streams {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs <- echoStream(client, addr, i, n)
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 // echoStream sends n bytes on a CONNECT stream and checks the echo.
