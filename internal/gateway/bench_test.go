@@ -144,12 +144,7 @@ func benchmarkTunnelStream(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		if _, err := app.Write(msg); err != nil {
-			b.Fatal(err)
-		}
-		if _, err := io.ReadFull(st.Down, buf); err != nil {
-			b.Fatal(err)
-		}
+		exchange(b, app, st.Down, msg, buf)
 		_ = app.Close()
 		_ = gw.Close()
 		_ = st.Close()
@@ -209,12 +204,7 @@ func BenchmarkGatewayStream(b *testing.B) {
 			g.serveOutbound(context.Background(), gw, r)
 			close(done)
 		}()
-		if _, err := app.Write(msg); err != nil {
-			b.Fatal(err)
-		}
-		if _, err := io.ReadFull(app, buf); err != nil {
-			b.Fatal(err)
-		}
+		exchange(b, app, app, msg, buf)
 		_ = app.Close()
 		<-done
 	}
@@ -249,12 +239,7 @@ func benchmarkTunnelRoundTrip(b *testing.B) {
 	b.ReportAllocs()
 	b.SetBytes(int64(len(msg)))
 	for b.Loop() {
-		if _, err := app.Write(msg); err != nil {
-			b.Fatal(err)
-		}
-		if _, err := io.ReadFull(st.Down, buf); err != nil {
-			b.Fatal(err)
-		}
+		exchange(b, app, st.Down, msg, buf)
 	}
 }
 
@@ -267,23 +252,10 @@ func BenchmarkGatewayRoundTrip(b *testing.B) { eachInboundServer(b, benchmarkGat
 
 func benchmarkGatewayRoundTrip(b *testing.B) {
 	discard := slog.New(slog.DiscardHandler)
-	echo, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer func() { _ = echo.Close() }()
-	go func() {
-		for {
-			c, err := echo.Accept()
-			if err != nil {
-				return
-			}
-			go func() { _, _ = copyBuffered(c, c); _ = c.Close() }()
-		}
-	}()
+	echo := serveTCP(b, func(c net.Conn) { _, _ = copyBuffered(c, c) })
 	peerSide := &inboundServer{g: &Gateway{log: discard, metrics: newMetrics(nopRegisterer{}), drain: newDrainTracker()}}
 	pp := startPeer(b, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		backend, err := net.Dial("tcp", echo.Addr().String())
+		backend, err := net.Dial("tcp", echo)
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusBadGateway)
 			return
@@ -315,13 +287,39 @@ func benchmarkGatewayRoundTrip(b *testing.B) {
 	b.ReportAllocs()
 	b.SetBytes(int64(len(msg)))
 	for b.Loop() {
-		if _, err := app.Write(msg); err != nil {
-			b.Fatal(err)
-		}
-		if _, err := io.ReadFull(app, buf); err != nil {
-			b.Fatal(err)
-		}
+		exchange(b, app, app, msg, buf)
 	}
 	_ = app.Close()
 	<-done
+}
+
+// exchange writes msg to w and reads len(buf) bytes back from r.
+func exchange(tb testing.TB, w io.Writer, r io.Reader, msg, buf []byte) {
+	if _, err := w.Write(msg); err != nil {
+		tb.Fatal(err)
+	}
+	if _, err := io.ReadFull(r, buf); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+// serveTCP serves each connection to a loopback listener with serve,
+// closing it afterwards, until the test ends; it returns the address.
+func serveTCP(tb testing.TB, serve func(net.Conn)) string {
+	tb.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { _ = l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() { serve(c); _ = c.Close() }()
+		}
+	}()
+	return l.Addr().String()
 }

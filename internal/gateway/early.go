@@ -82,7 +82,7 @@ func (u *upload) halted() bool {
 // ended is the error a body reports once the application's side ended:
 // io.EOF (END_STREAM) for a half-close, the read error otherwise.
 func (u *upload) ended() error {
-	if errors.Is(u.err, io.EOF) || isClosed(u.err) {
+	if isClosed(u.err) {
 		return io.EOF
 	}
 	return u.err

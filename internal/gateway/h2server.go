@@ -515,12 +515,7 @@ func (c *h2Conn) processHeaders(f *http2.MetaHeadersFrame) error {
 		return err
 	}
 
-	st := &h2Stream{c: c, id: id, recvWindow: int64(c.srv.streamWindow)}
-	c.mu.Lock()
-	if !c.settingsAcked {
-		st.recvWindow = max(st.recvWindow, initialWindow)
-	}
-	c.mu.Unlock()
+	st := &h2Stream{c: c, id: id}
 	st.readable = sync.NewCond(&c.mu)
 	st.ctx, st.cancel = context.WithCancel(c.ctx)
 	if f.StreamEnded() {
@@ -538,6 +533,10 @@ func (c *h2Conn) processHeaders(f *http2.MetaHeadersFrame) error {
 		return errConnClosed
 	}
 	st.sendWindow = c.peerWindow
+	st.recvWindow = int64(c.srv.streamWindow)
+	if !c.settingsAcked {
+		st.recvWindow = max(st.recvWindow, initialWindow)
+	}
 	c.streams[id] = st
 	c.mu.Unlock()
 	go c.runHandler(st, req.WithContext(st.ctx))
@@ -672,12 +671,7 @@ func (c *h2Conn) processData(f *http2.DataFrame) error {
 	}
 	st.buf.write(data)
 	st.recvUnacked += consumed
-	var streamInc uint32
-	if st.recvErr == nil && st.recvUnacked >= windowRefresh {
-		streamInc = uint32(st.recvUnacked)
-		st.recvWindow += st.recvUnacked
-		st.recvUnacked = 0
-	}
+	streamInc := st.updateLocked()
 	inc := c.releaseLocked(consumed)
 	if f.StreamEnded() && st.recvErr == nil {
 		st.recvErr = io.EOF
@@ -1192,6 +1186,18 @@ type h2Stream struct {
 	sinkWritten int64 // what the frame reader wrote to sink
 }
 
+// updateLocked gives the stream's consumed bytes back to its window and
+// returns the WINDOW_UPDATE increment due, if any. c.mu is held.
+func (st *h2Stream) updateLocked() uint32 {
+	if st.recvErr != nil || st.recvUnacked < windowRefresh {
+		return 0
+	}
+	inc := st.recvUnacked
+	st.recvUnacked = 0
+	st.recvWindow += inc
+	return uint32(inc)
+}
+
 // writeData sends p in DATA frames as the flow control windows allow.
 func (st *h2Stream) writeData(p []byte) (int, error) {
 	c := st.c
@@ -1238,12 +1244,7 @@ func (b *h2Body) read(p []byte, forSink bool) (int, error) {
 	c := st.c
 	c.mu.Lock()
 	connInc := c.connUpdateLocked()
-	var streamInc uint32
-	if st.recvErr == nil && st.recvUnacked >= windowRefresh {
-		streamInc = uint32(st.recvUnacked)
-		st.recvWindow += st.recvUnacked
-		st.recvUnacked = 0
-	}
+	streamInc := st.updateLocked()
 	if connInc > 0 || streamInc > 0 {
 		c.mu.Unlock()
 		_ = c.writeWindowUpdates(st.id, connInc, streamInc)

@@ -291,42 +291,28 @@ func TestTunnelEndsWithItsStream(t *testing.T) {
 // receive buffer that reads in bursts with pauses), across many streams
 // sharing the connection.
 func TestH2ServerWritesUploadsToTheBackendInOrder(t *testing.T) {
-	backends, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = backends.Close() }()
-	go func() {
-		for {
-			c, err := backends.Accept()
+	backends := serveTCP(t, func(c net.Conn) {
+		_ = c.(*net.TCPConn).SetReadBuffer(4 << 10)
+		b := make([]byte, 3000)
+		for i := 0; ; i++ {
+			n, err := c.Read(b)
+			if n > 0 {
+				if _, werr := c.Write(b[:n]); werr != nil {
+					return
+				}
+			}
 			if err != nil {
+				closeWrite(c)
 				return
 			}
-			_ = c.(*net.TCPConn).SetReadBuffer(4 << 10)
-			go func() {
-				defer func() { _ = c.Close() }()
-				b := make([]byte, 3000)
-				for i := 0; ; i++ {
-					n, err := c.Read(b)
-					if n > 0 {
-						if _, werr := c.Write(b[:n]); werr != nil {
-							return
-						}
-					}
-					if err != nil {
-						closeWrite(c)
-						return
-					}
-					if i%16 == 0 {
-						time.Sleep(time.Millisecond) // the backend pauses: its buffer fills
-					}
-				}
-			}()
+			if i%16 == 0 {
+				time.Sleep(time.Millisecond) // the backend pauses: its buffer fills
+			}
 		}
-	}()
+	})
 	var direct, queued atomic.Int64
 	s := testH2Server(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		backend, err := net.Dial("tcp", backends.Addr().String())
+		backend, err := net.Dial("tcp", backends)
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusBadGateway)
 			return
