@@ -6,11 +6,10 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/url"
-	"os"
 	"sync"
 	"sync/atomic"
-	"time"
+
+	"golang.org/x/net/http2"
 )
 
 // A tunnel's first bytes travel with its CONNECT: the application's
@@ -20,276 +19,250 @@ import (
 // none of the application's bytes were handed to the failed one — so a
 // request is never delivered twice.
 
-// upload is the application's side of a stream. The attempt whose
-// transport asks for bytes reads them from the application's connection
-// straight into the transport's buffer: no goroutine of its own, no hand-off
-// between the read and the DATA frame that carries it. Reads are one at a
-// time (mu is held across them), so bytes stay in order across attempts: a
-// read that returns after its attempt was abandoned keeps its bytes (held)
-// for the next attempt.
-type upload struct {
-	src  Source
-	mu   sync.Mutex // held across src.Read
-	held []byte     // read for an abandoned attempt; the next attempt's first bytes
-	err  error      // how the application's side ended; set before done is closed
-	done chan struct{}
-	stop chan struct{} // nobody will take more bytes
-	once sync.Once
-	// interrupted: an abandoned attempt moved src's read deadline into the
-	// past to end its read; the next read puts it back.
-	interrupted atomic.Bool
-}
-
-// Source is the application's side of a tunnel: a connection, whose read
-// deadline lets an attempt that is given up end the read it is waiting in
-// (the transport waits for that before it lets the stream go).
-type Source interface {
-	io.Reader
-	SetReadDeadline(time.Time) error
-}
-
-func (u *upload) init(src Source) {
-	u.src, u.done, u.stop = src, make(chan struct{}), make(chan struct{})
-}
-
-// halt makes reads drop what they get from now on.
-func (u *upload) halt() { u.once.Do(func() { close(u.stop) }) }
-
-// interrupt ends a read under way, with a timeout and no bytes.
-func (u *upload) interrupt() {
-	u.interrupted.Store(true)
-	_ = u.src.SetReadDeadline(longAgo)
-}
-
-// longAgo is a read deadline in the past: it ends a read at once.
-var longAgo = time.Unix(1, 0)
-
-// end records how the application's side ended. u.mu is held.
-func (u *upload) end(err error) {
-	u.err = err
-	close(u.done)
-}
-
-func (u *upload) halted() bool {
-	select {
-	case <-u.stop:
-		return true
-	default:
-		return false
-	}
-}
-
-// ended is the error a body reports once the application's side ended:
-// io.EOF (END_STREAM) for a half-close, the read error otherwise.
-func (u *upload) ended() error {
-	if isClosed(u.err) {
-		return io.EOF
-	}
-	return u.err
-}
-
-// errAbandoned ends the body of an attempt that lost its stream.
-var errAbandoned = errors.New("tunnel attempt abandoned")
-
-// attemptBody is one attempt's request body. It counts what it handed to
-// the transport; once abandoned it takes nothing more from the upload.
-type attemptBody struct {
-	watch    answerWatch // bounds the wait for the peer's answer
-	u        *upload
-	abandon  chan struct{}
-	once     sync.Once
-	consumed atomic.Int64
-}
-
-func (b *attemptBody) init(u *upload) {
-	b.u, b.abandon = u, make(chan struct{})
-}
-
-func (b *attemptBody) abandoned() bool {
-	select {
-	case <-b.abandon:
-		return true
-	default:
-		return b.u.halted()
-	}
-}
-
-func (b *attemptBody) Read(dst []byte) (int, error) {
-	u := b.u
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	if b.abandoned() {
-		return 0, errAbandoned
-	}
-	if len(u.held) > 0 {
-		n := copy(dst, u.held)
-		u.held = u.held[n:]
-		b.consumed.Add(int64(n))
-		return n, nil
-	}
-	if u.err != nil {
-		return 0, u.ended()
-	}
-	if u.interrupted.Swap(false) {
-		_ = u.src.SetReadDeadline(time.Time{})
-	}
-	n, err := u.src.Read(dst)
-	if b.abandoned() {
-		// The attempt was given up while its read waited: its bytes
-		// reached nobody, and go first on the next attempt.
-		if n > 0 && !u.halted() {
-			u.held = append(u.held, dst[:n]...)
-		}
-		if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
-			u.end(err)
-		}
-		return 0, errAbandoned
-	}
-	if err != nil {
-		u.end(err)
-	}
-	b.consumed.Add(int64(n))
-	switch {
-	case err == nil:
-		return n, nil
-	case u.ended() == io.EOF:
-		return n, io.EOF // the last bytes go with END_STREAM
-	case n > 0:
-		return n, nil // the error on the next read, after these bytes
-	default:
-		return 0, u.ended()
-	}
-}
-
-// Close abandons the attempt (the transport calls it when done with the
-// body, and waits for a read under way to return before it lets the
-// stream go: Close ends that read).
-func (b *attemptBody) Close() error {
-	b.once.Do(func() {
-		close(b.abandon)
-		b.u.interrupt()
-	})
-	return nil
-}
+// errAbandoned ends the upload of a stream nobody takes bytes for.
+var errAbandoned = errors.New("tunnel stream abandoned")
 
 // Stream is an open tunnel stream.
 type Stream struct {
-	// Down is what the peer sends back.
-	Down io.ReadCloser
-	body *attemptBody
+	// Down is what the peer sends back. Its WriteTo lets the
+	// connection's frame reader write to a socket itself (h2Body).
+	Down *StreamDown
 
-	// One allocation holds what a stream needs when its first attempt
-	// succeeds, as most do.
-	up    upload
-	first attemptBody
-	down  cancelOnClose
-	url   url.URL
+	src  io.Reader
+	down StreamDown
+
+	// The upload: one goroutine reads the application's bytes and sends
+	// them on the current attempt. Between attempts it waits, holding
+	// what it read, so nothing is lost or reordered.
+	mu      sync.Mutex // held while the upload sends
+	cond    sync.Cond
+	cur     *h2Stream // the attempt bytes go to; nil between attempts
+	settled bool      // OpenStream returned: no attempt follows the current one
+	gaveUp  bool      // nobody takes bytes any more
+	attempt atomic.Pointer[h2Stream]
+	sent    atomic.Int64
+	done    chan struct{} // the upload ended
+	err     error         // the application's read error, if that ended it
+	halted  chan struct{} // closed by Close
+	once    sync.Once
 }
 
-// connectHeader is the header of every tunnel's CONNECT: empty, and only
-// read (a RoundTripper does not modify the request it is given).
-var connectHeader = http.Header{}
+// StreamDown is the peer's side of a stream.
+type StreamDown struct {
+	h2Body
+	s *Stream
+}
+
+// Close ends the stream.
+func (d *StreamDown) Close() error { return d.s.Close() }
 
 // Sent is how many of the application's bytes went into the tunnel.
-func (s *Stream) Sent() int64 { return s.body.consumed.Load() }
+func (s *Stream) Sent() int64 { return s.sent.Load() }
 
-// WaitSent waits until the application finished sending (EOF or an error,
-// returned) or the stream stopped taking its bytes (nil).
+// WaitSent waits until the application finished sending (nil after EOF,
+// its error otherwise) or the stream stopped taking its bytes (nil).
 func (s *Stream) WaitSent() error {
 	select {
-	case <-s.up.done:
-		if s.up.ended() == io.EOF {
-			return nil
-		}
-		return s.up.err
-	case <-s.body.abandon:
-		s.up.halt()
+	case <-s.done:
+		return s.err
+	case <-s.halted:
 		return nil
 	}
 }
 
-// Close releases the stream.
+// Close ends the stream: a RST_STREAM tells the peer unless both sides
+// had ended it, and the upload stops taking bytes.
 func (s *Stream) Close() error {
-	s.up.halt()
-	return s.Down.Close()
+	if st := s.attempt.Load(); st != nil {
+		st.c.finishStream(st) // first: it wakes the upload if it waits for a window
+	}
+	s.giveUp()
+	s.once.Do(func() { close(s.halted) })
+	return nil
 }
 
-// OpenStream opens a tunnel stream to authority in cluster whose request
-// body is src, sent as soon as it arrives (not after the peer's answer).
+func (s *Stream) giveUp() {
+	s.mu.Lock()
+	s.gaveUp = true
+	s.cur = nil
+	s.cond.Broadcast()
+	s.mu.Unlock()
+}
+
+// setAttempt makes st the attempt the application's bytes go to.
+func (s *Stream) setAttempt(st *h2Stream) {
+	s.attempt.Store(st)
+	s.mu.Lock()
+	s.cur = st
+	s.cond.Broadcast()
+	s.mu.Unlock()
+}
+
+// upload sends the application's bytes as they come, and END_STREAM at
+// its EOF. A read error while the stream is open resets it, and is what
+// WaitSent reports.
+func (s *Stream) upload() {
+	defer close(s.done)
+	src := newSourceSocket(s.src)
+	for {
+		var c *chunk
+		var n int
+		var rerr error
+		if src != nil {
+			c, n, rerr = src.read()
+		} else {
+			c, n, rerr = readChunk(s.src)
+		}
+		var p []byte
+		if c != nil {
+			p = c.buf[:n]
+		}
+		var err error
+		if n > 0 || rerr == io.EOF {
+			err = s.deliver(p, rerr == io.EOF)
+		}
+		if c != nil {
+			c.release()
+		}
+		if err != nil || rerr == io.EOF {
+			return // the stream ended, or the application's side did
+		}
+		if rerr != nil {
+			select {
+			case <-s.halted:
+			default:
+				s.err = rerr
+				if st := s.attempt.Load(); st != nil {
+					st.c.resetStream(st.id, http2.ErrCodeCancel, true)
+				}
+			}
+			s.giveUp()
+			return
+		}
+	}
+}
+
+// readChunk reads into a pooled chunk; nil when nothing was read.
+func readChunk(r io.Reader) (*chunk, int, error) {
+	c := bufferPool.Get().(*chunk)
+	n, err := r.Read(c.buf)
+	if n == 0 {
+		c.release()
+		return nil, 0, err
+	}
+	return c, n, err
+}
+
+// deliver sends p, then END_STREAM if end, on the current attempt,
+// waiting for one while there is none. An attempt that fails before it
+// took a byte of the application's makes way for the next one.
+func (s *Stream) deliver(p []byte, end bool) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for {
+		for s.cur == nil && !s.gaveUp {
+			s.cond.Wait()
+		}
+		if s.gaveUp {
+			return errAbandoned
+		}
+		st := s.cur
+		n, err := st.send(p, end)
+		s.sent.Add(int64(n))
+		if err == nil || s.settled || s.sent.Load() > 0 {
+			return err
+		}
+		// Failed before the peer took a byte: OpenStream tries another
+		// attempt, or gives up.
+		p = p[n:]
+		if s.cur == st {
+			s.cur = nil
+		}
+	}
+}
+
+// OpenStream opens a tunnel stream to authority in cluster whose bytes
+// are read from src, sent as soon as they arrive (not after the peer's
+// answer).
 //
-// ctx bounds the stream's whole life. Waiting for the peer's answer is
+// ctx bounds the wait for the stream. Waiting for the peer's answer is
 // bounded by the dial timeout while the connection is silent, and by
 // maxAnswerWait dial timeouts while it still delivers bytes (liveness.go).
-func (p *Pool) OpenStream(ctx context.Context, cluster, authority string, src Source) (*Stream, error) {
+func (p *Pool) OpenStream(ctx context.Context, cluster, authority string, src io.Reader) (*Stream, error) {
 	pr, err := p.peer(cluster)
 	if err != nil {
 		return nil, err
 	}
-	st := &Stream{url: url.URL{Host: authority}}
-	st.up.init(src)
-	ok := false
-	defer func() {
-		if !ok {
-			st.up.halt()
-		}
-	}()
+	s := &Stream{src: src, done: make(chan struct{}), halted: make(chan struct{})}
+	s.cond.L = &s.mu
+	uploading := false
 	var lastErr error
-	for attempt := 0; attempt < max(2, len(pr.addrs)+1); attempt++ {
+	for range max(2, len(pr.addrs)+1) {
 		pc, err := p.conn(ctx, pr)
 		if err != nil {
+			s.giveUp()
 			return nil, err
 		}
-		body := &st.first
-		if attempt > 0 {
-			body = &attemptBody{}
-		}
-		body.init(&st.up)
-		sctx, cancel := context.WithCancel(ctx)
-		req := (&http.Request{
-			Method: http.MethodConnect,
-			URL:    &st.url,
-			Host:   authority,
-			Header: connectHeader,
-			Body:   body,
-		}).WithContext(sctx)
-		body.watch.begin(pc, p.dialTimeout, cancel)
-		resp, err := pc.cc.RoundTrip(req)
-		verdict := body.watch.end()
-		if verdict != waiting && err == nil {
-			err = context.DeadlineExceeded // answered just as the watch gave up
-			_ = resp.Body.Close()
-		}
+		st, err := pc.cc.openStream(http.MethodConnect, authority, "", false)
 		if err != nil {
-			cancel()
-			_ = body.Close()
 			lastErr = err
-			if ctx.Err() != nil {
-				return nil, err
-			}
-			if verdict == stalled || pc.cc.Err() != nil {
+			if errors.Is(pc.cc.Err(), errConnClosed) {
 				pr.markBroken(pc)
-			}
-			if verdict == tooSlow {
-				// The connection is alive; only this stream gave up.
-				return nil, fmt.Errorf("peer gateway of %s did not answer within %s on a live connection: %w", pr.cluster, maxAnswerWait*p.dialTimeout, err)
-			}
-			if body.consumed.Load() > 0 {
-				return nil, err // bytes may have reached the peer: never resend
 			}
 			continue
 		}
-		if resp.StatusCode != http.StatusOK {
-			msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-			_ = resp.Body.Close()
-			_ = body.Close()
-			cancel()
-			return nil, &RefusedError{Status: resp.StatusCode, Message: string(msg)}
+		s.setAttempt(st)
+		if !uploading {
+			uploading = true
+			go s.upload()
 		}
-		ok = true
-		st.body = body
-		st.down = cancelOnClose{ReadCloser: resp.Body, cancel: cancel}
-		st.Down = &st.down
-		return st, nil
+		sctx, cancel := context.WithCancel(ctx)
+		var watch answerWatch
+		watch.begin(pc, p.dialTimeout, cancel)
+		err = st.awaitAnswer(sctx)
+		verdict := watch.end()
+		cancel()
+		if verdict != waiting && err == nil {
+			err = context.DeadlineExceeded // answered just as the watch gave up
+		}
+		if err == nil {
+			if st.status != http.StatusOK {
+				msg, _ := io.ReadAll(io.LimitReader(&h2Body{st: st}, 512))
+				_ = s.Close()
+				return nil, &RefusedError{Status: st.status, Message: string(msg)}
+			}
+			s.mu.Lock()
+			s.settled = true
+			s.mu.Unlock()
+			s.down = StreamDown{h2Body: h2Body{st: st}, s: s}
+			s.Down = &s.down
+			return s, nil
+		}
+		lastErr = err
+		pc.cc.finishStream(st) // first: it wakes the upload if it waits for a window
+		s.mu.Lock()
+		retry := s.sent.Load() == 0 && ctx.Err() == nil && verdict != tooSlow
+		if s.cur == st {
+			s.cur = nil
+		}
+		if !retry {
+			s.gaveUp = true
+			s.cond.Broadcast()
+		}
+		s.mu.Unlock()
+		if verdict == stalled || errors.Is(pc.cc.Err(), errConnClosed) {
+			pr.markBroken(pc)
+		}
+		switch {
+		case ctx.Err() != nil:
+			return nil, err
+		case verdict == tooSlow:
+			// The connection is alive; only this stream gave up.
+			return nil, fmt.Errorf("peer gateway of %s did not answer within %s on a live connection: %w", pr.cluster, maxAnswerWait*p.dialTimeout, err)
+		case !retry:
+			return nil, err // bytes may have reached the peer: never resend
+		}
 	}
+	s.giveUp()
 	return nil, lastErr
 }

@@ -278,6 +278,10 @@ type h2Conn struct {
 	lastActive    time.Time // when the last stream ended
 	timer         *time.Timer
 	pingSent      time.Time // zero when no PING is outstanding
+
+	// client is set on a connection we opened to a peer gateway
+	// (h2client.go); nil on one the server accepted.
+	client *clientSide
 }
 
 func (s *h2Server) newConn(nc net.Conn, state *tls.ConnectionState) *h2Conn {
@@ -308,10 +312,18 @@ func (s *h2Server) newConn(nc net.Conn, state *tls.ConnectionState) *h2Conn {
 // serve reads the connection's frames until it ends.
 func (c *h2Conn) serve() {
 	defer c.close()
+	if c.client == nil && !c.accept() {
+		return
+	}
+	c.readFrames()
+}
+
+// accept reads a client's preface and sends our SETTINGS.
+func (c *h2Conn) accept() bool {
 	preface := make([]byte, len(http2.ClientPreface))
 	if _, err := io.ReadFull(c.nc, preface); err != nil || string(preface) != http2.ClientPreface {
 		c.srv.log.Debug("refused: no HTTP/2 preface", "remote", c.remote)
-		return
+		return false
 	}
 	err := c.write(func() error {
 		if err := c.fr.WriteSettings(
@@ -327,9 +339,12 @@ func (c *h2Conn) serve() {
 		}
 		return nil
 	})
-	if err != nil || !c.srv.register(c) {
-		return
-	}
+	return err == nil && c.srv.register(c)
+}
+
+// readFrames reads and handles the peer's frames until the connection
+// ends.
+func (c *h2Conn) readFrames() {
 	first := true
 	for {
 		f, err := c.fr.ReadFrame()
@@ -403,6 +418,9 @@ func protocolError(format string, args ...any) error {
 func (c *h2Conn) process(f http2.Frame) error {
 	switch f := f.(type) {
 	case *http2.MetaHeadersFrame:
+		if c.client != nil {
+			return c.processResponse(f)
+		}
 		return c.processHeaders(f)
 	case *http2.DataFrame:
 		return c.processData(f)
@@ -430,6 +448,9 @@ func (c *h2Conn) process(f http2.Frame) error {
 	case *http2.GoAwayFrame:
 		c.mu.Lock()
 		c.peerGone = true
+		if c.client != nil {
+			c.client.refuseAbove(c, f.LastStreamID)
+		}
 		done := c.active == 0
 		c.mu.Unlock()
 		if done {
@@ -437,7 +458,7 @@ func (c *h2Conn) process(f http2.Frame) error {
 		}
 		return nil
 	case *http2.PushPromiseFrame:
-		return protocolError("PUSH_PROMISE from a client")
+		return protocolError("PUSH_PROMISE: push is not enabled")
 	}
 	// PRIORITY, PRIORITY_UPDATE and unknown frames carry nothing for us.
 	return nil
@@ -449,6 +470,9 @@ func (c *h2Conn) noteStreamID(id uint32) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if id > c.maxID {
+		if c.client != nil {
+			return protocolError("stream %d: not opened", id)
+		}
 		if id%2 == 0 {
 			return protocolError("stream %d: even, not a client stream", id)
 		}
@@ -646,6 +670,13 @@ func (c *h2Conn) processData(f *http2.DataFrame) error {
 		}
 		return c.writeWindowUpdates(0, inc, 0)
 	}
+	if c.client != nil && st.status == 0 {
+		// DATA before the response's HEADERS.
+		inc := c.releaseLocked(n)
+		c.mu.Unlock()
+		c.resetStream(id, http2.ErrCodeProtocol, true)
+		return c.writeWindowUpdates(0, inc, 0)
+	}
 	if n > st.recvWindow {
 		inc := c.releaseLocked(n)
 		c.mu.Unlock()
@@ -773,6 +804,12 @@ func (c *h2Conn) processSettings(f *http2.SettingsFrame) error {
 			c.mu.Unlock()
 		case http2.SettingMaxFrameSize:
 			c.peerMaxFrame.Store(s.Val)
+		case http2.SettingMaxConcurrentStreams:
+			if c.client != nil {
+				c.mu.Lock()
+				c.client.maxStreams = s.Val
+				c.mu.Unlock()
+			}
 		case http2.SettingHeaderTableSize:
 			v := s.Val
 			tableSize = &v
@@ -872,6 +909,13 @@ func (c *h2Conn) writeHeaders(id uint32, status int, h http.Header, end bool) er
 func (c *h2Conn) headerFrames(id uint32, status int, h http.Header, end bool) error {
 	c.hbuf.Reset()
 	_ = c.henc.WriteField(hpack.HeaderField{Name: ":status", Value: strconv.Itoa(status)})
+	c.encodeFields(h)
+	return c.blockFrames(id, end)
+}
+
+// encodeFields adds h's fields to the header block being encoded, but
+// for those HTTP/2 forbids; under wmu.
+func (c *h2Conn) encodeFields(h http.Header) {
 	for k, vv := range h {
 		name := strings.ToLower(k)
 		if !httpguts.ValidHeaderFieldName(k) || connectionSpecific(name) {
@@ -883,6 +927,11 @@ func (c *h2Conn) headerFrames(id uint32, status int, h http.Header, end bool) er
 			}
 		}
 	}
+}
+
+// blockFrames writes the encoded header block, in CONTINUATION frames
+// past the peer's frame size; under wmu.
+func (c *h2Conn) blockFrames(id uint32, end bool) error {
 	block := c.hbuf.Bytes()
 	limit := int(c.peerMaxFrame.Load())
 	frag := block[:min(len(block), limit)]
@@ -911,10 +960,14 @@ func (c *h2Conn) resetStream(id uint32, code http2.ErrCode, send bool) {
 		if !send {
 			st.reset = errStreamReset
 		}
-		st.recvErr = st.reset
-		inc = c.releaseLocked(int64(st.buf.discard()))
+		if st.recvErr != io.EOF {
+			// What arrived in full stays readable (RFC 9113 §8.1: a
+			// server may reset a stream after its complete response).
+			st.recvErr = st.reset
+			inc = c.releaseLocked(int64(st.buf.discard()))
+		}
 		st.cancel()
-		st.readable.Broadcast()
+		st.wakeLocked()
 		c.flow.Broadcast()
 	}
 	c.mu.Unlock()
@@ -1006,7 +1059,7 @@ func (c *h2Conn) close() {
 			st.buf.discard()
 		}
 		st.cancel()
-		st.readable.Broadcast()
+		st.wakeLocked()
 	}
 	c.flow.Broadcast()
 	if c.timer != nil {
@@ -1184,6 +1237,26 @@ type h2Stream struct {
 	sinkWriting bool
 	sinkBusy    bool
 	sinkWritten int64 // what the frame reader wrote to sink
+
+	// A stream we opened (h2client.go): answered is closed when the
+	// response's HEADERS came or the stream ended without them.
+	answered chan struct{}
+	status   int  // the response's; 0 until it came
+	sentEnd  bool // END_STREAM sent
+	finished bool // counted out of the connection
+}
+
+// wakeLocked wakes whoever waits on the stream: readers, and a request
+// waiting for its answer. c.mu is held.
+func (st *h2Stream) wakeLocked() {
+	st.readable.Broadcast()
+	if st.answered != nil && (st.status != 0 || st.reset != nil) {
+		select {
+		case <-st.answered:
+		default:
+			close(st.answered)
+		}
+	}
 }
 
 // updateLocked gives the stream's consumed bytes back to its window and
@@ -1199,10 +1272,14 @@ func (st *h2Stream) updateLocked() uint32 {
 }
 
 // writeData sends p in DATA frames as the flow control windows allow.
-func (st *h2Stream) writeData(p []byte) (int, error) {
+func (st *h2Stream) writeData(p []byte) (int, error) { return st.send(p, false) }
+
+// send sends p in DATA frames as the flow control windows allow, the
+// last one with END_STREAM if end (an empty one when p is).
+func (st *h2Stream) send(p []byte, end bool) (int, error) {
 	c := st.c
 	written := 0
-	for len(p) > 0 {
+	for len(p) > 0 || end {
 		c.mu.Lock()
 		var n int64
 		for {
@@ -1212,19 +1289,24 @@ func (st *h2Stream) writeData(p []byte) (int, error) {
 				return written, err
 			}
 			n = min(int64(len(p)), int64(c.peerMaxFrame.Load()), st.sendWindow, c.sendWindow)
-			if n > 0 {
+			if n > 0 || len(p) == 0 {
 				break
 			}
 			c.flow.Wait()
 		}
 		st.sendWindow -= n
 		c.sendWindow -= n
+		last := end && n == int64(len(p))
+		st.sentEnd = last
 		c.mu.Unlock()
-		if err := c.write(func() error { return c.fr.WriteData(st.id, false, p[:n]) }); err != nil {
+		if err := c.write(func() error { return c.fr.WriteData(st.id, last, p[:n]) }); err != nil {
 			return written, err
 		}
 		written += int(n)
 		p = p[n:]
+		if last {
+			break
+		}
 	}
 	return written, nil
 }
@@ -1235,11 +1317,15 @@ type h2Body struct{ st *h2Stream }
 // Read returns the stream's bytes as they arrive. The window the bytes
 // of earlier Reads took is given back at the start of the next: by then
 // the caller has passed them on, and the update does not delay them.
-func (b *h2Body) Read(p []byte) (int, error) { return b.read(p, false) }
+func (b *h2Body) Read(p []byte) (int, error) {
+	n, _, err := b.read(p, false)
+	return n, err
+}
 
-// read is Read; forSink marks the bytes returned as being written to the
-// sink until WriteTo clears sinkWriting.
-func (b *h2Body) read(p []byte, forSink bool) (int, error) {
+// read is Read. With p nil it takes a pooled chunk for the bytes once
+// they are there, and marks them as being written to the sink until
+// WriteTo clears sinkWriting.
+func (b *h2Body) read(p []byte, forSink bool) (int, *chunk, error) {
 	st := b.st
 	c := st.c
 	c.mu.Lock()
@@ -1255,27 +1341,33 @@ func (b *h2Body) read(p []byte, forSink bool) (int, error) {
 	}
 	if st.bodyClosed {
 		c.mu.Unlock()
-		return 0, errBodyClosed
+		return 0, nil, errBodyClosed
 	}
 	if st.buf.len() == 0 {
 		err := st.recvErr
 		c.mu.Unlock()
-		return 0, err
+		return 0, nil, err
+	}
+	var ch *chunk
+	if p == nil {
+		ch = bufferPool.Get().(*chunk)
+		p = ch.buf
 	}
 	n := st.buf.read(p)
 	c.recvUnacked += int64(n)
 	st.recvUnacked += int64(n)
 	st.sinkWriting = forSink
 	c.mu.Unlock()
-	return n, nil
+	return n, ch, nil
 }
 
-// WriteTo copies the stream's bytes to w as they arrive. When w is a
-// plain socket, the frame reader writes arriving DATA to it itself while
-// nothing is queued for it and the socket takes the bytes at once
-// (writeNow): the bytes reach the backend without a goroutine hand-off.
-// What the socket does not take at once is queued and written here, in
-// order.
+// WriteTo copies the stream's bytes to w as they arrive, in a pooled
+// chunk taken only while there are bytes to write: a stream waiting for
+// its peer holds no buffer. When w is a plain socket, the frame reader
+// writes arriving DATA to it itself while nothing is queued for it and
+// the socket takes the bytes at once (writeNow): the bytes reach it
+// without a goroutine hand-off. What the socket does not take at once is
+// queued and written here, in order.
 func (b *h2Body) WriteTo(w io.Writer) (written int64, err error) {
 	st := b.st
 	c := st.c
@@ -1285,32 +1377,36 @@ func (b *h2Body) WriteTo(w io.Writer) (written int64, err error) {
 	defer func() {
 		c.mu.Lock()
 		st.sink = nil
+		st.sinkWriting = false
 		for st.sinkBusy {
 			st.readable.Wait()
 		}
 		written += st.sinkWritten
 		c.mu.Unlock()
 	}()
-	return copyBuffered(sinkWriter{w, st}, sinkReader{b})
-}
-
-// sinkReader reads a body for WriteTo: the bytes it returns are being
-// written to the sink until sinkWriter has written them.
-type sinkReader struct{ b *h2Body }
-
-func (r sinkReader) Read(p []byte) (int, error) { return r.b.read(p, true) }
-
-type sinkWriter struct {
-	w  io.Writer
-	st *h2Stream
-}
-
-func (s sinkWriter) Write(p []byte) (int, error) {
-	n, err := s.w.Write(p)
-	s.st.c.mu.Lock()
-	s.st.sinkWriting = false
-	s.st.c.mu.Unlock()
-	return n, err
+	for {
+		n, ch, rerr := b.read(nil, true)
+		if n > 0 {
+			m, werr := w.Write(ch.buf[:n])
+			ch.release()
+			c.mu.Lock()
+			st.sinkWriting = false
+			c.mu.Unlock()
+			written += int64(m)
+			if werr == nil && m != n {
+				werr = io.ErrShortWrite
+			}
+			if werr != nil {
+				return written, werr
+			}
+		}
+		if rerr == io.EOF {
+			return written, nil
+		}
+		if rerr != nil {
+			return written, rerr
+		}
+	}
 }
 
 func (b *h2Body) Close() error {

@@ -244,7 +244,7 @@ func (s *inboundServer) tunnel(w http.ResponseWriter, r *http.Request, caller st
 		closeWrite(backend)
 		up <- err
 	}()
-	n, downErr := copyBuffered(fw, backend)
+	n, downErr := copyFrom(fw, backend)
 	m.sent.Add(float64(n))
 	result := "ok"
 	if !isClosed(downErr) {

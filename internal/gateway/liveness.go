@@ -2,9 +2,7 @@ package gateway
 
 import (
 	"context"
-	"io"
 	"net"
-	"net/http"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -41,7 +39,7 @@ func monotime() time.Duration { return time.Since(epoch) }
 // poolConn is one pooled connection to a peer gateway and what the pool
 // has seen of it.
 type poolConn struct {
-	cc   *http.ClientConn
+	cc   *h2Conn
 	addr string
 
 	lastRead       atomic.Int64 // monotime of the last byte from the peer
@@ -57,29 +55,16 @@ func (pc *poolConn) congested(now time.Duration) bool {
 	return now < time.Duration(pc.congestedUntil.Load())
 }
 
-// probe asks the peer for GET /ready on this connection, so that a live
-// peer with nothing else to send shows it is there (the HTTP/2 PING of
-// net/http's client is not in its API). One probe per connection at a
-// time; its answer counts as bytes arriving, nothing more.
-func (pc *poolConn) probe(timeout time.Duration) {
+// probe sends the peer a PING, so that a live peer with nothing else to
+// send shows it is there: its answer counts as bytes arriving. One
+// probe per connection at a time.
+func (pc *poolConn) probe() {
 	if !pc.probing.CompareAndSwap(false, true) {
-		return
-	}
-	if pc.cc.Reserve() != nil {
-		pc.probing.Store(false) // full: its streams' traffic speaks for it
 		return
 	}
 	go func() {
 		defer pc.probing.Store(false)
-		ctx, cancel := context.WithTimeout(context.Background(), timeout)
-		defer cancel()
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+pc.addr+"/ready", nil)
-		resp, err := pc.cc.RoundTrip(req)
-		if err != nil {
-			return
-		}
-		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 256))
-		_ = resp.Body.Close()
+		pc.cc.ping()
 	}()
 }
 
@@ -123,6 +108,8 @@ type answerWatch struct {
 }
 
 func (w *answerWatch) begin(pc *poolConn, timeout time.Duration, cancel context.CancelFunc) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
 	w.pc, w.timeout, w.cancel = pc, timeout, cancel
 	w.start = monotime()
 	w.timer = time.AfterFunc(timeout/2, w.check)
@@ -154,7 +141,7 @@ func (w *answerWatch) check() {
 	// answer: probing every other one let a late timer see a live peer
 	// quiet for a whole dial timeout and call it stalled.
 	if quiet >= w.timeout/4 {
-		w.pc.probe(w.timeout)
+		w.pc.probe()
 	}
 	w.timer.Reset(w.timeout / 2)
 }

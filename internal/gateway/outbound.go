@@ -163,7 +163,7 @@ func (g *Gateway) serveOutbound(ctx context.Context, app net.Conn, r route) {
 
 	// The application's bytes flow into the stream as they come (the
 	// transport reads them); what comes back is copied here.
-	n, err := copyBuffered(app, st.Down)
+	n, err := st.Down.WriteTo(app)
 	m.received.Add(float64(n))
 	_ = st.Down.Close() // ends the stream if it is still open, and its context
 	result := "ok"

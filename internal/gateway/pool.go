@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net"
@@ -27,6 +26,7 @@ type Pool struct {
 	dialTimeout time.Duration
 	log         *slog.Logger
 	metrics     *metrics
+	h2          *h2Server // the settings of the connections we open
 
 	mu    sync.Mutex
 	peers map[string]*peer // by cluster
@@ -37,8 +37,6 @@ type peer struct {
 	cluster  string
 	expected identity.ID
 	addrs    []string
-
-	transport *http.Transport
 
 	mu      sync.Mutex
 	conns   map[string][]*poolConn
@@ -62,14 +60,28 @@ func NewPool(id *identity.Files, dialTimeout time.Duration, log *slog.Logger, m 
 	if m == nil {
 		m = newMetrics(nopRegisterer{})
 	}
+	cfg := h2Config()
 	return &Pool{
 		identity:    id,
 		dialTimeout: dialTimeout,
 		log:         log,
 		metrics:     m,
 		peers:       map[string]*peer{},
+		h2: &h2Server{
+			log:            log,
+			pingInterval:   cfg.SendPingTimeout,
+			pingTimeout:    cfg.PingTimeout,
+			writeTimeout:   cfg.SendPingTimeout,
+			streamWindow:   streamWindow,
+			connWindow:     connectionWindow,
+			maxFrameSize:   uint32(cfg.MaxReadFrameSize),
+			maxHeaderBytes: maxResponseHeaderBytes,
+		},
 	}
 }
+
+// maxResponseHeaderBytes bounds a peer gateway's answer's header list.
+const maxResponseHeaderBytes = 64 << 10
 
 // Ensure adds or refreshes the peer of one Link, leaving the others.
 func (p *Pool) Ensure(link v1alpha1.Link) {
@@ -124,7 +136,6 @@ func (p *Pool) Update(links []v1alpha1.Link) {
 			conns: map[string][]*poolConn{}, backoff: map[string]backoffState{}, dialing: map[string]*sync.Mutex{},
 			next: rand.IntN(max(len(addrs), 1)),
 		}
-		pr.transport = p.transportFor(pr)
 		p.peers[cluster] = pr
 	}
 	for cluster, pr := range p.peers {
@@ -281,53 +292,42 @@ func (pr *peer) congestedLocked(addr string) int {
 	return n
 }
 
-// transportFor builds the transport whose connections go to one peer:
-// HTTP/2 only, windows for long fat links, our identity, and the peer's
-// expected identity checked in the handshake.
-func (p *Pool) transportFor(pr *peer) *http.Transport {
-	var protocols http.Protocols
-	protocols.SetHTTP2(true)
-	return &http.Transport{
-		Protocols:              &protocols,
-		HTTP2:                  h2Config(),
-		MaxResponseHeaderBytes: 64 << 10,
-		DialTLSContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			raw, err := (&net.Dialer{KeepAlive: 30 * time.Second}).DialContext(ctx, network, addr)
-			if err != nil {
-				p.metrics.dialErrors.WithLabelValues(pr.cluster, "connect").Inc()
-				return nil, fmt.Errorf("dialing gateway of %s at %s: %w", pr.cluster, addr, err)
-			}
-			if pc, ok := ctx.Value(dialingConnKey{}).(*poolConn); ok {
-				raw = &readTracker{Conn: raw, last: &pc.lastRead}
-			}
-			tc := tls.Client(raw, p.identity.ClientTLS(pr.expected, "h2"))
-			if err := tc.HandshakeContext(ctx); err != nil {
-				_ = raw.Close()
-				p.metrics.dialErrors.WithLabelValues(pr.cluster, "tls").Inc()
-				return nil, fmt.Errorf("TLS with gateway of %s at %s: %w", pr.cluster, addr, err)
-			}
-			if tc.ConnectionState().NegotiatedProtocol != "h2" {
-				_ = tc.Close()
-				p.metrics.dialErrors.WithLabelValues(pr.cluster, "tls").Inc()
-				return nil, fmt.Errorf("gateway of %s at %s did not negotiate h2", pr.cluster, addr)
-			}
-			return tc, nil
-		},
+// dialTLS connects to a peer gateway at addr: our identity, the peer's
+// expected identity checked in the handshake, HTTP/2 negotiated. The
+// bytes arriving on the connection are noted in pc.
+func (p *Pool) dialTLS(ctx context.Context, pr *peer, addr string, pc *poolConn) (*tls.Conn, error) {
+	raw, err := (&net.Dialer{KeepAlive: 30 * time.Second}).DialContext(ctx, "tcp", addr)
+	if err != nil {
+		p.metrics.dialErrors.WithLabelValues(pr.cluster, "connect").Inc()
+		return nil, fmt.Errorf("dialing gateway of %s at %s: %w", pr.cluster, addr, err)
 	}
+	tc := tls.Client(&readTracker{Conn: raw, last: &pc.lastRead}, p.identity.ClientTLS(pr.expected, "h2"))
+	if err := tc.HandshakeContext(ctx); err != nil {
+		_ = raw.Close()
+		p.metrics.dialErrors.WithLabelValues(pr.cluster, "tls").Inc()
+		return nil, fmt.Errorf("TLS with gateway of %s at %s: %w", pr.cluster, addr, err)
+	}
+	if tc.ConnectionState().NegotiatedProtocol != "h2" {
+		_ = tc.Close()
+		p.metrics.dialErrors.WithLabelValues(pr.cluster, "tls").Inc()
+		return nil, fmt.Errorf("gateway of %s at %s did not negotiate h2", pr.cluster, addr)
+	}
+	return tc, nil
 }
-
-// dialingConnKey carries the poolConn being dialled to DialTLSContext,
-// which counts the bytes arriving on it.
-type dialingConnKey struct{}
 
 func (p *Pool) dial(ctx context.Context, pr *peer, addr string) (*poolConn, error) {
 	ctx, cancel := context.WithTimeout(ctx, p.dialTimeout)
 	defer cancel()
 	pc := &poolConn{addr: addr}
 	pc.lastRead.Store(int64(monotime()))
-	cc, err := pr.transport.NewClientConn(context.WithValue(ctx, dialingConnKey{}, pc), "https", addr)
+	tc, err := p.dialTLS(ctx, pr, addr, pc)
 	if err != nil {
 		return nil, err
+	}
+	cc, err := newClientConn(tc, p.h2, p.dialTimeout)
+	if err != nil {
+		_ = tc.Close()
+		return nil, fmt.Errorf("gateway of %s at %s: %w", pr.cluster, addr, err)
 	}
 	pc.cc = cc
 	p.metrics.connections.WithLabelValues(outbound, pr.cluster).Inc()
@@ -373,24 +373,17 @@ func (p *Pool) Probe(ctx context.Context, cluster string) (time.Duration, error)
 		return 0, err
 	}
 	addr := pc.addr
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+addr+"/ready", nil)
-	if err != nil {
-		pc.cc.Release()
-		return 0, err
-	}
 	start := time.Now()
-	resp, err := pc.cc.RoundTrip(req)
+	status, body, err := pc.cc.get(ctx, addr, "/ready", 256)
 	if err != nil {
-		if ctx.Err() == nil && pc.cc.Err() != nil {
+		if ctx.Err() == nil && errors.Is(pc.cc.Err(), errConnClosed) {
 			pr.markBroken(pc)
 		}
 		return 0, err
 	}
-	body, _ := io.ReadAll(io.LimitReader(resp.Body, 256))
-	_ = resp.Body.Close()
 	took := time.Since(start)
-	if resp.StatusCode != http.StatusOK {
-		return took, fmt.Errorf("gateway of %s answered %s", cluster, resp.Status)
+	if status != http.StatusOK {
+		return took, fmt.Errorf("gateway of %s answered %d %s", cluster, status, http.StatusText(status))
 	}
 	if got := string(trimNewline(body)); got != cluster {
 		return took, fmt.Errorf("gateway at %s says it is %q, want %q", addr, got, cluster)
@@ -414,21 +407,9 @@ func (p *Pool) Close() {
 	}
 }
 
-// cancelOnClose releases the stream's context when its body is closed.
-type cancelOnClose struct {
-	io.ReadCloser
-	cancel context.CancelFunc
-}
-
-func (c *cancelOnClose) Close() error {
-	err := c.ReadCloser.Close()
-	c.cancel()
-	return err
-}
-
 // closeWhenIdle closes a connection taken out of the pool once its streams
 // in flight have finished (or after an hour, whatever they do).
-func closeWhenIdle(cc *http.ClientConn) {
+func closeWhenIdle(cc *h2Conn) {
 	deadline := time.Now().Add(time.Hour)
 	for cc.InFlight() > 0 && cc.Err() == nil && time.Now().Before(deadline) {
 		time.Sleep(time.Second)

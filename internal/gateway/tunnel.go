@@ -55,6 +55,36 @@ func copyBuffered[W io.Writer](dst W, src io.Reader) (written int64, err error) 
 	}
 }
 
+// copyFrom copies from src as copyBuffered does; from a plain socket, a
+// pooled buffer is taken only once bytes are there to read, so a tunnel
+// waiting on a silent backend or application holds none.
+func copyFrom[W io.Writer](dst W, src io.Reader) (written int64, err error) {
+	s := newSourceSocket(src)
+	if s == nil {
+		return copyBuffered(dst, src)
+	}
+	for {
+		c, n, rerr := s.read()
+		if n > 0 {
+			m, werr := dst.Write(c.buf[:n])
+			c.release()
+			written += int64(m)
+			if werr == nil && m != n {
+				werr = io.ErrShortWrite
+			}
+			if werr != nil {
+				return written, werr
+			}
+		}
+		if rerr != nil {
+			if rerr == io.EOF {
+				return written, nil
+			}
+			return written, rerr
+		}
+	}
+}
+
 // flusher is how a tunnel stream's response writer is flushed, with the
 // error telling a reset stream (net/http's HTTP/2 writer has it).
 type flusher interface{ FlushError() error }

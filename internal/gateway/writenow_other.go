@@ -11,3 +11,11 @@ type sinkSocket struct{}
 func newSinkSocket(io.Writer) *sinkSocket { return nil }
 
 func (*sinkSocket) writeNow([]byte) int { return 0 }
+
+// sourceSocket: reads wait for the socket before taking a buffer on unix
+// only.
+type sourceSocket struct{}
+
+func newSourceSocket(io.Reader) *sourceSocket { return nil }
+
+func (*sourceSocket) read() (*chunk, int, error) { return nil, 0, io.EOF }

@@ -5,6 +5,7 @@ package gateway
 import (
 	"io"
 	"net"
+	"os"
 	"syscall"
 )
 
@@ -62,4 +63,73 @@ func (s *sinkSocket) write(fd uintptr) bool {
 		s.n += m
 	}
 	return true // never wait for the socket
+}
+
+// sourceSocket reads an application's socket once it has bytes, into a
+// pooled chunk taken only then: a stream waiting on a silent application
+// holds no buffer.
+type sourceSocket struct {
+	rc  syscall.RawConn
+	c   *chunk
+	n   int
+	err error
+	do  func(fd uintptr) bool
+}
+
+// newSourceSocket returns the socket under r when r is a plain TCP or
+// Unix connection, nil otherwise.
+func newSourceSocket(r io.Reader) *sourceSocket {
+	var sc syscall.Conn
+	switch c := r.(type) {
+	case *net.TCPConn:
+		sc = c
+	case *net.UnixConn:
+		sc = c
+	default:
+		return nil
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	s := &sourceSocket{rc: rc}
+	s.do = s.readFd
+	return s
+}
+
+// read waits until the socket has bytes, or its end, and reads them; the
+// chunk is nil when none were read.
+func (s *sourceSocket) read() (*chunk, int, error) {
+	s.c, s.n, s.err = nil, 0, nil
+	if err := s.rc.Read(s.do); err != nil {
+		return nil, 0, err
+	}
+	c, n, err := s.c, s.n, s.err
+	s.c = nil
+	if c == nil && err == nil {
+		err = io.EOF
+	}
+	return c, n, err
+}
+
+func (s *sourceSocket) readFd(fd uintptr) bool {
+	c := bufferPool.Get().(*chunk)
+	for {
+		n, err := syscall.Read(int(fd), c.buf)
+		switch {
+		case err == syscall.EINTR:
+			continue
+		case err == syscall.EAGAIN:
+			c.release()
+			return false // wait until readable
+		case err != nil:
+			c.release()
+			s.err = os.NewSyscallError("read", err)
+		case n > 0:
+			s.c, s.n = c, n
+		default:
+			c.release() // EOF
+		}
+		return true
+	}
 }
