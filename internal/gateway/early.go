@@ -16,8 +16,15 @@ import (
 // request leaves in the same flight as the stream's HEADERS, so a new
 // connection costs one round trip across the WAN, not two. A stream that
 // fails before the peer answered is retried on another connection only if
-// none of the application's bytes were handed to the failed one — so a
-// request is never delivered twice.
+// none of the application's bytes were handed to the failed one, or if the
+// peer said it did not process the stream (RST_STREAM REFUSED_STREAM, or a
+// GOAWAY below its ID) and the bytes sent with it were kept (up to
+// maxReplay): they go first on the next attempt. A request is never
+// delivered twice.
+
+// maxReplay bounds the bytes a stream keeps, until the peer answers, to
+// send again on another attempt if the peer did not process it.
+const maxReplay = 64 << 10
 
 // errAbandoned ends the upload of a stream nobody takes bytes for.
 var errAbandoned = errors.New("tunnel stream abandoned")
@@ -34,17 +41,20 @@ type Stream struct {
 	// The upload: one goroutine reads the application's bytes and sends
 	// them on the current attempt. Between attempts it waits, holding
 	// what it read, so nothing is lost or reordered.
-	mu      sync.Mutex // held while the upload sends
-	cond    sync.Cond
-	cur     *h2Stream // the attempt bytes go to; nil between attempts
-	settled bool      // OpenStream returned: no attempt follows the current one
-	gaveUp  bool      // nobody takes bytes any more
-	attempt atomic.Pointer[h2Stream]
-	sent    atomic.Int64
-	done    chan struct{} // the upload ended
-	err     error         // the application's read error, if that ended it
-	halted  chan struct{} // closed by Close
-	once    sync.Once
+	mu       sync.Mutex // held while the upload sends
+	cond     sync.Cond
+	cur      *h2Stream // the attempt bytes go to; nil between attempts
+	settled  bool      // OpenStream returned: no attempt follows the current one
+	gaveUp   bool      // nobody takes bytes any more
+	attempt  atomic.Pointer[h2Stream]
+	sent     atomic.Int64
+	early    []byte        // what went to unanswered attempts, kept to replay
+	earlyEnd bool          // END_STREAM went with them
+	overflow bool          // more than maxReplay went: no replay
+	done     chan struct{} // the upload ended
+	err      error         // the application's read error, if that ended it
+	halted   chan struct{} // closed by Close
+	once     sync.Once
 }
 
 // StreamDown is the peer's side of a stream.
@@ -89,13 +99,29 @@ func (s *Stream) giveUp() {
 	s.mu.Unlock()
 }
 
-// setAttempt makes st the attempt the application's bytes go to.
-func (s *Stream) setAttempt(st *h2Stream) {
+// setAttempt makes st the attempt the application's bytes go to: first
+// those an attempt the peer did not process took.
+func (s *Stream) setAttempt(st *h2Stream) error {
 	s.attempt.Store(st)
 	s.mu.Lock()
+	defer s.mu.Unlock()
+	var err error
+	if len(s.early) > 0 || s.earlyEnd {
+		// Under s.mu: the upload's next bytes wait behind these.
+		var n int
+		n, err = st.send(s.early, s.earlyEnd)
+		s.sent.Store(int64(n))
+	}
 	s.cur = st
 	s.cond.Broadcast()
-	s.mu.Unlock()
+	return err
+}
+
+// notProcessed says whether the peer said it did not process a stream
+// (RFC 9113 §8.7): it may be retried with the bytes sent on it.
+func notProcessed(err error) bool {
+	var pr peerReset
+	return errors.Is(err, errNotProcessed) || (errors.As(err, &pr) && pr.code == http2.ErrCodeRefusedStream)
 }
 
 // upload sends the application's bytes as they come, and END_STREAM at
@@ -154,8 +180,8 @@ func readChunk(r io.Reader) (*chunk, int, error) {
 }
 
 // deliver sends p, then END_STREAM if end, on the current attempt,
-// waiting for one while there is none. An attempt that fails before it
-// took a byte of the application's makes way for the next one.
+// waiting for one while there is none. An attempt that fails before the
+// peer answered makes way for the next one.
 func (s *Stream) deliver(p []byte, end bool) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -169,11 +195,22 @@ func (s *Stream) deliver(p []byte, end bool) error {
 		st := s.cur
 		n, err := st.send(p, end)
 		s.sent.Add(int64(n))
-		if err == nil || s.settled || s.sent.Load() > 0 {
+		if !s.settled && !s.overflow {
+			// Kept until the peer answers, in case it did not process
+			// the stream.
+			if len(s.early)+n > maxReplay {
+				s.overflow, s.early = true, nil
+			} else {
+				s.early = append(s.early, p[:n]...)
+				s.earlyEnd = end && err == nil
+			}
+		}
+		if err == nil || s.settled {
 			return err
 		}
-		// Failed before the peer took a byte: OpenStream tries another
-		// attempt, or gives up.
+		// Failed before the peer answered: OpenStream tries another
+		// attempt (which first replays what this one took, if the peer
+		// did not process it), or gives up.
 		p = p[n:]
 		if s.cur == st {
 			s.cur = nil
@@ -211,7 +248,7 @@ func (p *Pool) OpenStream(ctx context.Context, cluster, authority string, src io
 			}
 			continue
 		}
-		s.setAttempt(st)
+		replayErr := s.setAttempt(st)
 		if !uploading {
 			uploading = true
 			go s.upload()
@@ -222,6 +259,9 @@ func (p *Pool) OpenStream(ctx context.Context, cluster, authority string, src io
 		err = st.awaitAnswer(sctx)
 		verdict := watch.end()
 		cancel()
+		if err == nil && replayErr != nil {
+			err = replayErr
+		}
 		if verdict != waiting && err == nil {
 			err = context.DeadlineExceeded // answered just as the watch gave up
 		}
@@ -232,7 +272,7 @@ func (p *Pool) OpenStream(ctx context.Context, cluster, authority string, src io
 				return nil, &RefusedError{Status: st.status, Message: string(msg)}
 			}
 			s.mu.Lock()
-			s.settled = true
+			s.settled, s.early = true, nil
 			s.mu.Unlock()
 			s.down = StreamDown{h2Body: h2Body{st: st}, s: s}
 			s.Down = &s.down
@@ -241,7 +281,8 @@ func (p *Pool) OpenStream(ctx context.Context, cluster, authority string, src io
 		lastErr = err
 		pc.cc.finishStream(st) // first: it wakes the upload if it waits for a window
 		s.mu.Lock()
-		retry := s.sent.Load() == 0 && ctx.Err() == nil && verdict != tooSlow
+		retry := ctx.Err() == nil && verdict != tooSlow &&
+			(s.sent.Load() == 0 || (notProcessed(err) && !s.overflow))
 		if s.cur == st {
 			s.cur = nil
 		}

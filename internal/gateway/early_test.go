@@ -3,12 +3,21 @@ package gateway
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
+	"strconv"
 	"testing"
 	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+
+	"github.com/backbone-mesh/backbone/api/v1alpha1"
 )
 
 // failingReader returns its bytes, then, once fail is closed, an error.
@@ -104,5 +113,117 @@ func TestStreamEndsWhileTheApplicationIsSilent(t *testing.T) {
 	}
 	if st.Sent() != 0 {
 		t.Fatalf("sent %d bytes, want 0", st.Sent())
+	}
+}
+
+// refusingGateway is a peer gateway speaking raw frames over mTLS: once
+// a stream's first five bytes came it resets the first stream with code,
+// and echoes the bytes of any later stream back with its answer.
+func refusingGateway(t *testing.T, server *tls.Config, code http2.ErrCode) (addr string, seen <-chan string) {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = l.Close() })
+	ch := make(chan string, 8)
+	go func() {
+		nc, err := l.Accept()
+		if err != nil {
+			return
+		}
+		tc := tls.Server(nc, server)
+		defer func() { _ = tc.Close() }()
+		preface := make([]byte, len(http2.ClientPreface))
+		if _, err := io.ReadFull(tc, preface); err != nil {
+			return
+		}
+		fr := http2.NewFramer(tc, tc)
+		fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+		var hb bytes.Buffer
+		enc := hpack.NewEncoder(&hb)
+		_ = fr.WriteSettings()
+		data := map[uint32][]byte{}
+		for {
+			f, err := fr.ReadFrame()
+			if err != nil {
+				return
+			}
+			switch f := f.(type) {
+			case *http2.SettingsFrame:
+				if !f.IsAck() {
+					_ = fr.WriteSettingsAck()
+				}
+			case *http2.DataFrame:
+				id := f.StreamID
+				data[id] = append(data[id], f.Data()...)
+				if len(data[id]) < 5 {
+					continue
+				}
+				ch <- fmt.Sprintf("%d:%s", id, data[id])
+				if id == 1 {
+					_ = fr.WriteRSTStream(id, code)
+					continue
+				}
+				hb.Reset()
+				_ = enc.WriteField(hpack.HeaderField{Name: ":status", Value: "200"})
+				_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: hb.Bytes(), EndHeaders: true})
+				_ = fr.WriteData(id, true, data[id])
+			}
+		}
+	}()
+	return l.Addr().String(), ch
+}
+
+// TestUnprocessedStreamIsRetriedWithItsBytes: the application's first
+// bytes go with the CONNECT; a peer that refuses the stream (REFUSED_STREAM:
+// it did not process it) gets them again on the next attempt, exactly
+// once. Any other reset after bytes went fails the stream: they may have
+// been delivered.
+func TestUnprocessedStreamIsRetriedWithItsBytes(t *testing.T) {
+	for _, tc := range []struct {
+		code    http2.ErrCode
+		wantErr bool
+	}{{http2.ErrCodeRefusedStream, false}, {http2.ErrCodeCancel, true}} {
+		t.Run(tc.code.String(), func(t *testing.T) {
+			east, west := testIdentities(t)
+			addr, seen := refusingGateway(t, east.ServerTLS("h2"), tc.code)
+			host, port, _ := net.SplitHostPort(addr)
+			p, _ := strconv.Atoi(port)
+			pool := NewPool(west, 5*time.Second, slog.New(slog.DiscardHandler), nil)
+			defer pool.Close()
+			pool.Ensure(v1alpha1.Link{Spec: v1alpha1.LinkSpec{TargetClusterName: "east",
+				GatewayAddresses: []v1alpha1.GatewayAddress{{Host: host, Port: int32(p)}},
+				GatewayIdentity:  "spiffe://bench.test/cluster/east"}})
+			app, gw := net.Pipe()
+			defer func() { _ = app.Close(); _ = gw.Close() }()
+			go func() { _, _ = app.Write([]byte("hello")) }()
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			st, err := pool.OpenStream(ctx, "east", "web.demo.svc.cluster.local:80", gw)
+			if first := <-seen; first != "1:hello" {
+				t.Fatalf("the first attempt carried %q", first)
+			}
+			if tc.wantErr {
+				if err == nil {
+					t.Fatal("a stream reset after its bytes went was retried")
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer func() { _ = st.Close() }()
+			if second := <-seen; second != "3:hello" {
+				t.Fatalf("the retry carried %q, want the same bytes once", second)
+			}
+			b := make([]byte, 5)
+			if _, err := io.ReadFull(st.Down, b); err != nil || string(b) != "hello" {
+				t.Fatalf("answer %q, %v", b, err)
+			}
+			if st.Sent() != 5 {
+				t.Fatalf("Sent %d, want 5", st.Sent())
+			}
+		})
 	}
 }

@@ -90,6 +90,12 @@ var (
 	errBodyClosed  = errors.New("http2: request body closed")
 )
 
+// peerReset is how a stream the peer reset ends; it is errStreamReset.
+type peerReset struct{ code http2.ErrCode }
+
+func (e peerReset) Error() string        { return errStreamReset.Error() + ": " + e.code.String() }
+func (e peerReset) Is(target error) bool { return target == errStreamReset }
+
 func (s *h2Server) init() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -958,7 +964,7 @@ func (c *h2Conn) resetStream(id uint32, code http2.ErrCode, send bool) {
 	if ok && st.reset == nil {
 		st.reset = http2.StreamError{StreamID: id, Code: code}
 		if !send {
-			st.reset = errStreamReset
+			st.reset = peerReset{code}
 		}
 		if st.recvErr != io.EOF {
 			// What arrived in full stays readable (RFC 9113 §8.1: a
