@@ -323,3 +323,52 @@ func serveTCP(tb testing.TB, serve func(net.Conn)) string {
 	}()
 	return l.Addr().String()
 }
+
+// BenchmarkGatewayBulk: one long upload over real sockets through both
+// gateways' code — the application's TCP connection, serveOutbound, the
+// pooled tunnel, inboundServer.tunnel, a TCP sink — 32 KiB per operation.
+func BenchmarkGatewayBulk(b *testing.B) { eachInboundServer(b, benchmarkGatewayBulk) }
+
+func benchmarkGatewayBulk(b *testing.B) {
+	discard := slog.New(slog.DiscardHandler)
+	sink := serveTCP(b, func(c net.Conn) { _, _ = io.Copy(io.Discard, c) })
+	peerSide := &inboundServer{g: &Gateway{log: discard, metrics: newMetrics(nopRegisterer{}), drain: newDrainTracker()}}
+	pp := startPeer(b, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		backend, err := net.Dial("tcp", sink)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadGateway)
+			return
+		}
+		peerSide.tunnel(w, r, "west", backend)
+	}), 5*time.Second, nil)
+	g := &Gateway{log: discard, metrics: newMetrics(nopRegisterer{}), drain: newDrainTracker(), pool: pp.pool}
+	r := route{cluster: "east", authority: "web.demo.svc.cluster.local:80"}
+	front, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer func() { _ = front.Close() }()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c, err := front.Accept()
+		if err != nil {
+			return
+		}
+		g.serveOutbound(context.Background(), c, r)
+	}()
+	app, err := net.Dial("tcp", front.Addr().String())
+	if err != nil {
+		b.Fatal(err)
+	}
+	chunk := bytes.Repeat([]byte("y"), 32<<10)
+	b.ReportAllocs()
+	b.SetBytes(int64(len(chunk)))
+	for b.Loop() {
+		if _, err := app.Write(chunk); err != nil {
+			b.Fatal(err)
+		}
+	}
+	_ = app.Close()
+	<-done
+}

@@ -26,7 +26,7 @@ const (
 )
 
 // h2Config is the HTTP/2 configuration of both ends of a tunnel
-// connection.
+// connection (in net/http's terms: its inbound server can be Go's).
 func h2Config() *http.HTTP2Config {
 	return &http.HTTP2Config{
 		MaxConcurrentStreams:          maxStreamsPerConn,
@@ -34,9 +34,9 @@ func h2Config() *http.HTTP2Config {
 		MaxReceiveBufferPerStream:     streamWindow,
 		MaxReceiveBufferPerConnection: connectionWindow,
 		// Larger frames buy nothing (tunnel copies move 32 KiB at a time)
-		// and cost memory per stream: the HTTP/2 client sizes each
-		// request body's write buffer by the peer's frame size (up to
-		// 512 KiB), held for the stream's whole life.
+		// and cost memory: net/http's HTTP/2 client sizes each request
+		// body's write buffer by the peer's frame size (up to 512 KiB),
+		// held for the stream's whole life.
 		MaxReadFrameSize: 64 << 10,
 		SendPingTimeout:  30 * time.Second,
 		PingTimeout:      15 * time.Second,

@@ -113,7 +113,7 @@ func (s *sourceSocket) read() (*chunk, int, error) {
 }
 
 func (s *sourceSocket) readFd(fd uintptr) bool {
-	c := bufferPool.Get().(*chunk)
+	c := readPool.Get().(*chunk)
 	for {
 		n, err := syscall.Read(int(fd), c.buf)
 		switch {
