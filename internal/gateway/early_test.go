@@ -38,19 +38,22 @@ func (r *failingReader) Read(p []byte) (int, error) {
 }
 
 // TestUploadReportsReadErrorsAfterTheirBytes: the application's bytes are
-// handed on before its failure; the failure resets the stream, so the peer
-// sees an error, not the end of the request.
+// handed on as they come; when its connection then fails, the stream is
+// reset, so the peer sees an error, not the end of the request.
 func TestUploadReportsReadErrorsAfterTheirBytes(t *testing.T) {
 	type seen struct {
 		b   []byte
 		err error
 	}
-	got := make(chan seen, 1)
+	first, rest := make(chan seen, 1), make(chan seen, 1)
 	pp := startPeer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusOK)
 		w.(http.Flusher).Flush()
-		b, err := io.ReadAll(r.Body)
-		got <- seen{b, err}
+		b := make([]byte, 4)
+		_, err := io.ReadFull(r.Body, b)
+		first <- seen{b, err}
+		b, err = io.ReadAll(r.Body)
+		rest <- seen{b, err}
 	}), 5*time.Second, nil)
 	boom := errors.New("connection reset")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -61,14 +64,21 @@ func TestUploadReportsReadErrorsAfterTheirBytes(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { _ = st.Close() }()
-	close(src.fail)
-	select {
-	case s := <-got:
-		if string(s.b) != "last" || s.err == nil {
-			t.Fatalf("the peer read %q, %v; want last, then an error", s.b, s.err)
+	wait := func(ch chan seen) seen {
+		select {
+		case s := <-ch:
+			return s
+		case <-time.After(10 * time.Second):
+			t.Fatal("the peer's read did not end")
+			return seen{}
 		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("the peer's read did not end")
+	}
+	if s := wait(first); string(s.b) != "last" || s.err != nil {
+		t.Fatalf("the peer read %q, %v; want last", s.b, s.err)
+	}
+	close(src.fail)
+	if s := wait(rest); len(s.b) != 0 || s.err == nil {
+		t.Fatalf("after the application failed the peer read %q, %v; want an error", s.b, s.err)
 	}
 	if err := st.WaitSent(); !errors.Is(err, boom) {
 		t.Fatalf("WaitSent: %v, want the read error", err)
