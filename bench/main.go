@@ -260,8 +260,23 @@ func measurePaths(ctx context.Context, dir string, o options, r *report) error {
 		}
 	}
 
+	// The floor under the new-connection figures: one request on a
+	// connection already open through the same latency proxy, measured
+	// in every round beside the paths.
+	link, err := faultproxy.New("127.0.0.1:0", httpL.Addr().String())
+	if err != nil {
+		return err
+	}
+	defer func() { _ = link.Close() }()
+	link.SetLatency(o.wanOneWay)
+
 	rounds := make([][]round, len(paths))
 	for i := range o.repeat {
+		if d, err := linkRoundTrips(link.Addr(), 5); err != nil {
+			log.Printf("the simulated link's round trip: %v", err)
+		} else {
+			r.linkRT = append(r.linkRT, d...)
+		}
 		for j, p := range paths {
 			log.Printf("round %d of %d: measuring %s", i+1, o.repeat, p.name)
 			rounds[j] = append(rounds[j], measureRound(ctx, p, o))

@@ -1,11 +1,13 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"io"
 	"log"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -129,8 +131,11 @@ type report struct {
 	// probe is the link probe's median round trip; tcpRTT a bare TCP
 	// round trip on the same loopback, for its overhead.
 	probe, tcpRTT time.Duration
-	mirroring     []mirrorResult
-	apiServer     *apiServerResult
+	// linkRT: round trips of the simulated WAN link itself, the floor
+	// under the new-connection figures.
+	linkRT    []time.Duration
+	mirroring []mirrorResult
+	apiServer *apiServerResult
 }
 
 // measureProbe times 200 link probes (GET /ready over the pooled mTLS
@@ -174,6 +179,40 @@ func measureProbe(probe func() (time.Duration, error)) (time.Duration, time.Dura
 }
 
 func (r *report) add(res result) { r.results = append(r.results, res) }
+
+// linkRoundTrips opens a keep-alive connection to addr (an HTTP backend
+// behind the latency proxy), lets a first request cross, then times n
+// requests from writing to the answer's first byte.
+func linkRoundTrips(addr string, n int) ([]time.Duration, error) {
+	c, err := net.DialTimeout("tcp", addr, 10*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = c.Close() }()
+	_ = c.SetDeadline(time.Now().Add(time.Minute))
+	br := bufio.NewReader(c)
+	var out []time.Duration
+	for i := range n + 1 {
+		start := time.Now()
+		if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: bench\r\n\r\n"); err != nil {
+			return nil, err
+		}
+		if _, err := br.Peek(1); err != nil {
+			return nil, err
+		}
+		took := time.Since(start)
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			return nil, err
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		_ = resp.Body.Close()
+		if i > 0 { // the first one also paid the link's handshake
+			out = append(out, took)
+		}
+	}
+	return out, nil
+}
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.3f", float64(d)/1e6) }
 
@@ -262,6 +301,15 @@ func (r *report) writePaths(b *strings.Builder) {
 			nc = ms(res.newConn) + " ms"
 		}
 		fmt.Fprintf(b, "| %s | %.0f | %.2f | %s | %.0f | %.2f | %.0f | %.2f |\n", res.name, res.saturationRPS, res.cpuPer100k, nc, res.bulkMBps, res.bulkCPU, res.parallelMBps, res.parallelCPU)
+	}
+	if floor := durMedian(r.linkRT); floor > 0 {
+		fmt.Fprintf(b, "\nThe simulated link itself: one request on a connection already open through the same latency proxy, straight to the backend: median %s ms of %d (the floor of one round trip on this machine).", ms(floor), len(r.linkRT))
+		for _, res := range r.results {
+			if res.newConn > 0 {
+				fmt.Fprintf(b, " %s: %s ms above one such round trip.", res.name, ms(res.newConn-floor))
+			}
+		}
+		b.WriteString("\n")
 	}
 	var bb *result
 	for i := range r.results {
