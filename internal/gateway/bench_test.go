@@ -251,11 +251,28 @@ func benchmarkTunnelRoundTrip(b *testing.B) {
 func BenchmarkGatewayRoundTrip(b *testing.B) { eachInboundServer(b, benchmarkGatewayRoundTrip) }
 
 func benchmarkGatewayRoundTrip(b *testing.B) {
+	app, done := throughGateways(b, func(c net.Conn) { _, _ = copyBuffered(c, c) })
+	msg := bytes.Repeat([]byte("x"), 1024)
+	buf := make([]byte, len(msg))
+	b.ReportAllocs()
+	b.SetBytes(int64(len(msg)))
+	for b.Loop() {
+		exchange(b, app, app, msg, buf)
+	}
+	_ = app.Close()
+	<-done
+}
+
+// throughGateways connects an application over real sockets through both
+// gateways' code — serveOutbound on this side, the pooled tunnel,
+// inboundServer.tunnel on the peer's — to a TCP backend that serve
+// serves. done is closed when serveOutbound returned.
+func throughGateways(b *testing.B, serve func(net.Conn)) (app net.Conn, done <-chan struct{}) {
 	discard := slog.New(slog.DiscardHandler)
-	echo := serveTCP(b, func(c net.Conn) { _, _ = copyBuffered(c, c) })
+	backendAddr := serveTCP(b, serve)
 	peerSide := &inboundServer{g: &Gateway{log: discard, metrics: newMetrics(nopRegisterer{}), drain: newDrainTracker()}}
 	pp := startPeer(b, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		backend, err := net.Dial("tcp", echo)
+		backend, err := net.Dial("tcp", backendAddr)
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusBadGateway)
 			return
@@ -268,29 +285,21 @@ func benchmarkGatewayRoundTrip(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer func() { _ = front.Close() }()
-	done := make(chan struct{})
+	b.Cleanup(func() { _ = front.Close() })
+	served := make(chan struct{})
 	go func() {
-		defer close(done)
+		defer close(served)
 		c, err := front.Accept()
 		if err != nil {
 			return
 		}
 		g.serveOutbound(context.Background(), c, r)
 	}()
-	app, err := net.Dial("tcp", front.Addr().String())
+	app, err = net.Dial("tcp", front.Addr().String())
 	if err != nil {
 		b.Fatal(err)
 	}
-	msg := bytes.Repeat([]byte("x"), 1024)
-	buf := make([]byte, len(msg))
-	b.ReportAllocs()
-	b.SetBytes(int64(len(msg)))
-	for b.Loop() {
-		exchange(b, app, app, msg, buf)
-	}
-	_ = app.Close()
-	<-done
+	return app, served
 }
 
 // exchange writes msg to w and reads len(buf) bytes back from r.
@@ -330,37 +339,7 @@ func serveTCP(tb testing.TB, serve func(net.Conn)) string {
 func BenchmarkGatewayBulk(b *testing.B) { eachInboundServer(b, benchmarkGatewayBulk) }
 
 func benchmarkGatewayBulk(b *testing.B) {
-	discard := slog.New(slog.DiscardHandler)
-	sink := serveTCP(b, func(c net.Conn) { _, _ = io.Copy(io.Discard, c) })
-	peerSide := &inboundServer{g: &Gateway{log: discard, metrics: newMetrics(nopRegisterer{}), drain: newDrainTracker()}}
-	pp := startPeer(b, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		backend, err := net.Dial("tcp", sink)
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusBadGateway)
-			return
-		}
-		peerSide.tunnel(w, r, "west", backend)
-	}), 5*time.Second, nil)
-	g := &Gateway{log: discard, metrics: newMetrics(nopRegisterer{}), drain: newDrainTracker(), pool: pp.pool}
-	r := route{cluster: "east", authority: "web.demo.svc.cluster.local:80"}
-	front, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer func() { _ = front.Close() }()
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		c, err := front.Accept()
-		if err != nil {
-			return
-		}
-		g.serveOutbound(context.Background(), c, r)
-	}()
-	app, err := net.Dial("tcp", front.Addr().String())
-	if err != nil {
-		b.Fatal(err)
-	}
+	app, done := throughGateways(b, func(c net.Conn) { _, _ = io.Copy(io.Discard, c) })
 	chunk := bytes.Repeat([]byte("y"), 32<<10)
 	b.ReportAllocs()
 	b.SetBytes(int64(len(chunk)))

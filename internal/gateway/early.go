@@ -41,11 +41,14 @@ type Stream struct {
 	// The upload: one goroutine reads the application's bytes and sends
 	// them on the current attempt. Between attempts it waits, holding
 	// what it read, so nothing is lost or reordered.
-	mu       sync.Mutex // held while the upload sends
-	cond     sync.Cond
-	cur      *h2Stream // the attempt bytes go to; nil between attempts
-	settled  bool      // OpenStream returned: no attempt follows the current one
-	gaveUp   bool      // nobody takes bytes any more
+	mu   sync.Mutex // held while the upload sends
+	cond sync.Cond
+	cur  *h2Stream // the attempt bytes go to; nil between attempts
+	// settled: OpenStream returned, no attempt follows the current one.
+	// Not under mu, which the upload holds while it waits for a window:
+	// the answer must not wait behind the upload.
+	settled  atomic.Bool
+	gaveUp   bool // nobody takes bytes any more
 	attempt  atomic.Pointer[h2Stream]
 	sent     atomic.Int64
 	early    []byte        // what went to unanswered attempts, kept to replay
@@ -168,17 +171,6 @@ func (s *Stream) upload() {
 	}
 }
 
-// readChunk reads into a pooled chunk; nil when nothing was read.
-func readChunk(r io.Reader) (*chunk, int, error) {
-	c := bufferPool.Get().(*chunk)
-	n, err := r.Read(c.buf)
-	if n == 0 {
-		c.release()
-		return nil, 0, err
-	}
-	return c, n, err
-}
-
 // deliver sends p, then END_STREAM if end, on the current attempt,
 // waiting for one while there is none. An attempt that fails before the
 // peer answered makes way for the next one.
@@ -195,7 +187,10 @@ func (s *Stream) deliver(p []byte, end bool) error {
 		st := s.cur
 		n, err := st.send(p, end)
 		s.sent.Add(int64(n))
-		if !s.settled && !s.overflow {
+		switch {
+		case s.settled.Load():
+			s.early = nil
+		case !s.overflow:
 			// Kept until the peer answers, in case it did not process
 			// the stream.
 			if len(s.early)+n > maxReplay {
@@ -205,7 +200,7 @@ func (s *Stream) deliver(p []byte, end bool) error {
 				s.earlyEnd = end && err == nil
 			}
 		}
-		if err == nil || s.settled {
+		if err == nil || s.settled.Load() {
 			return err
 		}
 		// Failed before the peer answered: OpenStream tries another
@@ -271,9 +266,11 @@ func (p *Pool) OpenStream(ctx context.Context, cluster, authority string, src io
 				_ = s.Close()
 				return nil, &RefusedError{Status: st.status, Message: string(msg)}
 			}
-			s.mu.Lock()
-			s.settled, s.early = true, nil
-			s.mu.Unlock()
+			s.settled.Store(true)
+			if s.mu.TryLock() { // else the upload drops them at its next bytes
+				s.early = nil
+				s.mu.Unlock()
+			}
 			s.down = StreamDown{h2Body: h2Body{st: st}, s: s}
 			s.Down = &s.down
 			return s, nil

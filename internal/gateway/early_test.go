@@ -18,6 +18,7 @@ import (
 	"golang.org/x/net/http2/hpack"
 
 	"github.com/backbone-mesh/backbone/api/v1alpha1"
+	"github.com/backbone-mesh/backbone/internal/identity"
 )
 
 // failingReader returns its bytes, then, once fail is closed, an error.
@@ -126,17 +127,16 @@ func TestStreamEndsWhileTheApplicationIsSilent(t *testing.T) {
 	}
 }
 
-// refusingGateway is a peer gateway speaking raw frames over mTLS: once
-// a stream's first five bytes came it resets the first stream with code,
-// and echoes the bytes of any later stream back with its answer.
-func refusingGateway(t *testing.T, server *tls.Config, code http2.ErrCode) (addr string, seen <-chan string) {
+// rawGateway is a peer gateway speaking raw frames over mTLS, with the
+// settings given; onData sees every stream's bytes so far, each time
+// DATA arrives, and answers with the framer and an HPACK encoder.
+func rawGateway(t *testing.T, server *tls.Config, settings []http2.Setting, onData func(fr *http2.Framer, enc *hpack.Encoder, hb *bytes.Buffer, id uint32, data []byte)) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = l.Close() })
-	ch := make(chan string, 8)
 	go func() {
 		nc, err := l.Accept()
 		if err != nil {
@@ -152,7 +152,7 @@ func refusingGateway(t *testing.T, server *tls.Config, code http2.ErrCode) (addr
 		fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 		var hb bytes.Buffer
 		enc := hpack.NewEncoder(&hb)
-		_ = fr.WriteSettings()
+		_ = fr.WriteSettings(settings...)
 		data := map[uint32][]byte{}
 		for {
 			f, err := fr.ReadFrame()
@@ -165,24 +165,31 @@ func refusingGateway(t *testing.T, server *tls.Config, code http2.ErrCode) (addr
 					_ = fr.WriteSettingsAck()
 				}
 			case *http2.DataFrame:
-				id := f.StreamID
-				data[id] = append(data[id], f.Data()...)
-				if len(data[id]) < 5 {
-					continue
-				}
-				ch <- fmt.Sprintf("%d:%s", id, data[id])
-				if id == 1 {
-					_ = fr.WriteRSTStream(id, code)
-					continue
-				}
-				hb.Reset()
-				_ = enc.WriteField(hpack.HeaderField{Name: ":status", Value: "200"})
-				_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: hb.Bytes(), EndHeaders: true})
-				_ = fr.WriteData(id, true, data[id])
+				data[f.StreamID] = append(data[f.StreamID], f.Data()...)
+				onData(fr, enc, &hb, f.StreamID, data[f.StreamID])
 			}
 		}
 	}()
-	return l.Addr().String(), ch
+	return l.Addr().String()
+}
+
+// rawAnswer sends a 200 answer's header block.
+func rawAnswer(fr *http2.Framer, enc *hpack.Encoder, hb *bytes.Buffer, id uint32) {
+	hb.Reset()
+	_ = enc.WriteField(hpack.HeaderField{Name: ":status", Value: "200"})
+	_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: hb.Bytes(), EndHeaders: true})
+}
+
+// rawPool is a pool whose one link leads to addr.
+func rawPool(t *testing.T, west *identity.Files, addr string) *Pool {
+	host, port, _ := net.SplitHostPort(addr)
+	p, _ := strconv.Atoi(port)
+	pool := NewPool(west, 5*time.Second, slog.New(slog.DiscardHandler), nil)
+	t.Cleanup(pool.Close)
+	pool.Ensure(v1alpha1.Link{Spec: v1alpha1.LinkSpec{TargetClusterName: "east",
+		GatewayAddresses: []v1alpha1.GatewayAddress{{Host: host, Port: int32(p)}},
+		GatewayIdentity:  "spiffe://bench.test/cluster/east"}})
+	return pool
 }
 
 // TestUnprocessedStreamIsRetriedWithItsBytes: the application's first
@@ -197,14 +204,20 @@ func TestUnprocessedStreamIsRetriedWithItsBytes(t *testing.T) {
 	}{{http2.ErrCodeRefusedStream, false}, {http2.ErrCodeCancel, true}} {
 		t.Run(tc.code.String(), func(t *testing.T) {
 			east, west := testIdentities(t)
-			addr, seen := refusingGateway(t, east.ServerTLS("h2"), tc.code)
-			host, port, _ := net.SplitHostPort(addr)
-			p, _ := strconv.Atoi(port)
-			pool := NewPool(west, 5*time.Second, slog.New(slog.DiscardHandler), nil)
-			defer pool.Close()
-			pool.Ensure(v1alpha1.Link{Spec: v1alpha1.LinkSpec{TargetClusterName: "east",
-				GatewayAddresses: []v1alpha1.GatewayAddress{{Host: host, Port: int32(p)}},
-				GatewayIdentity:  "spiffe://bench.test/cluster/east"}})
+			seen := make(chan string, 8)
+			addr := rawGateway(t, east.ServerTLS("h2"), nil, func(fr *http2.Framer, enc *hpack.Encoder, hb *bytes.Buffer, id uint32, data []byte) {
+				if len(data) < 5 {
+					return
+				}
+				seen <- fmt.Sprintf("%d:%s", id, data)
+				if id == 1 {
+					_ = fr.WriteRSTStream(id, tc.code)
+					return
+				}
+				rawAnswer(fr, enc, hb, id)
+				_ = fr.WriteData(id, true, data)
+			})
+			pool := rawPool(t, west, addr)
 			app, gw := net.Pipe()
 			defer func() { _ = app.Close(); _ = gw.Close() }()
 			go func() { _, _ = app.Write([]byte("hello")) }()
@@ -235,5 +248,48 @@ func TestUnprocessedStreamIsRetriedWithItsBytes(t *testing.T) {
 				t.Fatalf("Sent %d, want 5", st.Sent())
 			}
 		})
+	}
+}
+
+// TestAnswerDoesNotWaitForTheUpload: the peer answers while the upload
+// waits for the stream's window (the peer reads no more until its answer
+// is read, as an echo backend does); the answer reaches the caller.
+func TestAnswerDoesNotWaitForTheUpload(t *testing.T) {
+	east, west := testIdentities(t)
+	answered := false
+	addr := rawGateway(t, east.ServerTLS("h2"), []http2.Setting{{ID: http2.SettingInitialWindowSize, Val: 10}},
+		func(fr *http2.Framer, enc *hpack.Encoder, hb *bytes.Buffer, id uint32, data []byte) {
+			if !answered { // answer, and grant no window
+				answered = true
+				rawAnswer(fr, enc, hb, id)
+				_ = fr.WriteData(id, false, []byte("answer"))
+			}
+		})
+	pool := rawPool(t, west, addr)
+	app, gw := net.Pipe()
+	defer func() { _ = app.Close(); _ = gw.Close() }()
+	// More than any window the stream may start with: the upload blocks.
+	go func() { _, _ = app.Write(bytes.Repeat([]byte("u"), 256<<10)) }()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	opened := make(chan error, 1)
+	var st *Stream
+	go func() {
+		var err error
+		st, err = pool.OpenStream(ctx, "east", "web.demo.svc.cluster.local:80", gw)
+		opened <- err
+	}()
+	select {
+	case err := <-opened:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the answer waited behind an upload blocked on the peer's window")
+	}
+	defer func() { _ = st.Close() }()
+	b := make([]byte, 6)
+	if _, err := io.ReadFull(st.Down, b); err != nil || string(b) != "answer" {
+		t.Fatalf("answer %q, %v", b, err)
 	}
 }

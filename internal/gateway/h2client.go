@@ -37,10 +37,10 @@ type clientSide struct {
 const defaultMaxStreams = 100
 
 var (
-	errConnFull     = errors.New("http2: connection at its stream limit")
-	errPeerGoingWay = errors.New("http2: peer sent GOAWAY")
-	errNotProcessed = errors.New("http2: stream not processed by the peer (GOAWAY)")
-	errIDsExhausted = errors.New("http2: stream IDs exhausted")
+	errConnFull      = errors.New("http2: connection at its stream limit")
+	errPeerGoingAway = errors.New("http2: peer sent GOAWAY")
+	errNotProcessed  = errors.New("http2: stream not processed by the peer (GOAWAY)")
+	errIDsExhausted  = errors.New("http2: stream IDs exhausted")
 )
 
 // newClientConn starts HTTP/2 on nc, a connection to a peer gateway whose
@@ -88,7 +88,7 @@ func (c *h2Conn) unusableLocked() error {
 	case c.closed:
 		return errConnClosed
 	case c.peerGone:
-		return errPeerGoingWay
+		return errPeerGoingAway
 	case c.goingAway:
 		return errConnClosed
 	case c.client.nextID > maxWindow:

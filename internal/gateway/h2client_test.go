@@ -200,8 +200,8 @@ func TestH2ClientFollowsThePeer(t *testing.T) {
 		if err := answer(t, second); !errors.Is(err, errNotProcessed) {
 			t.Fatalf("stream above the GOAWAY: %v, want errNotProcessed", err)
 		}
-		if err := s.c.Err(); !errors.Is(err, errPeerGoingWay) {
-			t.Fatalf("connection after GOAWAY: Err %v, want errPeerGoingWay", err)
+		if err := s.c.Err(); !errors.Is(err, errPeerGoingAway) {
+			t.Fatalf("connection after GOAWAY: Err %v, want errPeerGoingAway", err)
 		}
 		if err := s.c.Reserve(); err == nil {
 			t.Fatal("a new stream was reserved after GOAWAY")
@@ -325,19 +325,6 @@ func TestH2ClientFollowsThePeer(t *testing.T) {
 // whatever a peer gateway might send: it must not panic, and the
 // connection and its streams must end when the peer leaves.
 func FuzzH2ClientFrames(f *testing.F) {
-	frames := func(write func(fr *http2.Framer, enc *hpack.Encoder, hb *bytes.Buffer)) []byte {
-		var out, hb bytes.Buffer
-		fr := http2.NewFramer(&out, nil)
-		write(fr, hpack.NewEncoder(&hb), &hb)
-		return out.Bytes()
-	}
-	block := func(enc *hpack.Encoder, hb *bytes.Buffer, fields ...string) []byte {
-		hb.Reset()
-		for i := 0; i+1 < len(fields); i += 2 {
-			_ = enc.WriteField(hpack.HeaderField{Name: fields[i], Value: fields[i+1]})
-		}
-		return bytes.Clone(hb.Bytes())
-	}
 	f.Add(frames(func(fr *http2.Framer, enc *hpack.Encoder, hb *bytes.Buffer) {
 		_ = fr.WriteSettings(http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: 1})
 		_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, EndHeaders: true, BlockFragment: block(enc, hb, ":status", "200")})

@@ -1390,29 +1390,25 @@ func (b *h2Body) WriteTo(w io.Writer) (written int64, err error) {
 		written += st.sinkWritten
 		c.mu.Unlock()
 	}()
-	for {
-		n, ch, rerr := b.read(nil, true)
-		if n > 0 {
-			m, werr := w.Write(ch.buf[:n])
-			ch.release()
-			c.mu.Lock()
-			st.sinkWriting = false
-			c.mu.Unlock()
-			written += int64(m)
-			if werr == nil && m != n {
-				werr = io.ErrShortWrite
-			}
-			if werr != nil {
-				return written, werr
-			}
-		}
-		if rerr == io.EOF {
-			return written, nil
-		}
-		if rerr != nil {
-			return written, rerr
-		}
-	}
+	return copyChunks(sinkWriter{w, st}, func() (*chunk, int, error) {
+		n, ch, err := b.read(nil, true)
+		return ch, n, err
+	})
+}
+
+// sinkWriter writes a body's bytes for WriteTo and clears the mark the
+// read set: they are no longer being written.
+type sinkWriter struct {
+	w  io.Writer
+	st *h2Stream
+}
+
+func (s sinkWriter) Write(p []byte) (int, error) {
+	n, err := s.w.Write(p)
+	s.st.c.mu.Lock()
+	s.st.sinkWriting = false
+	s.st.c.mu.Unlock()
+	return n, err
 }
 
 func (b *h2Body) Close() error {

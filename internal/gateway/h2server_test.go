@@ -595,20 +595,24 @@ func TestH2ServerShutdownLetsStreamsFinish(t *testing.T) {
 // FuzzH2ServerFrames feeds a connection arbitrary bytes after the client
 // preface. Whatever they are, the server must neither panic nor hang:
 // once the peer is gone, the connection and every handler end.
+// frames returns the bytes of the frames write writes: a fuzz seed.
+func frames(write func(fr *http2.Framer, enc *hpack.Encoder, hb *bytes.Buffer)) []byte {
+	var out, hb bytes.Buffer
+	fr := http2.NewFramer(&out, nil)
+	write(fr, hpack.NewEncoder(&hb), &hb)
+	return out.Bytes()
+}
+
+// block encodes a header block of name, value pairs.
+func block(enc *hpack.Encoder, hb *bytes.Buffer, fields ...string) []byte {
+	hb.Reset()
+	for i := 0; i+1 < len(fields); i += 2 {
+		_ = enc.WriteField(hpack.HeaderField{Name: fields[i], Value: fields[i+1]})
+	}
+	return bytes.Clone(hb.Bytes())
+}
+
 func FuzzH2ServerFrames(f *testing.F) {
-	frames := func(write func(fr *http2.Framer, enc *hpack.Encoder, hb *bytes.Buffer)) []byte {
-		var out, hb bytes.Buffer
-		fr := http2.NewFramer(&out, nil)
-		write(fr, hpack.NewEncoder(&hb), &hb)
-		return out.Bytes()
-	}
-	block := func(enc *hpack.Encoder, hb *bytes.Buffer, fields ...string) []byte {
-		hb.Reset()
-		for i := 0; i+1 < len(fields); i += 2 {
-			_ = enc.WriteField(hpack.HeaderField{Name: fields[i], Value: fields[i+1]})
-		}
-		return bytes.Clone(hb.Bytes())
-	}
 	f.Add(frames(func(fr *http2.Framer, enc *hpack.Encoder, hb *bytes.Buffer) {
 		_ = fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 1})
 		_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, EndHeaders: true,

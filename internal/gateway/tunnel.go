@@ -40,32 +40,11 @@ const readBufferSize = 64 << 10
 
 var readPool = sync.Pool{New: func() any { return &chunk{buf: make([]byte, readBufferSize)} }}
 
-// copyBuffered copies with a pooled buffer and returns the bytes copied.
+// copyBuffered copies with pooled buffers and returns the bytes copied.
 // Generic in the writer so a flushWriter is not boxed per stream; it
 // never uses ReaderFrom/WriterTo, whose buffers would not be pooled.
 func copyBuffered[W io.Writer](dst W, src io.Reader) (written int64, err error) {
-	c := bufferPool.Get().(*chunk)
-	defer c.release()
-	buf := c.buf
-	for {
-		n, rerr := src.Read(buf)
-		if n > 0 {
-			m, werr := dst.Write(buf[:n])
-			written += int64(m)
-			if werr == nil && m != n {
-				werr = io.ErrShortWrite
-			}
-			if werr != nil {
-				return written, werr
-			}
-		}
-		if rerr != nil {
-			if rerr == io.EOF {
-				return written, nil
-			}
-			return written, rerr
-		}
-	}
+	return copyChunks(dst, func() (*chunk, int, error) { return readChunk(src) })
 }
 
 // copyFrom copies from src as copyBuffered does; from a plain socket, a
@@ -76,8 +55,14 @@ func copyFrom[W io.Writer](dst W, src io.Reader) (written int64, err error) {
 	if s == nil {
 		return copyBuffered(dst, src)
 	}
+	return copyChunks(dst, s.read)
+}
+
+// copyChunks writes the bytes of each chunk next returns to dst and
+// releases it, until next fails: io.EOF ends the copy cleanly.
+func copyChunks[W io.Writer](dst W, next func() (*chunk, int, error)) (written int64, err error) {
 	for {
-		c, n, rerr := s.read()
+		c, n, rerr := next()
 		if n > 0 {
 			m, werr := dst.Write(c.buf[:n])
 			c.release()
@@ -96,6 +81,17 @@ func copyFrom[W io.Writer](dst W, src io.Reader) (written int64, err error) {
 			return written, rerr
 		}
 	}
+}
+
+// readChunk reads into a pooled chunk; nil when nothing was read.
+func readChunk(r io.Reader) (*chunk, int, error) {
+	c := bufferPool.Get().(*chunk)
+	n, err := r.Read(c.buf)
+	if n == 0 {
+		c.release()
+		return nil, 0, err
+	}
+	return c, n, err
 }
 
 // flusher is how a tunnel stream's response writer is flushed, with the

@@ -22,17 +22,8 @@ type sinkSocket struct {
 // connection (bytes written to the socket are the bytes w would write),
 // nil otherwise.
 func newSinkSocket(w io.Writer) *sinkSocket {
-	var sc syscall.Conn
-	switch c := w.(type) {
-	case *net.TCPConn:
-		sc = c
-	case *net.UnixConn:
-		sc = c
-	default:
-		return nil
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
+	rc := rawSocket(w)
+	if rc == nil {
 		return nil
 	}
 	s := &sinkSocket{rc: rc}
@@ -79,17 +70,8 @@ type sourceSocket struct {
 // newSourceSocket returns the socket under r when r is a plain TCP or
 // Unix connection, nil otherwise.
 func newSourceSocket(r io.Reader) *sourceSocket {
-	var sc syscall.Conn
-	switch c := r.(type) {
-	case *net.TCPConn:
-		sc = c
-	case *net.UnixConn:
-		sc = c
-	default:
-		return nil
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
+	rc := rawSocket(r)
+	if rc == nil {
 		return nil
 	}
 	s := &sourceSocket{rc: rc}
@@ -132,4 +114,24 @@ func (s *sourceSocket) readFd(fd uintptr) bool {
 		}
 		return true
 	}
+}
+
+// rawSocket returns the socket under x when x is a plain TCP or Unix
+// connection (bytes read or written on the socket are the connection's),
+// nil otherwise.
+func rawSocket(x any) syscall.RawConn {
+	var sc syscall.Conn
+	switch c := x.(type) {
+	case *net.TCPConn:
+		sc = c
+	case *net.UnixConn:
+		sc = c
+	default:
+		return nil
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	return rc
 }
