@@ -247,18 +247,15 @@ func (c *h2Conn) processResponse(f *http2.MetaHeadersFrame) error {
 	return nil
 }
 
-// refuseAbove fails the streams a GOAWAY says the peer did not process:
-// they may be retried elsewhere. c.mu is held.
-func (cs *clientSide) refuseAbove(c *h2Conn, last uint32) {
+// refuseAboveLocked fails the streams a GOAWAY says the peer did not
+// process: they may be retried elsewhere. The window update their bytes
+// are due is not sent: the connection is going away. c.mu is held.
+func (c *h2Conn) refuseAboveLocked(last uint32) {
 	for id, st := range c.streams {
 		if id > last && st.reset == nil {
-			st.reset = errNotProcessed
-			st.recvErr = errNotProcessed
-			c.recvUnacked += int64(st.buf.discard())
-			st.wakeLocked()
+			_ = c.abortLocked(st, errNotProcessed)
 		}
 	}
-	c.flow.Broadcast()
 }
 
 // finishStream ends a stream we opened and counts it out: a RST_STREAM
@@ -278,11 +275,7 @@ func (c *h2Conn) finishStream(st *h2Stream) {
 		}
 	}
 	st.bodyClosed = true
-	inc := c.releaseLocked(int64(st.buf.discard()))
-	delete(c.streams, st.id)
-	last, peerGone := c.streamGoneLocked()
-	st.wakeLocked()
-	c.flow.Broadcast()
+	inc, last, peerGone := c.retireLocked(st)
 	c.mu.Unlock()
 	if cancel || inc > 0 {
 		_ = c.write(func() error {

@@ -106,23 +106,8 @@ func (s *rawServer) sync() {
 // next returns the client's next frame but SETTINGS (acknowledged) and
 // WINDOW_UPDATE; nil when the connection ended.
 func (s *rawServer) next() http2.Frame {
-	s.t.Helper()
-	for {
-		f, err := s.fr.ReadFrame()
-		if err != nil {
-			return nil
-		}
-		switch f := f.(type) {
-		case *http2.SettingsFrame:
-			if !f.IsAck() {
-				_ = s.fr.WriteSettingsAck()
-			}
-			continue
-		case *http2.WindowUpdateFrame:
-			continue
-		}
-		return f
-	}
+	f, _ := nextFrame(s.fr)
+	return f
 }
 
 // expect reads until a frame of type T that match accepts.

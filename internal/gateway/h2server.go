@@ -455,7 +455,7 @@ func (c *h2Conn) process(f http2.Frame) error {
 		c.mu.Lock()
 		c.peerGone = true
 		if c.client != nil {
-			c.client.refuseAbove(c, f.LastStreamID)
+			c.refuseAboveLocked(f.LastStreamID)
 		}
 		done := c.active == 0
 		c.mu.Unlock()
@@ -962,25 +962,50 @@ func (c *h2Conn) resetStream(id uint32, code http2.ErrCode, send bool) {
 	st, ok := c.streams[id]
 	var inc uint32
 	if ok && st.reset == nil {
-		st.reset = http2.StreamError{StreamID: id, Code: code}
+		var err error = http2.StreamError{StreamID: id, Code: code}
 		if !send {
-			st.reset = peerReset{code}
+			err = peerReset{code}
 		}
-		if st.recvErr != io.EOF {
-			// What arrived in full stays readable (RFC 9113 §8.1: a
-			// server may reset a stream after its complete response).
-			st.recvErr = st.reset
-			inc = c.releaseLocked(int64(st.buf.discard()))
-		}
-		st.cancel()
-		st.wakeLocked()
-		c.flow.Broadcast()
+		inc = c.abortLocked(st, err)
 	}
 	c.mu.Unlock()
 	if send && id != 0 {
 		_ = c.writeReset(id, code)
 	}
 	_ = c.writeWindowUpdates(0, inc, 0)
+}
+
+// abortLocked ends a stream with err: its reads and writes fail with it,
+// its context is cancelled and whoever waits on it wakes. It returns the
+// connection's WINDOW_UPDATE increment due for the bytes it dropped.
+// c.mu is held.
+func (c *h2Conn) abortLocked(st *h2Stream, err error) uint32 {
+	st.reset = err
+	var inc uint32
+	if st.recvErr != io.EOF {
+		// What arrived in full stays readable (RFC 9113 §8.1: a server
+		// may reset a stream after its complete response).
+		st.recvErr = err
+		inc = c.releaseLocked(int64(st.buf.discard()))
+	}
+	st.cancel()
+	st.wakeLocked()
+	c.flow.Broadcast()
+	return inc
+}
+
+// retireLocked takes an ended stream out of the connection: the window
+// its unread bytes held is given back (the increment due is returned), it
+// leaves the streams and is counted out (last and peerGone as
+// streamGoneLocked says), and whoever waits on it wakes. c.mu is held.
+func (c *h2Conn) retireLocked(st *h2Stream) (inc uint32, last, peerGone bool) {
+	inc = c.releaseLocked(int64(st.buf.discard()))
+	delete(c.streams, st.id)
+	last, peerGone = c.streamGoneLocked()
+	st.cancel()
+	st.wakeLocked()
+	c.flow.Broadcast()
+	return inc, last, peerGone
 }
 
 // goAway tells the peer no new streams will be served; the connection
@@ -1184,12 +1209,7 @@ func (c *h2Conn) endStream(st *h2Stream, w *h2ResponseWriter, panicked bool) {
 		st.reset = errStreamEnded
 		st.recvErr = errStreamEnded
 	}
-	inc := c.releaseLocked(int64(st.buf.discard()))
-	delete(c.streams, st.id)
-	last, peerGone := c.streamGoneLocked()
-	st.cancel()
-	st.readable.Broadcast()
-	c.flow.Broadcast()
+	inc, last, peerGone := c.retireLocked(st)
 	c.mu.Unlock()
 
 	// The stream's last frames, and the window its unread bytes held,

@@ -115,24 +115,34 @@ func (p *rawPeer) connect(id uint32) {
 // PING ack; nil when the connection ended.
 func (p *rawPeer) next() http2.Frame {
 	p.t.Helper()
+	f, err := nextFrame(p.fr)
+	if err != nil {
+		if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || strings.Contains(err.Error(), "reset") {
+			return nil
+		}
+		p.t.Fatalf("reading: %v", err)
+	}
+	return f
+}
+
+// nextFrame reads the next frame but SETTINGS (acknowledged) and
+// WINDOW_UPDATE.
+func nextFrame(fr *http2.Framer) (http2.Frame, error) {
 	for {
-		f, err := p.fr.ReadFrame()
+		f, err := fr.ReadFrame()
 		if err != nil {
-			if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || strings.Contains(err.Error(), "reset") {
-				return nil
-			}
-			p.t.Fatalf("reading: %v", err)
+			return nil, err
 		}
 		switch f := f.(type) {
 		case *http2.SettingsFrame:
 			if !f.IsAck() {
-				_ = p.fr.WriteSettingsAck()
+				_ = fr.WriteSettingsAck()
 			}
 			continue
 		case *http2.WindowUpdateFrame:
 			continue
 		}
-		return f
+		return f, nil
 	}
 }
 
