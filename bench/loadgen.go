@@ -25,14 +25,48 @@ func (l latencies) percentile(q float64) time.Duration {
 	return s[max(0, min(i, len(s)-1))]
 }
 
-// fixedRate sends rate requests per second for d over conns keep-alive
-// connections, open loop: each request has an intended start time and its
-// latency counts from then, so a stalled proxy cannot hide its queueing
-// (no coordinated omission).
-func fixedRate(ctx context.Context, url string, rate, conns int, d time.Duration) (latencies, int64, error) {
-	tr := &http.Transport{MaxConnsPerHost: conns, MaxIdleConnsPerHost: conns, DisableCompression: true}
-	defer tr.CloseIdleConnections()
-	client := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+// latencySlice is how long each path is measured before the next one's
+// turn: short against the seconds a shared machine's busy spells last.
+const latencySlice = 250 * time.Millisecond
+
+// interleavedRate measures every url at rate requests per second for d
+// each, open loop over conns keep-alive connections per url, in slices
+// of latencySlice taken in turn, the order rotating every cycle: a busy
+// second of a shared machine then falls on every path alike, where
+// measuring one path after another lays it on whichever was measured
+// then. Each url keeps its connections across its slices; a first
+// unrecorded slice opens them.
+func interleavedRate(ctx context.Context, urls []string, rate, conns int, d time.Duration) ([]latencies, []int64) {
+	clients := make([]*http.Client, len(urls))
+	for i := range urls {
+		tr := &http.Transport{MaxConnsPerHost: conns, MaxIdleConnsPerHost: conns, DisableCompression: true}
+		defer tr.CloseIdleConnections()
+		clients[i] = &http.Client{Transport: tr, Timeout: 10 * time.Second}
+		openLoop(ctx, clients[i], urls[i], rate, conns, latencySlice)
+	}
+	lats := make([]latencies, len(urls))
+	errs := make([]int64, len(urls))
+	cycles := max(1, int(d/latencySlice))
+	for cycle := range cycles {
+		for k := range urls {
+			i := (k + cycle) % len(urls)
+			l, e := openLoop(ctx, clients[i], urls[i], rate, conns, latencySlice)
+			lats[i] = append(lats[i], l...)
+			errs[i] += e
+			if ctx.Err() != nil {
+				return lats, errs
+			}
+		}
+	}
+	return lats, errs
+}
+
+// openLoop sends rate requests per second for d over conns keep-alive
+// connections of client, open loop: each request has an intended start
+// time and its latency counts from then, so a stalled proxy cannot hide
+// its queueing (no coordinated omission). It returns once every request
+// sent has its answer.
+func openLoop(ctx context.Context, client *http.Client, url string, rate, conns int, d time.Duration) (latencies, int64) {
 	interval := time.Second / time.Duration(rate)
 	total := int(d / interval)
 	var (
@@ -71,7 +105,7 @@ func fixedRate(ctx context.Context, url string, rate, conns int, d time.Duration
 	}
 	close(tokens)
 	wg.Wait()
-	return lats, errs.Load(), ctx.Err()
+	return lats, errs.Load()
 }
 
 func get(client *http.Client, url string) error {

@@ -277,9 +277,11 @@ func measurePaths(ctx context.Context, dir string, o options, r *report) error {
 		} else {
 			r.linkRT = append(r.linkRT, d...)
 		}
+		log.Printf("round %d of %d: latency at fixed rates, every path in turn", i+1, o.repeat)
+		lat := measureLatency(ctx, paths, o)
 		for j, p := range paths {
 			log.Printf("round %d of %d: measuring %s", i+1, o.repeat, p.name)
-			rounds[j] = append(rounds[j], measureRound(ctx, p, o))
+			rounds[j] = append(rounds[j], measureRound(ctx, p, o, lat[j]))
 		}
 	}
 	for j, p := range paths {

@@ -53,20 +53,34 @@ type round struct {
 	par, parCPU     float64
 }
 
-// measureRound measures p once: each rate, saturation, new connections
-// and bulk. The harness runs rounds over every path in turn, so that a
-// slow minute of a shared machine falls on all of them rather than on
-// the one measured then.
-func measureRound(ctx context.Context, p *path, o options) round {
-	var r round
-	url := "http://" + p.httpAddr + "/"
-	for _, rate := range o.rates {
-		lats, e, _ := fixedRate(ctx, url, rate, 64, o.duration)
-		r.p50 = append(r.p50, lats.percentile(0.5))
-		r.p99 = append(r.p99, lats.percentile(0.99))
-		r.p999 = append(r.p999, lats.percentile(0.999))
-		r.errors = append(r.errors, e)
+// measureLatency measures every path at each fixed rate, interleaved
+// (interleavedRate), and returns each path's round with its latency
+// figures filled in.
+func measureLatency(ctx context.Context, paths []*path, o options) []round {
+	rs := make([]round, len(paths))
+	urls := make([]string, len(paths))
+	for i, p := range paths {
+		urls[i] = "http://" + p.httpAddr + "/"
 	}
+	for _, rate := range o.rates {
+		lats, errs := interleavedRate(ctx, urls, rate, 64, o.duration)
+		for i := range paths {
+			r := &rs[i]
+			r.p50 = append(r.p50, lats[i].percentile(0.5))
+			r.p99 = append(r.p99, lats[i].percentile(0.99))
+			r.p999 = append(r.p999, lats[i].percentile(0.999))
+			r.errors = append(r.errors, errs[i])
+		}
+	}
+	return rs
+}
+
+// measureRound measures p once at saturation, for new connections and
+// in bulk, into r. The harness runs rounds over every path in turn, so
+// that a slow minute of a shared machine falls on all of them rather
+// than on the one measured then.
+func measureRound(ctx context.Context, p *path, o options, r round) round {
+	url := "http://" + p.httpAddr + "/"
 	c, _ := measureCPU(p.pids, profiled(o, p, "saturation", func() { r.rps, _ = saturate(ctx, url, 64, o.duration) }))
 	if r.rps > 0 {
 		r.cpuPer100k = c / (r.rps * o.duration.Seconds()) * 100000
@@ -336,7 +350,7 @@ func (r *report) writePaths(b *strings.Builder) {
 		// The same two ratios round by round: each round measured every
 		// path within minutes of the others, so their spread is the
 		// machine's.
-		b.WriteString("\nRound by round (each round measures every path in turn):\n\n| peer | added p99 @ first rate | req/s per CPU s |\n|---|---|---|\n")
+		b.WriteString("\nRound by round (each round measures the paths' latency in 250 ms turns, then their saturation one after another):\n\n| peer | added p99 @ first rate | req/s per CPU s |\n|---|---|---|\n")
 		for _, res := range r.results {
 			if res.name == "backbone" || res.name == "direct" || direct == nil {
 				continue
