@@ -263,6 +263,11 @@ type h2Conn struct {
 	closing      atomic.Bool // close is flushing: deadlines stay short
 	waiting      atomic.Int32
 	peerMaxFrame atomic.Uint32
+	// Control frames (WINDOW_UPDATE, RST_STREAM, the ACKs) never wait for
+	// wmu: they queue here for whoever holds it (writeCtl).
+	ctlMu      sync.Mutex
+	ctl        []func() error
+	ctlPending atomic.Bool
 
 	lastRead atomic.Int64 // unix nanoseconds of the last frame read
 
@@ -450,7 +455,8 @@ func (c *h2Conn) process(f http2.Frame) error {
 			c.mu.Unlock()
 			return nil
 		}
-		return c.write(func() error { return c.fr.WritePing(true, f.Data) })
+		c.writeCtl(func() error { return c.fr.WritePing(true, f.Data) })
+		return nil
 	case *http2.GoAwayFrame:
 		c.mu.Lock()
 		c.peerGone = true
@@ -528,21 +534,21 @@ func (c *h2Conn) processHeaders(f *http2.MetaHeadersFrame) error {
 	}
 	c.mu.Unlock()
 	if refuse {
-		return c.writeReset(id, http2.ErrCodeRefusedStream)
+		c.writeReset(id, http2.ErrCodeRefusedStream)
+		return nil
 	}
 	req, code := c.newRequest(f)
 	if f.Truncated || code != http2.ErrCodeNo || req == nil {
-		var err error
 		switch {
 		case f.Truncated:
-			err = c.writeResponse(id, http.StatusRequestHeaderFieldsTooLarge)
+			c.writeResponse(id, http.StatusRequestHeaderFieldsTooLarge)
 		case code != http2.ErrCodeNo:
-			err = c.writeReset(id, code)
+			c.writeReset(id, code)
 		default:
-			err = c.writeResponse(id, http.StatusBadRequest)
+			c.writeResponse(id, http.StatusBadRequest)
 		}
 		c.streamGone()
-		return err
+		return nil
 	}
 
 	st := &h2Stream{c: c, id: id}
@@ -663,7 +669,8 @@ func (c *h2Conn) processData(f *http2.DataFrame) error {
 		// given back.
 		inc := c.releaseLocked(n)
 		c.mu.Unlock()
-		return c.writeWindowUpdates(0, inc, 0)
+		c.writeWindowUpdates(0, inc, 0)
+		return nil
 	}
 	if st.recvErr != nil || st.bodyClosed {
 		// After END_STREAM that is the peer's error; after a reset or
@@ -674,20 +681,23 @@ func (c *h2Conn) processData(f *http2.DataFrame) error {
 		if violation {
 			c.resetStream(id, http2.ErrCodeStreamClosed, true)
 		}
-		return c.writeWindowUpdates(0, inc, 0)
+		c.writeWindowUpdates(0, inc, 0)
+		return nil
 	}
 	if c.client != nil && st.status == 0 {
 		// DATA before the response's HEADERS.
 		inc := c.releaseLocked(n)
 		c.mu.Unlock()
 		c.resetStream(id, http2.ErrCodeProtocol, true)
-		return c.writeWindowUpdates(0, inc, 0)
+		c.writeWindowUpdates(0, inc, 0)
+		return nil
 	}
 	if n > st.recvWindow {
 		inc := c.releaseLocked(n)
 		c.mu.Unlock()
 		c.resetStream(id, http2.ErrCodeFlowControl, true)
-		return c.writeWindowUpdates(0, inc, 0)
+		c.writeWindowUpdates(0, inc, 0)
+		return nil
 	}
 	st.recvWindow -= n
 	// Padding is consumed at once, from both windows.
@@ -715,7 +725,8 @@ func (c *h2Conn) processData(f *http2.DataFrame) error {
 	}
 	st.readable.Broadcast()
 	c.mu.Unlock()
-	return c.writeWindowUpdates(id, inc, streamInc)
+	c.writeWindowUpdates(id, inc, streamInc)
+	return nil
 }
 
 // windowRefresh is the least a WINDOW_UPDATE gives back. Updates go out
@@ -825,12 +836,13 @@ func (c *h2Conn) processSettings(f *http2.SettingsFrame) error {
 	if err != nil {
 		return err
 	}
-	return c.write(func() error {
+	c.writeCtl(func() error {
 		if tableSize != nil {
 			c.henc.SetMaxDynamicTableSizeLimit(*tableSize)
 		}
 		return c.fr.WriteSettingsAck()
 	})
+	return nil
 }
 
 // deadlineWriter is what the connection's bufio.Writer writes to, under
@@ -861,6 +873,9 @@ func (c *h2Conn) write(fn func() error) error {
 	err := c.werr
 	if err == nil {
 		err = fn()
+		if err == nil && c.ctlPending.Load() {
+			err = c.runCtlLocked()
+		}
 		if c.waiting.Add(-1) == 0 && err == nil {
 			err = c.bw.Flush()
 		}
@@ -874,19 +889,77 @@ func (c *h2Conn) write(fn func() error) error {
 	if err != nil {
 		// Closing unblocks the reader, the writers and the handlers.
 		_ = c.nc.Close()
+		return err
 	}
-	return err
+	c.tryCtl()
+	return nil
 }
 
-func (c *h2Conn) writeReset(id uint32, code http2.ErrCode) error {
-	return c.write(func() error { return c.fr.WriteRSTStream(id, code) })
+// writeCtl sends a control frame without waiting for the write lock: if
+// a writer holds it, fn goes out with that writer's frames. The frame
+// reader sends WINDOW_UPDATEs, ACKs and resets this way. Were it to wait
+// for the lock while a writer waits for the socket, it would stop
+// reading; with both sides' connections saturated both directions, the
+// peer's reader would stop too, and neither socket would drain again
+// (TestBothDirectionsSaturatedKeepMoving).
+func (c *h2Conn) writeCtl(fn func() error) {
+	c.ctlMu.Lock()
+	c.ctl = append(c.ctl, fn)
+	c.ctlPending.Store(true)
+	c.ctlMu.Unlock()
+	c.tryCtl()
 }
 
-func (c *h2Conn) writeWindowUpdates(id uint32, connInc, streamInc uint32) error {
+// tryCtl sends what writeCtl queued if the write lock is free. A holder
+// that took the lock before fn was queued looks again after it lets go
+// (write), so nothing queued is left behind.
+func (c *h2Conn) tryCtl() {
+	for c.ctlPending.Load() && c.wmu.TryLock() {
+		err := c.werr
+		if err == nil {
+			err = c.runCtlLocked()
+			if err == nil && c.waiting.Load() == 0 {
+				err = c.bw.Flush()
+			}
+			if err != nil {
+				c.werr = err
+			}
+		}
+		c.wmu.Unlock()
+		if err != nil {
+			_ = c.nc.Close()
+			return
+		}
+	}
+}
+
+// runCtlLocked writes the queued control frames, in order; under wmu.
+func (c *h2Conn) runCtlLocked() error {
+	c.ctlMu.Lock()
+	fns := c.ctl
+	c.ctl = nil
+	c.ctlPending.Store(false)
+	c.ctlMu.Unlock()
+	for _, fn := range fns {
+		if err := fn(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// writeReset sends RST_STREAM, without waiting for the write lock.
+func (c *h2Conn) writeReset(id uint32, code http2.ErrCode) {
+	c.writeCtl(func() error { return c.fr.WriteRSTStream(id, code) })
+}
+
+// writeWindowUpdates gives the peer window back on the connection and on
+// stream id, without waiting for the write lock.
+func (c *h2Conn) writeWindowUpdates(id uint32, connInc, streamInc uint32) {
 	if connInc == 0 && streamInc == 0 {
-		return nil
+		return
 	}
-	return c.write(func() error {
+	c.writeCtl(func() error {
 		if connInc > 0 {
 			if err := c.fr.WriteWindowUpdate(0, connInc); err != nil {
 				return err
@@ -900,9 +973,9 @@ func (c *h2Conn) writeWindowUpdates(id uint32, connInc, streamInc uint32) error 
 }
 
 // writeResponse answers a stream that gets no handler with an empty
-// response.
-func (c *h2Conn) writeResponse(id uint32, status int) error {
-	return c.writeHeaders(id, status, nil, true)
+// response, without waiting for the write lock.
+func (c *h2Conn) writeResponse(id uint32, status int) {
+	c.writeCtl(func() error { return c.headerFrames(id, status, nil, true) })
 }
 
 // writeHeaders sends a response's header block.
@@ -970,9 +1043,9 @@ func (c *h2Conn) resetStream(id uint32, code http2.ErrCode, send bool) {
 	}
 	c.mu.Unlock()
 	if send && id != 0 {
-		_ = c.writeReset(id, code)
+		c.writeReset(id, code)
 	}
-	_ = c.writeWindowUpdates(0, inc, 0)
+	c.writeWindowUpdates(0, inc, 0)
 }
 
 // abortLocked ends a stream with err: its reads and writes fail with it,
@@ -1085,9 +1158,9 @@ func (c *h2Conn) close() {
 	c.closed = true
 	for _, st := range c.streams {
 		if st.reset == nil {
-			st.reset = errConnClosed
-			st.recvErr = errConnClosed
-			st.buf.discard()
+			// Its reads and writes fail but for an answer that arrived
+			// in full: that stays readable. No window is owed any more.
+			_ = c.abortLocked(st, errConnClosed)
 		}
 		st.cancel()
 		st.wakeLocked()
@@ -1314,8 +1387,14 @@ func (st *h2Stream) send(p []byte, end bool) (int, error) {
 				c.mu.Unlock()
 				return written, err
 			}
+			if len(p) == 0 {
+				// An empty END_STREAM takes no window, and goes out
+				// even when a SETTINGS made the window negative.
+				n = 0
+				break
+			}
 			n = min(int64(len(p)), int64(c.peerMaxFrame.Load()), st.sendWindow, c.sendWindow)
-			if n > 0 || len(p) == 0 {
+			if n > 0 {
 				break
 			}
 			c.flow.Wait()
@@ -1359,7 +1438,7 @@ func (b *h2Body) read(p []byte, forSink bool) (int, *chunk, error) {
 	streamInc := st.updateLocked()
 	if connInc > 0 || streamInc > 0 {
 		c.mu.Unlock()
-		_ = c.writeWindowUpdates(st.id, connInc, streamInc)
+		c.writeWindowUpdates(st.id, connInc, streamInc)
 		c.mu.Lock()
 	}
 	for st.buf.len() == 0 && st.recvErr == nil && !st.bodyClosed {
@@ -1439,7 +1518,8 @@ func (b *h2Body) Close() error {
 	inc := c.releaseLocked(int64(st.buf.discard()))
 	st.readable.Broadcast()
 	c.mu.Unlock()
-	return c.writeWindowUpdates(0, inc, 0)
+	c.writeWindowUpdates(0, inc, 0)
+	return nil
 }
 
 // h2ResponseWriter is a stream's http.ResponseWriter. Writes go out at
