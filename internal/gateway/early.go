@@ -230,6 +230,13 @@ func (p *Pool) OpenStream(ctx context.Context, cluster, authority string, src io
 	uploading := false
 	var lastErr error
 	for range max(2, len(pr.addrs)+1) {
+		if pr.isClosed() {
+			// The Link changed since: its new peer.
+			if pr, err = p.peer(cluster); err != nil {
+				s.giveUp()
+				return nil, err
+			}
+		}
 		pc, err := p.conn(ctx, pr)
 		if err != nil {
 			s.giveUp()
@@ -243,15 +250,22 @@ func (p *Pool) OpenStream(ctx context.Context, cluster, authority string, src io
 			}
 			continue
 		}
+		// The watch covers the replay too: sending the bytes kept for it
+		// waits for the peer's window, which a dead connection never
+		// opens; giving up ends the stream, which wakes the replay.
+		sctx, cancel := context.WithCancel(ctx)
+		var watch answerWatch
+		watch.begin(pc, p.dialTimeout, cancel)
+		unblock := context.AfterFunc(sctx, func() { pc.cc.finishStream(st) })
 		replayErr := s.setAttempt(st)
 		if !uploading {
 			uploading = true
 			go s.upload()
 		}
-		sctx, cancel := context.WithCancel(ctx)
-		var watch answerWatch
-		watch.begin(pc, p.dialTimeout, cancel)
 		err = st.awaitAnswer(sctx)
+		if !unblock() && err == nil {
+			err = sctx.Err() // answered as the stream was given up
+		}
 		verdict := watch.end()
 		cancel()
 		if err == nil && replayErr != nil {
@@ -262,7 +276,9 @@ func (p *Pool) OpenStream(ctx context.Context, cluster, authority string, src io
 		}
 		if err == nil {
 			if st.status != http.StatusOK {
-				msg, _ := io.ReadAll(io.LimitReader(&h2Body{st: st}, 512))
+				mctx, cancel := context.WithTimeout(ctx, p.dialTimeout)
+				msg, _ := readAnswer(mctx, st, 512)
+				cancel()
 				_ = s.Close()
 				return nil, &RefusedError{Status: st.status, Message: string(msg)}
 			}

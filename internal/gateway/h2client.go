@@ -168,6 +168,12 @@ func (c *h2Conn) openStream(method, authority, path string, end bool) (*h2Stream
 		c.maxID = st.id
 		st.sendWindow = c.peerWindow
 		st.recvWindow = int64(c.srv.streamWindow)
+		if !c.settingsAcked {
+			// Until the peer acknowledged our SETTINGS it counts the
+			// protocol's default; the ACK moves the window by the
+			// difference (processSettings).
+			st.recvWindow = max(st.recvWindow, initialWindow)
+		}
 		st.sentEnd = end
 		c.streams[st.id] = st
 		c.mu.Unlock()
@@ -216,6 +222,12 @@ func (c *h2Conn) processResponse(f *http2.MetaHeadersFrame) error {
 			c.mu.Unlock()
 			return protocolError("stream %d: trailers without END_STREAM", id)
 		}
+		if st.recvErr == io.EOF {
+			// After END_STREAM the stream is closed to the peer.
+			c.mu.Unlock()
+			c.resetStream(id, http2.ErrCodeStreamClosed, true)
+			return nil
+		}
 		if st.recvErr == nil {
 			st.recvErr = io.EOF
 			st.readable.Broadcast()
@@ -224,7 +236,10 @@ func (c *h2Conn) processResponse(f *http2.MetaHeadersFrame) error {
 		return nil
 	}
 	status, err := strconv.Atoi(f.PseudoValue("status"))
-	bad := err != nil || status < 100 || status > 999 || f.Truncated || f.PseudoValue("method") != ""
+	// 101 has no place in HTTP/2 (RFC 9113 §8.6), nor have the fields
+	// of a connection (§8.2.2).
+	bad := err != nil || status < 100 || status > 999 || status == http.StatusSwitchingProtocols ||
+		f.Truncated || f.PseudoValue("method") != "" || hasConnectionFields(f)
 	if !bad && status < 200 {
 		// Informational: the answer is still to come.
 		c.mu.Unlock()
@@ -247,15 +262,30 @@ func (c *h2Conn) processResponse(f *http2.MetaHeadersFrame) error {
 	return nil
 }
 
-// refuseAboveLocked fails the streams a GOAWAY says the peer did not
-// process: they may be retried elsewhere. The window update their bytes
-// are due is not sent: the connection is going away. c.mu is held.
-func (c *h2Conn) refuseAboveLocked(last uint32) {
-	for id, st := range c.streams {
-		if id > last && st.reset == nil {
-			_ = c.abortLocked(st, errNotProcessed)
+// hasConnectionFields says whether a header block carries a field
+// specific to a connection, which makes an HTTP/2 message malformed.
+func hasConnectionFields(f *http2.MetaHeadersFrame) bool {
+	for _, hf := range f.RegularFields() {
+		if connectionSpecific(hf.Name) || (hf.Name == "te" && hf.Value != "trailers") {
+			return true
 		}
 	}
+	return false
+}
+
+// refuseAboveLocked fails the streams a GOAWAY says the peer did not
+// process: they may be retried elsewhere. It returns the connection's
+// WINDOW_UPDATE increment due: the window their bytes held is given
+// back, as what other streams read may be in it, and the streams below
+// last go on. c.mu is held.
+func (c *h2Conn) refuseAboveLocked(last uint32) uint32 {
+	var inc uint32
+	for id, st := range c.streams {
+		if id > last && st.reset == nil {
+			inc += c.abortLocked(st, errNotProcessed)
+		}
+	}
+	return inc
 }
 
 // finishStream ends a stream we opened and counts it out: a RST_STREAM
@@ -321,9 +351,21 @@ func (c *h2Conn) get(ctx context.Context, authority, path string, limit int64) (
 	if err := st.awaitAnswer(ctx); err != nil {
 		return 0, nil, err
 	}
-	body, err := io.ReadAll(io.LimitReader(&h2Body{st: st}, limit))
+	body, err := readAnswer(ctx, st, limit)
 	if err != nil {
 		return st.status, body, fmt.Errorf("reading the answer: %w", err)
 	}
 	return st.status, body, nil
+}
+
+// readAnswer reads up to limit bytes of a stream's answer, until its end
+// or ctx's: a peer that answers and then sends nothing more, yet keeps
+// its connection alive, does not hold the reader.
+func readAnswer(ctx context.Context, st *h2Stream, limit int64) ([]byte, error) {
+	stop := context.AfterFunc(ctx, func() { st.c.finishStream(st) })
+	body, err := io.ReadAll(io.LimitReader(&h2Body{st: st}, limit))
+	if !stop() {
+		err = ctx.Err()
+	}
+	return body, err
 }

@@ -2,7 +2,9 @@ package gateway
 
 import (
 	"bytes"
+	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -12,6 +14,7 @@ import (
 	"time"
 
 	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 )
 
 // linkedConns connects a client connection to an h2Server serving
@@ -174,5 +177,171 @@ func TestConnectionCloseKeepsACompleteAnswer(t *testing.T) {
 	b, err := io.ReadAll(&h2Body{st: st})
 	if string(b) != "hello" || err != nil {
 		t.Fatalf("the complete answer read as %q, %v", b, err)
+	}
+}
+
+// respondWith sends a response header block with the fields given after
+// :status.
+func (s *rawServer) respondWith(id uint32, status string, end bool, fields ...string) {
+	s.t.Helper()
+	s.hbuf.Reset()
+	_ = s.enc.WriteField(hpack.HeaderField{Name: ":status", Value: status})
+	for i := 0; i+1 < len(fields); i += 2 {
+		_ = s.enc.WriteField(hpack.HeaderField{Name: fields[i], Value: fields[i+1]})
+	}
+	if err := s.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: s.hbuf.Bytes(), EndStream: end, EndHeaders: true}); err != nil {
+		s.t.Fatal(err)
+	}
+}
+
+func TestH2ClientRefusesWhatTheProtocolForbids(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		fields []string
+	}{
+		{"101 Switching Protocols", []string{":status", "101"}},
+		{"a connection's field", []string{":status", "200", "connection", "close"}},
+		{"transfer-encoding", []string{":status", "200", "transfer-encoding", "chunked"}},
+		{"te other than trailers", []string{":status", "200", "te", "gzip"}},
+	} {
+		t.Run("an answer with "+tc.name+" resets the stream", func(t *testing.T) {
+			s := newRawServer(t)
+			st := s.open()
+			s.respondWith(st.id, tc.fields[1], false, tc.fields[2:]...)
+			rst := expect(s, "RST_STREAM", func(r *http2.RSTStreamFrame) bool { return r.StreamID == st.id })
+			if rst.ErrCode != http2.ErrCodeProtocol {
+				t.Fatalf("RST_STREAM %v, want PROTOCOL_ERROR", rst.ErrCode)
+			}
+			if err := answer(t, st); err == nil {
+				t.Fatal("a malformed answer was taken")
+			}
+		})
+	}
+
+	t.Run("trailers after END_STREAM reset the stream, and the answer stays", func(t *testing.T) {
+		s := newRawServer(t)
+		st := s.open()
+		s.respond(st.id, "200", false)
+		_ = s.fr.WriteData(st.id, true, []byte("done"))
+		s.respondWith(st.id, "200", true) // a second block: trailers, after the end
+		rst := expect(s, "RST_STREAM", func(r *http2.RSTStreamFrame) bool { return r.StreamID == st.id })
+		if rst.ErrCode != http2.ErrCodeStreamClosed {
+			t.Fatalf("RST_STREAM %v, want STREAM_CLOSED", rst.ErrCode)
+		}
+		if b, err := io.ReadAll(&h2Body{st: st}); string(b) != "done" || err != nil {
+			t.Fatalf("the complete answer read as %q, %v", b, err)
+		}
+	})
+
+	for _, tc := range []struct {
+		name string
+		send func(s *rawServer, st *h2Stream) error
+	}{
+		{"SETTINGS_ENABLE_PUSH=1", func(s *rawServer, _ *h2Stream) error {
+			return s.fr.WriteSettings(http2.Setting{ID: http2.SettingEnablePush, Val: 1})
+		}},
+		{"DATA on an even stream", func(s *rawServer, st *h2Stream) error {
+			return s.fr.WriteData(st.id+1, false, []byte("x"))
+		}},
+	} {
+		t.Run(tc.name+" ends the connection", func(t *testing.T) {
+			s := newRawServer(t)
+			st := s.open()
+			if err := tc.send(s, st); err != nil {
+				t.Fatal(err)
+			}
+			g := expect(s, "GOAWAY", func(*http2.GoAwayFrame) bool { return true })
+			if g.ErrCode != http2.ErrCodeProtocol {
+				t.Fatalf("GOAWAY %v, want PROTOCOL_ERROR", g.ErrCode)
+			}
+		})
+	}
+}
+
+// TestGoAwayGivesTheWindowBack: the bytes of a stream a GOAWAY refuses
+// are dropped and the connection's window they held is given back, as
+// the streams below the GOAWAY go on.
+func TestGoAwayGivesTheWindowBack(t *testing.T) {
+	s := newRawServer(t)
+	first, second := s.open(), s.open()
+	s.respond(second.id, "200", false)
+	if err := s.fr.WriteData(second.id, false, make([]byte, 8<<10)); err != nil {
+		t.Fatal(err)
+	}
+	s.sync()
+	if err := s.fr.WriteGoAway(first.id, http2.ErrCodeNo, nil); err != nil {
+		t.Fatal(err)
+	}
+	var given uint32
+	for given < 8<<10 {
+		f, err := s.fr.ReadFrame()
+		if err != nil {
+			t.Fatalf("the connection's window was given back %d of 8 KiB: %v", given, err)
+		}
+		if w, ok := f.(*http2.WindowUpdateFrame); ok && w.StreamID == 0 {
+			given += w.Increment
+		}
+	}
+}
+
+// TestAnswerReadingEndsWithItsContext: a peer that answers and then
+// sends nothing, its connection alive, does not hold the probe past its
+// context.
+func TestAnswerReadingEndsWithItsContext(t *testing.T) {
+	s := newRawServer(t)
+	if err := s.c.Reserve(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	got := make(chan error, 1)
+	go func() {
+		_, _, err := s.c.get(ctx, "gateway", "/ready", 256)
+		got <- err
+	}()
+	h := expect(s, "the GET", func(*http2.MetaHeadersFrame) bool { return true })
+	s.respond(h.StreamID, "200", false)
+	select {
+	case err := <-got:
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("reading an answer that never ends: %v, want the context's deadline", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the answer's reading outlived its context")
+	}
+	rst := expect(s, "RST_STREAM", func(r *http2.RSTStreamFrame) bool { return r.StreamID == h.StreamID })
+	if rst.ErrCode != http2.ErrCodeCancel {
+		t.Fatalf("RST_STREAM %v, want CANCEL", rst.ErrCode)
+	}
+}
+
+// TestCloseWhenIdleLetsADrainingPeerFinish: a connection taken out of
+// the pool whose peer sent GOAWAY keeps the streams the peer agreed to
+// finish until they end.
+func TestCloseWhenIdleLetsADrainingPeerFinish(t *testing.T) {
+	s := newRawServer(t)
+	st := s.open()
+	if err := s.fr.WriteGoAway(st.id, http2.ErrCodeNo, nil); err != nil {
+		t.Fatal(err)
+	}
+	s.sync()
+	closed := make(chan struct{})
+	go func() { closeWhenIdle(s.c); close(closed) }()
+	time.Sleep(1500 * time.Millisecond) // past closeWhenIdle's first look
+	s.respond(st.id, "200", false)
+	if err := s.fr.WriteData(st.id, true, []byte("finished")); err != nil {
+		t.Fatal(err)
+	}
+	if err := answer(t, st); err != nil {
+		t.Fatalf("the stream below the GOAWAY: %v", err)
+	}
+	if b, err := io.ReadAll(&h2Body{st: st}); string(b) != "finished" || err != nil {
+		t.Fatalf("its answer read as %q, %v", b, err)
+	}
+	s.c.finishStream(st)
+	select {
+	case <-closed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the connection was not closed once its last stream ended")
 	}
 }

@@ -460,14 +460,16 @@ func (c *h2Conn) process(f http2.Frame) error {
 	case *http2.GoAwayFrame:
 		c.mu.Lock()
 		c.peerGone = true
+		var inc uint32
 		if c.client != nil {
-			c.refuseAboveLocked(f.LastStreamID)
+			inc = c.refuseAboveLocked(f.LastStreamID)
 		}
 		done := c.active == 0
 		c.mu.Unlock()
 		if done {
 			return errConnClosed
 		}
+		c.writeWindowUpdates(0, inc, 0)
 		return nil
 	case *http2.PushPromiseFrame:
 		return protocolError("PUSH_PROMISE: push is not enabled")
@@ -661,7 +663,7 @@ func (c *h2Conn) processData(f *http2.DataFrame) error {
 	c.recvWindow -= n
 	st, ok := c.streams[id]
 	if !ok {
-		if id > c.maxID {
+		if id > c.maxID || (c.client != nil && id%2 == 0) {
 			c.mu.Unlock()
 			return protocolError("DATA on idle stream %d", id)
 		}
@@ -819,6 +821,11 @@ func (c *h2Conn) processSettings(f *http2.SettingsFrame) error {
 			}
 			c.flow.Broadcast()
 			c.mu.Unlock()
+		case http2.SettingEnablePush:
+			if c.client != nil && s.Val != 0 {
+				// A server may only say 0 (RFC 9113 §6.5.2).
+				return protocolError("SETTINGS_ENABLE_PUSH %d from a server", s.Val)
+			}
 		case http2.SettingMaxFrameSize:
 			c.peerMaxFrame.Store(s.Val)
 		case http2.SettingMaxConcurrentStreams:
@@ -1404,7 +1411,22 @@ func (st *h2Stream) send(p []byte, end bool) (int, error) {
 		last := end && n == int64(len(p))
 		st.sentEnd = last
 		c.mu.Unlock()
-		if err := c.write(func() error { return c.fr.WriteData(st.id, last, p[:n]) }); err != nil {
+		err := c.write(func() error {
+			// The peer's frame size may have shrunk since n was cut
+			// (its SETTINGS acknowledged meanwhile): the window is
+			// taken, the frames follow the size now.
+			q := p[:n]
+			for {
+				k := min(len(q), int(c.peerMaxFrame.Load()))
+				if err := c.fr.WriteData(st.id, last && k == len(q), q[:k]); err != nil {
+					return err
+				}
+				if q = q[k:]; len(q) == 0 {
+					return nil
+				}
+			}
+		})
+		if err != nil {
 			return written, err
 		}
 		written += int(n)

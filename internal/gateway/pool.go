@@ -43,6 +43,9 @@ type peer struct {
 	backoff map[string]backoffState
 	next    int
 	dialing map[string]*sync.Mutex
+	// closed: the peer left the pool (its Link changed or went); a dial
+	// that was under way when it did closes what it opened.
+	closed bool
 }
 
 type backoffState struct {
@@ -161,12 +164,19 @@ func equal(a, b []string) bool {
 func (pr *peer) closeAll() {
 	pr.mu.Lock()
 	defer pr.mu.Unlock()
+	pr.closed = true
 	for _, cs := range pr.conns {
 		for _, pc := range cs {
 			go closeWhenIdle(pc.cc)
 		}
 	}
 	pr.conns = map[string][]*poolConn{}
+}
+
+func (pr *peer) isClosed() bool {
+	pr.mu.Lock()
+	defer pr.mu.Unlock()
+	return pr.closed
 }
 
 func (p *Pool) peer(cluster string) (*peer, error) {
@@ -257,6 +267,12 @@ func (p *Pool) connTo(ctx context.Context, pr *peer, addr string) (*poolConn, er
 			return pc, nil // slow beats failed
 		}
 		return nil, err
+	}
+	if pr.closed {
+		// Dialled for a Link that changed meanwhile, perhaps against
+		// the identity it expected before: not to be used.
+		_ = pc.cc.Close()
+		return nil, fmt.Errorf("cluster %s: its link changed while %s was dialled", pr.cluster, addr)
 	}
 	delete(pr.backoff, addr)
 	pr.conns[addr] = append(pr.conns[addr], pc)
@@ -411,7 +427,9 @@ func (p *Pool) Close() {
 // in flight have finished (or after an hour, whatever they do).
 func closeWhenIdle(cc *h2Conn) {
 	deadline := time.Now().Add(time.Hour)
-	for cc.InFlight() > 0 && cc.Err() == nil && time.Now().Before(deadline) {
+	// Not while Err is nil: a connection whose peer is going away
+	// (GOAWAY) has streams the peer agreed to finish.
+	for cc.InFlight() > 0 && !errors.Is(cc.Err(), errConnClosed) && time.Now().Before(deadline) {
 		time.Sleep(time.Second)
 	}
 	_ = cc.Close()
