@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -343,5 +344,28 @@ func TestCloseWhenIdleLetsADrainingPeerFinish(t *testing.T) {
 	case <-closed:
 	case <-time.After(10 * time.Second):
 		t.Fatal("the connection was not closed once its last stream ended")
+	}
+}
+
+// TestDialForAChangedLinkIsNotPooled: a connection dialled while its
+// Link changed (perhaps to expect another identity) is closed, not added
+// to the peer the Link no longer uses.
+func TestDialForAChangedLinkIsNotPooled(t *testing.T) {
+	east, west := testIdentities(t)
+	addr := rawGateway(t, east.ServerTLS("h2"), nil, func(*http2.Framer, *hpack.Encoder, *bytes.Buffer, uint32, []byte) {})
+	pool := rawPool(t, west, addr)
+	pr, err := pool.peer("east")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pr.closeAll() // as Update does when the Link changes, while a dial is under way
+	if _, err := pool.connTo(context.Background(), pr, addr); err == nil || !strings.Contains(err.Error(), "link changed") {
+		t.Fatalf("a dial for a replaced peer: %v, want the link changed", err)
+	}
+	pr.mu.Lock()
+	n := len(pr.conns[addr])
+	pr.mu.Unlock()
+	if n != 0 {
+		t.Fatalf("%d connections pooled on the replaced peer", n)
 	}
 }
