@@ -111,7 +111,10 @@ func (v *view) authorize(ctx context.Context, a Authority, caller string) (*core
 		}
 		return nil, err
 	}
-	if !v.exported(ctx, &svc) {
+	// A mirror is never served, whatever exports it: it leads on to the
+	// cluster it mirrors, where the caller would arrive as this cluster
+	// and past that Service's own allowed-clusters.
+	if svc.Labels[v1alpha1.MirroredFromLabel] != "" || !v.exported(ctx, &svc) {
 		return nil, errNotExported
 	}
 	if !allowed(&svc, caller) {
@@ -141,6 +144,12 @@ func (v *view) backend(ctx context.Context, svc *corev1.Service, a Authority) (s
 	}
 	var candidates []string
 	for _, sl := range slices.Items {
+		if sl.AddressType != discoveryv1.AddressTypeIPv4 && sl.AddressType != discoveryv1.AddressTypeIPv6 {
+			// FQDN endpoints are names the API server does not check as
+			// it checks IPs (no loopback, no link-local): the gateway
+			// would dial whatever they resolve to.
+			continue
+		}
 		var port int32
 		for _, p := range sl.Ports {
 			if p.Port != nil && ptrOr(p.Name, "") == portName {

@@ -56,6 +56,9 @@ func setupGatewayPair(t *testing.T) *gatewayPair {
 		{"internal", web, nil, nil},
 		{"platform-only", web, exported, map[string]string{v1alpha1.AllowedClustersAnnotation: "platform, ops"}},
 		{"west-allowed", web, exported, map[string]string{v1alpha1.AllowedClustersAnnotation: "platform,west"}},
+		// East's mirror of a third cluster's Service, exported again:
+		// served, it would carry west on to that cluster as east.
+		{"a-mirror", web, map[string]string{v1alpha1.ExportedLabel: "true", v1alpha1.MirroredFromLabel: "elsewhere"}, nil},
 	} {
 		svc := &corev1.Service{
 			ObjectMeta: metav1.ObjectMeta{Name: b.name, Namespace: "demo", Labels: b.labels, Annotations: b.annotations},
@@ -67,7 +70,7 @@ func setupGatewayPair(t *testing.T) *gatewayPair {
 	p.eastGW = startGateway(t, p.east, 1, p.pki.issue(t, "east"))
 	p.westGW = startGateway(t, p.west, 2, p.pki.issue(t, "west"))
 	createLink(t, p.west, "east", p.eastGW.inbound)
-	for i, name := range []string{"web", "h2", "echo", "sink", "internal", "platform-only", "west-allowed", "missing"} {
+	for i, name := range []string{"web", "h2", "echo", "sink", "internal", "platform-only", "west-allowed", "missing", "a-mirror"} {
 		allocated := int32(20001 + i)
 		createMirror(t, p.west, "east", "demo", name, []corev1.ServicePort{{Name: "tcp", Port: 80}}, map[string]int32{"tcp": allocated}, p.westGW.ip)
 		p.mirrorAddr[name] = net.JoinHostPort(p.westGW.ip, fmt.Sprint(allocated))
@@ -178,6 +181,7 @@ func TestGatewayTunnels(t *testing.T) {
 	t.Run("a service that is not exported is refused", func(t *testing.T) { refusedThroughTunnel(t, "internal") })
 	t.Run("a service that does not exist is refused", func(t *testing.T) { refusedThroughTunnel(t, "missing") })
 	t.Run("a service whose allowed-clusters excludes the caller is refused", func(t *testing.T) { refusedThroughTunnel(t, "platform-only") })
+	t.Run("a mirror of another cluster's service is refused, exported or not", func(t *testing.T) { refusedThroughTunnel(t, "a-mirror") })
 	t.Run("a service whose allowed-clusters names the caller is reachable", func(t *testing.T) {
 		resp, err := (&http.Client{Timeout: 10 * time.Second}).Get("http://" + p.mirrorAddr["west-allowed"] + "/")
 		if err != nil {
