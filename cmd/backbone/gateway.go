@@ -42,8 +42,16 @@ gracefully.`,
 				return fmt.Errorf("--egress-resolve: %w", err)
 			}
 			opts.Resolve = pins
-			if opts.EgressProbePeriod <= 0 || opts.EgressProbeTimeout <= 0 {
-				return fmt.Errorf("--egress-probe-period and --egress-probe-timeout must be positive")
+			for _, d := range []struct {
+				flag string
+				v    time.Duration
+			}{
+				{"--egress-probe-period", opts.EgressProbePeriod}, {"--egress-probe-timeout", opts.EgressProbeTimeout},
+				{"--drain-timeout", opts.DrainTimeout}, {"--dial-timeout", opts.DialTimeout}, {"--header-timeout", opts.HeaderTimeout},
+			} {
+				if d.v <= 0 {
+					return fmt.Errorf("%s must be positive, not %s", d.flag, d.v)
+				}
 			}
 			cfg, err := root.kube.RESTConfig()
 			if err != nil {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -97,5 +98,21 @@ func TestGlobalFlagsAreParsed(t *testing.T) {
 	}
 	if got, _ := cmd.PersistentFlags().GetString("context"); got != "west" {
 		t.Errorf("--context = %q", got)
+	}
+}
+
+// TestGatewayRefusesNonPositiveDurations: a negative timeout would make
+// every stream's answer watch fire at once, or fail every handshake; the
+// gateway refuses to start, naming the flag, before it touches anything.
+func TestGatewayRefusesNonPositiveDurations(t *testing.T) {
+	for _, flag := range []string{"--dial-timeout", "--header-timeout", "--drain-timeout", "--egress-probe-period", "--egress-probe-timeout"} {
+		cmd := newRootCmd()
+		cmd.SetArgs([]string{"gateway", "--cluster-name", "west", flag, "-1s"})
+		cmd.SetOut(io.Discard)
+		cmd.SetErr(io.Discard)
+		err := cmd.Execute()
+		if err == nil || !strings.Contains(err.Error(), flag+" must be positive") {
+			t.Errorf("%s -1s: %v, want it refused by name", flag, err)
+		}
 	}
 }

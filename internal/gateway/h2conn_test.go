@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 )
@@ -367,5 +368,55 @@ func TestDialForAChangedLinkIsNotPooled(t *testing.T) {
 	pr.mu.Unlock()
 	if n != 0 {
 		t.Fatalf("%d connections pooled on the replaced peer", n)
+	}
+}
+
+// TestBackendResetResetsTheStream: a backend whose connection fails
+// partway through its answer resets the stream: the caller must not take
+// the bytes before the failure for a complete answer.
+func TestBackendResetResetsTheStream(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = l.Close() }()
+	go func() {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		_, _ = c.Write([]byte("partial"))
+		time.Sleep(50 * time.Millisecond)
+		abort(c) // the backend fails mid-answer
+	}()
+	g := &Gateway{metrics: newMetrics(prometheus.NewRegistry()), drain: newDrainTracker()}
+	in := &inboundServer{g: g}
+	s := testH2Server(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		backend, err := net.Dial("tcp", l.Addr().String())
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		in.tunnel(w, r, "west", backend)
+	}))
+	p := newRawPeer(t, s, true)
+	p.connect(1)
+	p.expectStatus(1, "200")
+	var got []byte
+	for {
+		switch f := p.next().(type) {
+		case nil:
+			t.Fatal("the connection ended")
+		case *http2.DataFrame:
+			got = append(got, f.Data()...)
+			if f.StreamEnded() {
+				t.Fatalf("the backend's failure reached the caller as a clean end after %q", got)
+			}
+		case *http2.RSTStreamFrame:
+			if string(got) != "partial" {
+				t.Fatalf("before the reset: %q", got)
+			}
+			return
+		}
 	}
 }

@@ -241,15 +241,23 @@ func (s *inboundServer) tunnel(w http.ResponseWriter, r *http.Request, caller st
 	go func() {
 		n, err := uploadTo(backend, r.Body)
 		m.received.Add(float64(n))
-		closeWrite(backend)
+		if isClosed(err) {
+			closeWrite(backend)
+		} else {
+			abort(backend) // the caller's side failed: no clean end for the backend either
+		}
 		up <- err
 	}()
 	n, downErr := copyFrom(fw, backend)
 	m.sent.Add(float64(n))
-	result := "ok"
 	if !isClosed(downErr) {
-		result = "error"
+		// The backend's connection failed (or the stream did): the
+		// stream is reset, so the caller's application sees the failure
+		// and not a clean end after a cut-off answer.
+		m.ended("error")
+		panic(http.ErrAbortHandler)
 	}
+	result := "ok"
 	select {
 	case err := <-up:
 		if !isClosed(err) {

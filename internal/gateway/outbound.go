@@ -150,9 +150,7 @@ func (g *Gateway) serveOutbound(ctx context.Context, app net.Conn, r route) {
 	if err != nil {
 		g.metrics.streams.WithLabelValues(outbound, r.cluster, "refused").Inc()
 		g.log.Warn("tunnel failed", "peer_cluster", r.cluster, "target", r.authority, "err", err)
-		if tc, ok := app.(*net.TCPConn); ok {
-			_ = tc.SetLinger(0) // reset: the application sees a failed connection, not an empty answer
-		}
+		abort(app) // the application sees a failed connection, not an empty answer
 		return
 	}
 	defer func() { _ = st.Close() }()
@@ -168,8 +166,10 @@ func (g *Gateway) serveOutbound(ctx context.Context, app net.Conn, r route) {
 	_ = st.Down.Close() // ends the stream if it is still open, and its context
 	result := "ok"
 	if !isClosed(err) {
+		// The stream was reset (the backend or the peer gateway failed):
+		// so is the application's connection, not ended as if complete.
 		result = "error"
-		_ = app.Close()
+		abort(app)
 	} else {
 		closeWrite(app) // the remote side is done sending
 	}

@@ -134,6 +134,16 @@ func closeWrite(c net.Conn) {
 	_ = c.Close()
 }
 
+// abort ends c with a reset where it is TCP: the other end sees the
+// connection fail, not a clean end that would pass a cut-off stream for
+// a complete one.
+func abort(c net.Conn) {
+	if tc, ok := c.(*net.TCPConn); ok {
+		_ = tc.SetLinger(0)
+	}
+	_ = c.Close()
+}
+
 func isClosed(err error) bool {
 	return err == nil || errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || errors.Is(err, io.ErrClosedPipe)
 }

@@ -117,7 +117,12 @@ func (o *Originator) Serve(ctx context.Context, client net.Conn, t Target, calle
 			o.access(caller, t, "CONNECT", "", 0, 0, 0, start, err)
 			return err
 		}
+		// The tunnel's end (a reset stream, a closed connection) ends
+		// the upstream connection: half-closed, an upstream that never
+		// answers or closes would hold both, and the stream's slot.
+		stop := context.AfterFunc(ctx, func() { _ = client.Close(); _ = upstream.Close() })
 		in, out := splice(client, upstream)
+		stop()
 		o.access(caller, t, "CONNECT", "", 0, in, out, start, nil)
 		return nil
 	default:

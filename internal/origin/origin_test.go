@@ -188,6 +188,51 @@ func TestTCPTargetPassesBytesAndHalfClose(t *testing.T) {
 	}
 }
 
+// TestTCPTunnelEndsWithItsContext: a tunnel whose stream ended (its
+// context cancelled) ends the upstream connection, even one the upstream
+// holds open in silence after the client's half-close.
+func TestTCPTunnelEndsWithItsContext(t *testing.T) {
+	testenv.RequireNetns(t)
+	l := testenv.ListenNetns(t, 4)
+	release := make(chan struct{})
+	defer close(release)
+	go func() {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		defer func() { _ = c.Close() }()
+		_, _ = io.ReadAll(c) // the client's half-close; then silence
+		<-release
+	}()
+	tg := Target{Name: "db", DNSName: testenv.NetnsAddr(4), Port: int32(l.Addr().(*net.TCPAddr).Port), Protocol: TCP}
+	o := New(nil)
+	clientL := testenv.ListenNetns(t, 5)
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		c, err := clientL.Accept()
+		if err == nil {
+			_ = o.Serve(ctx, c, tg, "test")
+		}
+	}()
+	c, err := net.Dial("tcp", clientL.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = c.Close() }()
+	_, _ = c.Write([]byte("select 1"))
+	_ = c.(*net.TCPConn).CloseWrite()
+	time.Sleep(100 * time.Millisecond) // the half-close crossed
+	cancel()
+	select {
+	case <-served: // Serve returns once both connections are closed
+	case <-time.After(10 * time.Second):
+		t.Fatal("the tunnel outlived its context")
+	}
+}
+
 // TestRedirectsAreNotFollowed: a target that redirects elsewhere gets its
 // redirect passed back to the caller; the gateway never fetches the other
 // host itself, even one it could reach.
