@@ -540,6 +540,18 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 	defer func() { r.writeStatus(ctx, &link, st) }()
 
 	w, err := r.watch(ctx, &link)
+	var unstarted remoteStartError
+	if errors.As(err, &unstarted) {
+		// The credentials parsed; the remote API server refused them or
+		// did not answer. Neither is a reason to change the credentials
+		// when it is the network.
+		r.opts.Metrics.RemoteUp.WithLabelValues(cluster).Set(0)
+		r.opts.Metrics.SyncErrors.WithLabelValues(cluster).Inc()
+		reason, msg := remoteReason(err, cluster)
+		st.set(metav1.ConditionFalse, reason, msg)
+		st.keepSync = true
+		return reconcile.Result{RequeueAfter: 5 * time.Second}, nil
+	}
 	if err != nil {
 		st.set(metav1.ConditionFalse, reasonOf(err), err.Error())
 		r.opts.Metrics.SyncErrors.WithLabelValues(cluster).Inc()
@@ -548,13 +560,8 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 	}
 	if err := w.ping(ctx); err != nil {
 		r.opts.Metrics.RemoteUp.WithLabelValues(cluster).Set(0)
-		if apierrors.IsUnauthorized(err) || apierrors.IsForbidden(err) {
-			st.set(metav1.ConditionFalse, ReasonCredentialsRejected, fmt.Sprintf(
-				"the API server of %s rejects the link's credentials (revoked or expired token, or missing RBAC); mirrors are kept as they are. Rerun `backbone --context %s link --cluster-name %s --create-token` and apply it here: %v",
-				cluster, cluster, cluster, err))
-		} else {
-			st.set(metav1.ConditionFalse, ReasonRemoteUnreachable, fmt.Sprintf("the API server of %s does not answer (mirrors are kept as they are): %v", cluster, err))
-		}
+		reason, msg := remoteReason(err, cluster)
+		st.set(metav1.ConditionFalse, reason, msg)
 		st.keepSync = true
 		return reconcile.Result{RequeueAfter: 5 * time.Second}, nil
 	}
@@ -593,6 +600,25 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 	return reconcile.Result{RequeueAfter: r.opts.Resync}, nil
 }
 
+// remoteStartError: the remote watch did not start, with credentials
+// that parsed.
+type remoteStartError struct{ err error }
+
+func (e remoteStartError) Error() string { return e.err.Error() }
+func (e remoteStartError) Unwrap() error { return e.err }
+
+// remoteReason is the Ready condition's reason and message for a remote
+// API server that failed a request: it rejected the credentials, or it
+// did not answer.
+func remoteReason(err error, cluster string) (string, string) {
+	if apierrors.IsUnauthorized(err) || apierrors.IsForbidden(err) {
+		return ReasonCredentialsRejected, fmt.Sprintf(
+			"the API server of %s rejects the link's credentials (revoked or expired token, or missing RBAC); mirrors are kept as they are. Rerun `backbone --context %s link --cluster-name %s --create-token` and apply it here: %v",
+			cluster, cluster, cluster, err)
+	}
+	return ReasonRemoteUnreachable, fmt.Sprintf("the API server of %s does not answer (mirrors are kept as they are): %v", cluster, err)
+}
+
 func reasonOf(err error) string {
 	if errors.Is(err, linkcreds.ErrInsecure) {
 		return ReasonInsecureCredentials
@@ -626,7 +652,7 @@ func (r *Reconciler) watch(ctx context.Context, link *v1alpha1.Link) (*remoteWat
 		r.services.Add(serviceKey{Link: key, Namespace: namespace, Name: name})
 	})
 	if err != nil {
-		return nil, err
+		return nil, remoteStartError{err}
 	}
 	r.watches[key], r.creds[key] = w, string(raw)
 	return w, nil
