@@ -42,7 +42,11 @@ type LinkSpec struct {
 	// <service>-<targetClusterName>.
 	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=40
+	// Immutable: the mirrors carry it in their names and labels; to link
+	// another cluster, create another Link (this one's mirrors go with
+	// its deletion).
 	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`
+	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="targetClusterName is immutable: create a new Link for another cluster"
 	TargetClusterName string `json:"targetClusterName"`
 
 	// CredentialsSecret holds a kubeconfig (key "kubeconfig", Secret type

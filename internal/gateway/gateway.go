@@ -183,6 +183,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("--inbound-address: %w", err)
 	}
+	defer func() { _ = inL.Close() }() // the inbound server closes it too; this is for the returns before it runs
 	g.lmu.Lock()
 	g.inboundAddr, g.adminAddr = inL.Addr(), adminL.Addr()
 	g.lmu.Unlock()
@@ -190,7 +191,15 @@ func (g *Gateway) Run(ctx context.Context) error {
 	// The watches outlive ctx so draining streams can still be resolved.
 	viewCtx, stopView := context.WithCancel(context.Background())
 	defer stopView()
-	if err := g.view.start(viewCtx); err != nil {
+	// Until the caches synced, a SIGTERM ends the wait: caches that never
+	// sync (RBAC forbidding a list) would hold the process until SIGKILL.
+	stopWaiting := context.AfterFunc(ctx, stopView)
+	err = g.view.start(viewCtx)
+	if !stopWaiting() {
+		g.log.Info("stopped before the local caches synced")
+		return nil
+	}
+	if err != nil {
 		return err
 	}
 	inbound, err := newInboundServer(g)

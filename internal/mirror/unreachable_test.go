@@ -2,6 +2,7 @@ package mirror_test
 
 import (
 	"net/url"
+	"strings"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
@@ -57,4 +58,17 @@ func TestRemoteDownAtStartIsNotACredentialsProblem(t *testing.T) {
 		c := linkReady(west, "east")
 		return c != nil && c.Reason == mirror.ReasonSynced
 	})
+}
+
+// TestLinkTargetIsImmutable: the API server refuses to point a Link at
+// another cluster; the mirrors of the first are named after it and would
+// be left behind by a Link that no longer selects them.
+func TestLinkTargetIsImmutable(t *testing.T) {
+	west := testenv.Start(t, "west")["west"]
+	link := createLink(t, west, "east", []byte("unused"))
+	link.Spec.TargetClusterName = "north"
+	err := west.Client.Update(bg, link)
+	if err == nil || !strings.Contains(err.Error(), "targetClusterName is immutable") {
+		t.Fatalf("retargeting a Link: %v, want it refused as immutable", err)
+	}
 }
