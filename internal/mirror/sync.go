@@ -2,10 +2,13 @@ package mirror
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
 	"strconv"
+	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -365,8 +368,13 @@ func (r *Reconciler) writeOwn(ctx context.Context, o client.Object, kind, verb s
 }
 
 // apply executes a plan: namespaces, then Services, then slices; deletes
-// last. Within a phase the writes run in parallel (bounded); the first
-// error stops the phase and the Link is retried.
+// last. Within a phase the writes run in parallel (bounded). A write the
+// API server rejects for its object (invalid, denied by a quota or a
+// webhook, a conflict) fails that object only: the other mirrors'
+// writes, and the later phases, go on — one mirror the API server will
+// never take must not keep every other mirror of the Link from following
+// its gateway's addresses or readiness. Any other error (the API server
+// away) stops the plan; the Link is retried either way.
 func (r *Reconciler) apply(ctx context.Context, p *Plan) error {
 	for _, ns := range p.Namespaces {
 		err := r.client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns, Labels: map[string]string{v1alpha1.ManagedByLabel: v1alpha1.ManagedByValue}}})
@@ -420,35 +428,88 @@ func (r *Reconciler) apply(ctx context.Context, p *Plan) error {
 			})
 		},
 	}
+	var rejected []error
 	for _, phase := range phases {
-		if err := phase(); err != nil {
+		err := phase()
+		var rej rejectedWrites
+		if errors.As(err, &rej) {
+			rejected = append(rejected, rej...)
+			continue
+		}
+		if err != nil {
 			return err
 		}
 	}
+	if len(rejected) > 0 {
+		return rejectedWrites(rejected)
+	}
 	return nil
+}
+
+// rejectedWrites are writes the API server refused for their objects.
+type rejectedWrites []error
+
+func (r rejectedWrites) Error() string {
+	const shown = 3
+	msgs := make([]string, 0, shown+1)
+	for i, err := range r {
+		if i == shown {
+			msgs = append(msgs, fmt.Sprintf("and %d more", len(r)-shown))
+			break
+		}
+		msgs = append(msgs, err.Error())
+	}
+	return fmt.Sprintf("the API server refused %d mirror writes: %s", len(r), strings.Join(msgs, "; "))
+}
+
+// rejectedForTheObject says whether the API server refused a write for
+// what the object is or where it goes, rather than failing to answer.
+func rejectedForTheObject(err error) bool {
+	return apierrors.IsInvalid(err) || apierrors.IsForbidden(err) || apierrors.IsBadRequest(err) ||
+		apierrors.IsConflict(err) || apierrors.IsAlreadyExists(err) || apierrors.IsNotFound(err) ||
+		apierrors.IsRequestEntityTooLargeError(err)
 }
 
 // parallel runs f on every item with at most n in flight. Items written
 // are dropped from items as they go (zeroed), so that a first sync of
 // thousands of mirrors does not hold every object it wrote beside the
 // cache's own copies until the last write: the plan is spent by apply.
+// Writes the API server rejected for their objects are returned as
+// rejectedWrites once every item was tried; any other error stops the
+// rest at once.
 func parallel[T any](ctx context.Context, n int, items []T, f func(context.Context, T) error) error {
 	if len(items) == 0 {
 		return nil
 	}
 	g, ctx := errgroup.WithContext(ctx)
 	g.SetLimit(n)
+	var (
+		mu       sync.Mutex
+		rejected rejectedWrites
+	)
 	for i, it := range items {
 		g.Go(func() error {
 			if err := f(ctx, it); err != nil {
-				return err
+				if !rejectedForTheObject(err) {
+					return err
+				}
+				mu.Lock()
+				rejected = append(rejected, err)
+				mu.Unlock()
+				return nil
 			}
 			var zero T
 			items[i] = zero
 			return nil
 		})
 	}
-	return g.Wait()
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	if len(rejected) > 0 {
+		return rejected
+	}
+	return nil
 }
 
 func ignoreExists(err error) error {

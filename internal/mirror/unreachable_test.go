@@ -6,7 +6,11 @@ import (
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
 
+	"github.com/backbone-mesh/backbone/api/v1alpha1"
 	"github.com/backbone-mesh/backbone/internal/faultproxy"
 	"github.com/backbone-mesh/backbone/internal/mirror"
 	"github.com/backbone-mesh/backbone/internal/testenv"
@@ -70,5 +74,54 @@ func TestLinkTargetIsImmutable(t *testing.T) {
 	err := west.Client.Update(bg, link)
 	if err == nil || !strings.Contains(err.Error(), "targetClusterName is immutable") {
 		t.Fatalf("retargeting a Link: %v, want it refused as immutable", err)
+	}
+}
+
+// TestARefusedMirrorDoesNotHoldTheOthers: one mirror the API server will
+// never take (here a per-pod mirror of a headless Service without ports,
+// a ClusterIP Service with no port) fails alone: the Link's other
+// mirrors still follow the gateway's addresses.
+func TestARefusedMirrorDoesNotHoldTheOthers(t *testing.T) {
+	clusters := testenv.Start(t, "east", "west")
+	east, west := clusters["east"], clusters["west"]
+	for _, c := range []*testenv.Cluster{east, west} {
+		if err := c.CreateNamespace("shop"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	registerGateway(t, west, "192.0.2.2")
+	createLink(t, west, "east", linkReaderKubeconfig(t, east, east.Config.Host))
+	runController(t, west)
+	if err := east.Client.Create(bg, service("shop", "good", exported(), 80)); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "good-east has its slice", func() bool { _, ok := get(west, "shop", "good-east", &discoveryv1.EndpointSlice{}); return ok })
+	bad := service("shop", "bad", exported())
+	bad.Spec.ClusterIP = corev1.ClusterIPNone
+	if err := east.Client.Create(bg, bad); err != nil {
+		t.Fatal(err)
+	}
+	if err := east.Client.Create(bg, &discoveryv1.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Namespace: "shop", Name: "bad-pods", Labels: map[string]string{discoveryv1.LabelServiceName: "bad", corev1.IsHeadlessService: ""}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{"10.9.0.10"}, Hostname: ptr.To("bad-0")}},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the Link reports the refused mirror", func() bool {
+		c := linkReady(west, "east")
+		return c != nil && c.Reason != mirror.ReasonSynced
+	})
+	gw, _ := get(west, v1alpha1.SystemNamespace, "backbone-gateway-1", &discoveryv1.EndpointSlice{})
+	gw.Endpoints = append(gw.Endpoints, discoveryv1.Endpoint{Addresses: []string{"192.0.2.3"}, Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(true)}})
+	if err := west.Client.Update(bg, gw); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "good-east follows the gateway's new address", func() bool {
+		s, _ := get(west, "shop", "good-east", &discoveryv1.EndpointSlice{})
+		return len(s.Endpoints) == 2
+	})
+	if c := linkReady(west, "east"); c == nil || !strings.Contains(c.Message, "bad") {
+		t.Errorf("the Link's Ready does not name the refused mirror: %+v", c)
 	}
 }
