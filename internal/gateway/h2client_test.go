@@ -124,6 +124,15 @@ func expect[T http2.Frame](s *rawServer, what string, match func(T) bool) T {
 	}
 }
 
+// expectReset reads until the RST_STREAM of stream id and checks its code.
+func (s *rawServer) expectReset(id uint32, code http2.ErrCode) {
+	s.t.Helper()
+	rst := expect(s, "RST_STREAM", func(r *http2.RSTStreamFrame) bool { return r.StreamID == id })
+	if rst.ErrCode != code {
+		s.t.Fatalf("RST_STREAM %v, want %v", rst.ErrCode, code)
+	}
+}
+
 // respond sends a response header block.
 func (s *rawServer) respond(id uint32, status string, end bool) {
 	s.t.Helper()
@@ -201,10 +210,7 @@ func TestH2ClientFollowsThePeer(t *testing.T) {
 		}
 		s.c.finishStream(second)
 		s.c.finishStream(first) // our side never ended: a RST_STREAM (CANCEL) ends it
-		rst := expect(s, "RST_STREAM", func(r *http2.RSTStreamFrame) bool { return r.StreamID == first.id })
-		if rst.ErrCode != http2.ErrCodeCancel {
-			t.Fatalf("RST_STREAM %v, want CANCEL", rst.ErrCode)
-		}
+		s.expectReset(first.id, http2.ErrCodeCancel)
 		if f := s.next(); f != nil {
 			t.Fatalf("the connection stayed open after its last stream: %v", f)
 		}
@@ -232,10 +238,7 @@ func TestH2ClientFollowsThePeer(t *testing.T) {
 		s := newRawServer(t)
 		st := s.open()
 		_ = s.fr.WriteData(st.id, false, []byte("early"))
-		rst := expect(s, "RST_STREAM", func(r *http2.RSTStreamFrame) bool { return r.StreamID == st.id })
-		if rst.ErrCode != http2.ErrCodeProtocol {
-			t.Fatalf("RST_STREAM %v, want PROTOCOL_ERROR", rst.ErrCode)
-		}
+		s.expectReset(st.id, http2.ErrCodeProtocol)
 		if err := answer(t, st); err == nil {
 			t.Fatal("a stream answered with DATA first was taken as answered")
 		}
@@ -250,10 +253,7 @@ func TestH2ClientFollowsThePeer(t *testing.T) {
 		if err := answer(t, st); err != nil || st.status != 200 {
 			t.Fatalf("answer: %v, status %d; want 200", err, st.status)
 		}
-		rst := expect(s, "RST_STREAM", func(r *http2.RSTStreamFrame) bool { return r.StreamID == bad.id })
-		if rst.ErrCode != http2.ErrCodeProtocol {
-			t.Fatalf("RST_STREAM %v, want PROTOCOL_ERROR", rst.ErrCode)
-		}
+		s.expectReset(bad.id, http2.ErrCodeProtocol)
 		if err := answer(t, bad); err == nil {
 			t.Fatal("a malformed answer was taken")
 		}

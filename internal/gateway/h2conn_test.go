@@ -210,10 +210,7 @@ func TestH2ClientRefusesWhatTheProtocolForbids(t *testing.T) {
 			s := newRawServer(t)
 			st := s.open()
 			s.respondWith(st.id, tc.fields[1], false, tc.fields[2:]...)
-			rst := expect(s, "RST_STREAM", func(r *http2.RSTStreamFrame) bool { return r.StreamID == st.id })
-			if rst.ErrCode != http2.ErrCodeProtocol {
-				t.Fatalf("RST_STREAM %v, want PROTOCOL_ERROR", rst.ErrCode)
-			}
+			s.expectReset(st.id, http2.ErrCodeProtocol)
 			if err := answer(t, st); err == nil {
 				t.Fatal("a malformed answer was taken")
 			}
@@ -226,10 +223,7 @@ func TestH2ClientRefusesWhatTheProtocolForbids(t *testing.T) {
 		s.respond(st.id, "200", false)
 		_ = s.fr.WriteData(st.id, true, []byte("done"))
 		s.respondWith(st.id, "200", true) // a second block: trailers, after the end
-		rst := expect(s, "RST_STREAM", func(r *http2.RSTStreamFrame) bool { return r.StreamID == st.id })
-		if rst.ErrCode != http2.ErrCodeStreamClosed {
-			t.Fatalf("RST_STREAM %v, want STREAM_CLOSED", rst.ErrCode)
-		}
+		s.expectReset(st.id, http2.ErrCodeStreamClosed)
 		if b, err := io.ReadAll(&h2Body{st: st}); string(b) != "done" || err != nil {
 			t.Fatalf("the complete answer read as %q, %v", b, err)
 		}
@@ -311,10 +305,7 @@ func TestAnswerReadingEndsWithItsContext(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the answer's reading outlived its context")
 	}
-	rst := expect(s, "RST_STREAM", func(r *http2.RSTStreamFrame) bool { return r.StreamID == h.StreamID })
-	if rst.ErrCode != http2.ErrCodeCancel {
-		t.Fatalf("RST_STREAM %v, want CANCEL", rst.ErrCode)
-	}
+	s.expectReset(h.StreamID, http2.ErrCodeCancel)
 }
 
 // TestCloseWhenIdleLetsADrainingPeerFinish: a connection taken out of

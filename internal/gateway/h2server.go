@@ -1167,7 +1167,9 @@ func (c *h2Conn) close() {
 		if st.reset == nil {
 			// Its reads and writes fail but for an answer that arrived
 			// in full: that stays readable. No window is owed any more.
+			// abortLocked cancels and wakes it too.
 			_ = c.abortLocked(st, errConnClosed)
+			continue
 		}
 		st.cancel()
 		st.wakeLocked()

@@ -89,6 +89,38 @@ func createLink(t *testing.T, in *testenv.Cluster, target string, kubeconfig []b
 	return link
 }
 
+// linkedClusters starts east and west with namespace ns in both and a
+// gateway endpoint in west, as most mirroring tests begin.
+func linkedClusters(t *testing.T, ns string) (east, west *testenv.Cluster) {
+	t.Helper()
+	clusters := testenv.Start(t, "east", "west")
+	east, west = clusters["east"], clusters["west"]
+	for _, c := range []*testenv.Cluster{east, west} {
+		if err := c.CreateNamespace(ns); err != nil {
+			t.Fatal(err)
+		}
+	}
+	registerGateway(t, west, "192.0.2.2")
+	return east, west
+}
+
+// linkThroughProxy links west to east through a fault proxy in front of
+// east's API server, and returns the proxy.
+func linkThroughProxy(t *testing.T, east, west *testenv.Cluster) *faultproxy.Proxy {
+	t.Helper()
+	apiURL, err := url.Parse(east.Config.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy, err := faultproxy.New("127.0.0.1:0", apiURL.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = proxy.Close() })
+	createLink(t, west, "east", linkReaderKubeconfig(t, east, "https://"+proxy.Addr()))
+	return proxy
+}
+
 // registerGateway gives the cluster a gateway endpoint, which every
 // mirror's EndpointSlice copies.
 func registerGateway(t *testing.T, c *testenv.Cluster, ip string) {
@@ -166,24 +198,8 @@ func linkReady(c *testenv.Cluster, name string) *metav1.Condition {
 func exported() map[string]string { return map[string]string{v1alpha1.ExportedLabel: "true"} }
 
 func TestMirroringFollowsTheRemoteCluster(t *testing.T) {
-	clusters := testenv.Start(t, "east", "west")
-	east, west := clusters["east"], clusters["west"]
-	for _, c := range []*testenv.Cluster{east, west} {
-		if err := c.CreateNamespace("shop"); err != nil {
-			t.Fatal(err)
-		}
-	}
-	registerGateway(t, west, "192.0.2.2")
-	apiURL, err := url.Parse(east.Config.Host)
-	if err != nil {
-		t.Fatal(err)
-	}
-	proxy, err := faultproxy.New("127.0.0.1:0", apiURL.Host)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = proxy.Close() }()
-	createLink(t, west, "east", linkReaderKubeconfig(t, east, "https://"+proxy.Addr()))
+	east, west := linkedClusters(t, "shop")
+	proxy := linkThroughProxy(t, east, west)
 	stop := runController(t, west)
 	parent := t // controllers restarted in subtests live as long as the test
 
@@ -443,14 +459,7 @@ current-context: east
 // (its ServiceAccount deleted): the Link says the credentials are
 // rejected, and the mirrors stay exactly as they were.
 func TestRevokedCredentialsKeepMirrors(t *testing.T) {
-	clusters := testenv.Start(t, "east", "west")
-	east, west := clusters["east"], clusters["west"]
-	for _, c := range []*testenv.Cluster{east, west} {
-		if err := c.CreateNamespace("shop"); err != nil {
-			t.Fatal(err)
-		}
-	}
-	registerGateway(t, west, "192.0.2.2")
+	east, west := linkedClusters(t, "shop")
 	if err := east.Client.Create(bg, service("shop", "cart", exported(), 8080)); err != nil {
 		t.Fatal(err)
 	}
@@ -481,14 +490,7 @@ func TestRevokedCredentialsKeepMirrors(t *testing.T) {
 // the leader stops and the other takes over the Lease. No mirror is
 // deleted, recreated or rewritten on the way.
 func TestLeaderSwitchRewritesNothing(t *testing.T) {
-	clusters := testenv.Start(t, "east", "west")
-	east, west := clusters["east"], clusters["west"]
-	for _, c := range []*testenv.Cluster{east, west} {
-		if err := c.CreateNamespace("shop"); err != nil {
-			t.Fatal(err)
-		}
-	}
-	registerGateway(t, west, "192.0.2.2")
+	east, west := linkedClusters(t, "shop")
 	for _, name := range []string{"cart", "orders", "payments"} {
 		if err := east.Client.Create(bg, service("shop", name, exported(), 8080, 9090)); err != nil {
 			t.Fatal(err)

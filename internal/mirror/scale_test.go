@@ -3,7 +3,6 @@ package mirror_test
 import (
 	"context"
 	"fmt"
-	"net/url"
 	"os"
 	"slices"
 	"strconv"
@@ -19,7 +18,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/backbone-mesh/backbone/api/v1alpha1"
-	"github.com/backbone-mesh/backbone/internal/faultproxy"
 	"github.com/backbone-mesh/backbone/internal/mirror"
 	"github.com/backbone-mesh/backbone/internal/testenv"
 )
@@ -47,26 +45,10 @@ func TestLargeSyncSurvivesRemoteOutage(t *testing.T) {
 	if v, err := strconv.Atoi(os.Getenv("BACKBONE_MIRROR_SERVICES")); err == nil && v > 0 {
 		n = v
 	}
-	clusters := testenv.Start(t, "east", "west")
-	east, west := clusters["east"], clusters["west"]
-	for _, c := range []*testenv.Cluster{east, west} {
-		if err := c.CreateNamespace("bulk"); err != nil {
-			t.Fatal(err)
-		}
-	}
-	registerGateway(t, west, "192.0.2.2")
+	east, west := linkedClusters(t, "bulk")
 	createServices(t, east, n)
 
-	apiURL, err := url.Parse(east.Config.Host)
-	if err != nil {
-		t.Fatal(err)
-	}
-	proxy, err := faultproxy.New("127.0.0.1:0", apiURL.Host)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = proxy.Close() }()
-	createLink(t, west, "east", linkReaderKubeconfig(t, east, "https://"+proxy.Addr()))
+	proxy := linkThroughProxy(t, east, west)
 	start := time.Now()
 	runController(t, west)
 

@@ -1,7 +1,6 @@
 package mirror_test
 
 import (
-	"net/url"
 	"strings"
 	"testing"
 
@@ -11,7 +10,6 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/backbone-mesh/backbone/api/v1alpha1"
-	"github.com/backbone-mesh/backbone/internal/faultproxy"
 	"github.com/backbone-mesh/backbone/internal/mirror"
 	"github.com/backbone-mesh/backbone/internal/testenv"
 )
@@ -22,21 +20,8 @@ import (
 // credentials that are fine — keeps the mirrors, and syncs when it is
 // back.
 func TestRemoteDownAtStartIsNotACredentialsProblem(t *testing.T) {
-	clusters := testenv.Start(t, "east", "west")
-	east, west := clusters["east"], clusters["west"]
-	for _, c := range []*testenv.Cluster{east, west} {
-		if err := c.CreateNamespace("shop"); err != nil {
-			t.Fatal(err)
-		}
-	}
-	registerGateway(t, west, "192.0.2.2")
-	apiURL, _ := url.Parse(east.Config.Host)
-	proxy, err := faultproxy.New("127.0.0.1:0", apiURL.Host)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = proxy.Close() }()
-	createLink(t, west, "east", linkReaderKubeconfig(t, east, "https://"+proxy.Addr()))
+	east, west := linkedClusters(t, "shop")
+	proxy := linkThroughProxy(t, east, west)
 	if err := east.Client.Create(bg, service("shop", "orders", exported(), 80)); err != nil {
 		t.Fatal(err)
 	}
@@ -82,14 +67,7 @@ func TestLinkTargetIsImmutable(t *testing.T) {
 // a ClusterIP Service with no port) fails alone: the Link's other
 // mirrors still follow the gateway's addresses.
 func TestARefusedMirrorDoesNotHoldTheOthers(t *testing.T) {
-	clusters := testenv.Start(t, "east", "west")
-	east, west := clusters["east"], clusters["west"]
-	for _, c := range []*testenv.Cluster{east, west} {
-		if err := c.CreateNamespace("shop"); err != nil {
-			t.Fatal(err)
-		}
-	}
-	registerGateway(t, west, "192.0.2.2")
+	east, west := linkedClusters(t, "shop")
 	createLink(t, west, "east", linkReaderKubeconfig(t, east, east.Config.Host))
 	runController(t, west)
 	if err := east.Client.Create(bg, service("shop", "good", exported(), 80)); err != nil {
