@@ -38,8 +38,10 @@ const benchTrustDomain = "bench.backbone.test"
 // the data path is measured alone). The WAN variant is a second link to
 // east's gateway through a latency-injecting proxy. The second path is
 // the same but for the answering gateway, a second one of east running
-// net/http's HTTP/2 server (--inbound-server=net/http).
-func backbonePaths(ctx context.Context, dir, httpBackend, sinkBackend string, wan time.Duration) ([]*path, error) {
+// net/http's HTTP/2 server (--inbound-server=net/http). With a baseline
+// binary, a third path is a pair of gateways of that build, one in each
+// cluster, with its own Link and mirrors.
+func backbonePaths(ctx context.Context, dir, httpBackend, sinkBackend string, wan time.Duration, baseline string) ([]*path, error) {
 	if !testenv.InNetns() {
 		return nil, errors.New("backbone's path needs the private network namespace (run the bench as root)")
 	}
@@ -82,22 +84,35 @@ func backbonePaths(ctx context.Context, dir, httpBackend, sinkBackend string, wa
 	// server: the same tunnels through the same west gateway, to compare
 	// the inbound servers in one run.
 	eastIP, westIP, east2IP := testenv.NetnsAddr(1), testenv.NetnsAddr(2), testenv.NetnsAddr(3)
-	var pids []int
-	for _, g := range []struct {
+	eastBaseIP, westBaseIP := testenv.NetnsAddr(4), testenv.NetnsAddr(5)
+	type gw struct {
 		c             *testenv.Cluster
 		ip, inbound   string
 		name          string
 		issueIdentity bool
-	}{{east, eastIP, gateway.InboundServerBackbone, "east", true}, {west, westIP, gateway.InboundServerBackbone, "west", true}, {east, east2IP, gateway.InboundServerNetHTTP, "east2", false}} {
+		bin           string
+	}
+	gws := []gw{{east, eastIP, gateway.InboundServerBackbone, "east", true, bin}, {west, westIP, gateway.InboundServerBackbone, "west", true, bin}, {east, east2IP, gateway.InboundServerNetHTTP, "east2", false, bin}}
+	if baseline != "" {
+		// The baseline's --inbound-server is left at its default: a
+		// build from before the flag has none.
+		gws = append(gws, gw{east, eastBaseIP, "", "east-baseline", false, baseline}, gw{west, westBaseIP, "", "west-baseline", false, baseline})
+	}
+	var pids []int
+	for _, g := range gws {
 		id := filepath.Join(dir, "identity-"+g.c.Name)
 		if g.issueIdentity {
 			if id, err = issueIdentity(g.c.Name); err != nil {
 				return fail(err)
 			}
 		}
-		cmd := exec.Command(bin, "gateway", "--kubeconfig", g.c.Kubeconfig, "--cluster-name", g.c.Name,
-			"--identity-dir", id, "--inbound-address", net.JoinHostPort(g.ip, "4143"), "--inbound-server", g.inbound,
-			"--outbound-bind-ip", g.ip, "--admin-address", net.JoinHostPort(g.ip, "9990"), "--log-level", "warn")
+		args := []string{"gateway", "--kubeconfig", g.c.Kubeconfig, "--cluster-name", g.c.Name,
+			"--identity-dir", id, "--inbound-address", net.JoinHostPort(g.ip, "4143"),
+			"--outbound-bind-ip", g.ip, "--admin-address", net.JoinHostPort(g.ip, "9990"), "--log-level", "warn"}
+		if g.inbound != "" {
+			args = append(args, "--inbound-server", g.inbound)
+		}
+		cmd := exec.Command(g.bin, args...)
 		logf, err := os.Create(filepath.Join(dir, "gateway-"+g.name+".log"))
 		if err != nil {
 			return fail(err)
@@ -140,6 +155,14 @@ func backbonePaths(ctx context.Context, dir, httpBackend, sinkBackend string, wa
 		remote, from string
 		port         int32
 	}{{"web", "east", 20001}, {"sink", "east", 20002}, {"web", "east-wan", 20003}, {"web", "east-nethttp", 20011}, {"sink", "east-nethttp", 20012}}
+	if baseline != "" {
+		if err := createLink(ctx, west.Client, "east-baseline", eastBaseIP, 4143, eastID); err != nil {
+			return fail(err)
+		}
+		mirrors = append(mirrors, mirrors[0], mirrors[1])
+		mirrors[len(mirrors)-2].from, mirrors[len(mirrors)-2].port = "east-baseline", 20021
+		mirrors[len(mirrors)-1].from, mirrors[len(mirrors)-1].port = "east-baseline", 20022
+	}
 	for _, m := range mirrors {
 		if err := createMirror(ctx, west.Client, m.from, m.remote, m.port, westIP); err != nil {
 			return fail(err)
@@ -168,9 +191,19 @@ func backbonePaths(ctx context.Context, dir, httpBackend, sinkBackend string, wa
 		name: "backbone, net/http inbound", httpAddr: addr(20011), bulkAddr: addr(20012),
 		pids: []int{pids[2], pids[1]}, stop: func() {},
 	}
+	paths := []*path{p, nethttp}
+	if baseline != "" {
+		baseAddr := func(port int) string { return net.JoinHostPort(westBaseIP, strconv.Itoa(port)) }
+		paths = append(paths, &path{name: "backbone, baseline", httpAddr: baseAddr(20021), bulkAddr: baseAddr(20022),
+			pids: pids[3:5], stop: func() {}})
+	}
 	// Wait for the listeners, and warm the pooled tunnels: a pod's first
 	// connection after the gateway starts pays the handshake once.
-	for _, a := range []string{p.httpAddr, p.wanAddr, nethttp.httpAddr} {
+	addrs := []string{p.wanAddr}
+	for _, q := range paths {
+		addrs = append(addrs, q.httpAddr)
+	}
+	for _, a := range addrs {
 		var err error
 		for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
 			if err = get(nil, "http://"+a+"/"); err == nil {
@@ -181,7 +214,7 @@ func backbonePaths(ctx context.Context, dir, httpBackend, sinkBackend string, wa
 			return fail(fmt.Errorf("backbone's path %s does not answer: %w", a, err))
 		}
 	}
-	return []*path{p, nethttp}, nil
+	return paths, nil
 }
 
 // exportService exports a backend from a cluster, as a Deployment and

@@ -40,6 +40,10 @@ type options struct {
 	bulkBytes int64
 	sections  map[string]bool
 	perfDir   string // profiles of the proxies under load, if set
+	// baseline is a backbone binary built from another commit: its own
+	// pair of gateways joins the paths, so a change is measured against
+	// the code before it in the same run, apart from the machine's state.
+	baseline string
 	// Mirroring at scale.
 	mirrorSizes []int
 	// mirrorHeadless are sizes mirrored again with headless Services.
@@ -116,6 +120,7 @@ func main() {
 	flag.StringVar(&peers, "peers", "nginx,haproxy", "peers to compare with (nginx, haproxy)")
 	flag.DurationVar(&o.wanOneWay, "wan-latency", 30*time.Millisecond, "one-way latency between the clusters for the new-connection test")
 	flag.Int64Var(&o.bulkBytes, "bulk-bytes", 1<<30, "bytes of the single-stream bulk transfer")
+	flag.StringVar(&o.baseline, "baseline", "", "a backbone binary built from another commit (git worktree add /tmp/base REF && cd /tmp/base && go build -o /tmp/backbone-base ./cmd/backbone): its own pair of gateways is measured as the path \"backbone, baseline\", in turns with the others")
 	flag.StringVar(&o.perfDir, "perf-dir", "", "record perf profiles of the proxies during saturation and the single-stream bulk transfer into this directory (perturbs the figures: a diagnostic, not a measurement)")
 	flag.StringVar(&sections, "sections", "paths,mirroring,apiserver", "what to measure: paths (latency, throughput, new connections against the peers), mirroring (at scale), apiserver (what an API server alone accepts: the floor under mirroring's first sync)")
 	flag.StringVar(&sizes, "mirror-services", "1000,5000,10000", "numbers of exported services to mirror")
@@ -241,7 +246,7 @@ func measurePaths(ctx context.Context, dir string, o options, r *report) error {
 		defer p.stop()
 		paths = append(paths, p)
 	}
-	bb, err := backbonePaths(ctx, dir, httpL.Addr().String(), sinkL.Addr().String(), o.wanOneWay)
+	bb, err := backbonePaths(ctx, dir, httpL.Addr().String(), sinkL.Addr().String(), o.wanOneWay, o.baseline)
 	if err != nil {
 		log.Printf("backbone's path is not measured: %v", err)
 	} else {
