@@ -60,7 +60,7 @@ func (g *Gateway) syncEgressListeners(ctx context.Context) error {
 	if err := g.view.cache.List(ctx, &svcs, client.HasLabels{egressTargetLabel}); err != nil {
 		return err
 	}
-	want := map[int32]types.NamespacedName{}
+	claimed := claims[struct{}]{}
 	for _, svc := range svcs.Items {
 		port, err := strconv.Atoi(svc.Annotations[egressPortAnnotation])
 		if err != nil || port < 1 || port > 65535 {
@@ -69,15 +69,24 @@ func (g *Gateway) syncEgressListeners(ctx context.Context) error {
 		if _, ok, err := g.egressTarget(ctx, &svc); !ok || err != nil {
 			continue
 		}
-		want[int32(port)] = types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}
+		claimed.add(int32(port), types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}, svc.CreationTimestamp.Time, struct{}{})
 	}
 	g.lmu.Lock()
 	defer g.lmu.Unlock()
 	if g.draining.Load() {
 		return nil
 	}
+	want, conflicts := claimed.resolve(func(port int32) (types.NamespacedName, bool) {
+		l, ok := g.egressListeners[port]
+		if !ok {
+			return types.NamespacedName{}, false
+		}
+		return l.service, true
+	})
+	g.reportConflicts("egress", conflicts)
 	var errs []error
-	for port, svc := range want {
+	for port, c := range want {
+		svc := c.owner
 		if l, ok := g.egressListeners[port]; ok && l.service == svc {
 			continue
 		} else if ok {

@@ -85,8 +85,10 @@ type Gateway struct {
 	lmu             sync.Mutex
 	listeners       map[int32]*listener
 	egressListeners map[int32]*egressListener
-	inboundAddr     net.Addr
-	adminAddr       net.Addr
+	// conflicts are the port conflicts logged, by kind of listener.
+	conflicts   map[string]map[string]bool
+	inboundAddr net.Addr
+	adminAddr   net.Addr
 }
 
 // New loads the identity and prepares a gateway for cfg's cluster.
@@ -135,6 +137,7 @@ func New(cfg *rest.Config, opts Options, log *slog.Logger) (*Gateway, error) {
 		drain:           newDrainTracker(),
 		listeners:       map[int32]*listener{},
 		egressListeners: map[int32]*egressListener{},
+		conflicts:       map[string]map[string]bool{},
 	}
 	g.prober = newEgressProber(g)
 	return g, nil

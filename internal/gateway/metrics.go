@@ -29,6 +29,9 @@ type metrics struct {
 	dialErrors    *prometheus.CounterVec
 	denied        *prometheus.CounterVec
 	listeners     prometheus.Gauge
+	// portConflicts counts the claims on a port passed over, by kind of
+	// listener (outbound, egress): two constant series.
+	portConflicts *prometheus.GaugeVec
 	// The egress probe's series: target is an EgressTarget this gateway
 	// serves (namespace/name), a bounded set.
 	egressProbe *prometheus.HistogramVec
@@ -121,6 +124,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		listeners: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "backbone_gateway_outbound_listeners", Help: "Ports the gateway listens on for mirrored services.",
 		}),
+		portConflicts: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "backbone_gateway_port_conflicts", Help: "Objects claiming a listener port another object is served on (an EndpointSlice or Service written outside the controller), by kind of listener.",
+		}, []string{"listeners"}),
 		egressProbe: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "backbone_egress_probe_duration_seconds",
 			Help:    "Time of a TLS handshake plus a request of the probe path to an egress target (a connect, or a connect and handshake, for tcp and tls targets), from this gateway.",
@@ -136,7 +142,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}, []string{"version", "commit", "go_version"})
 	info := version.Get()
 	build.WithLabelValues(info.Version, info.GitCommit, info.GoVersion).Set(1)
-	reg.MustRegister(m.streams, m.activeStreams, m.bytes, m.duration, m.connections, m.dialErrors, m.denied, m.listeners, m.egressProbe, m.egressUp, build,
+	reg.MustRegister(m.streams, m.activeStreams, m.bytes, m.duration, m.connections, m.dialErrors, m.denied, m.listeners, m.portConflicts, m.egressProbe, m.egressUp, build,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

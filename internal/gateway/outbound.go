@@ -24,13 +24,14 @@ type route struct {
 
 // desiredRoutes reads the mirrors' EndpointSlices: every port of a slice
 // managed by backbone is a gateway port allocated to a mirror Service port,
-// and leads to the remote service that mirror stands for.
-func (g *Gateway) desiredRoutes(ctx context.Context) (map[int32]route, error) {
+// and leads to the remote service that mirror stands for. A port two
+// slices claim is resolved by syncListeners.
+func (g *Gateway) desiredRoutes(ctx context.Context) (claims[route], error) {
 	var slices discoveryv1.EndpointSliceList
 	if err := g.view.cache.List(ctx, &slices, client.MatchingLabels{discoveryv1.LabelManagedBy: v1alpha1.EndpointSliceManagedBy}); err != nil {
 		return nil, err
 	}
-	routes := map[int32]route{}
+	routes := claims[route]{}
 	for _, sl := range slices.Items {
 		if sl.Labels[v1alpha1.HeadlessMirrorLabel] == "true" {
 			continue // its endpoints are per-pod mirrors, which have their own ports
@@ -45,6 +46,7 @@ func (g *Gateway) desiredRoutes(ctx context.Context) (map[int32]route, error) {
 		if cluster == "" || remote == "" {
 			continue
 		}
+		owner := types.NamespacedName{Namespace: sl.Namespace, Name: sl.Name}
 		for _, p := range sl.Ports {
 			if p.Port == nil {
 				continue
@@ -54,7 +56,7 @@ func (g *Gateway) desiredRoutes(ctx context.Context) (map[int32]route, error) {
 					continue
 				}
 				a := Authority{Hostname: svc.Annotations[v1alpha1.RemoteHostnameAnnotation], Service: remote, Namespace: svc.Namespace, Port: sp.Port}
-				routes[*p.Port] = route{cluster: cluster, authority: a.String()}
+				routes.add(*p.Port, owner, sl.CreationTimestamp.Time, route{cluster: cluster, authority: a.String()})
 			}
 		}
 	}
@@ -64,6 +66,7 @@ func (g *Gateway) desiredRoutes(ctx context.Context) (map[int32]route, error) {
 // listener is one outbound port.
 type listener struct {
 	l     net.Listener
+	owner types.NamespacedName // the EndpointSlice it serves
 	mu    sync.RWMutex
 	route route
 }
@@ -86,7 +89,7 @@ func (g *Gateway) syncListeners(ctx context.Context) error {
 		g.log.Warn("egress listeners", "err", err)
 	}
 
-	routes, err := g.desiredRoutes(ctx)
+	claimed, err := g.desiredRoutes(ctx)
 	if err != nil {
 		return err
 	}
@@ -95,11 +98,20 @@ func (g *Gateway) syncListeners(ctx context.Context) error {
 	if g.draining.Load() {
 		return nil
 	}
+	routes, conflicts := claimed.resolve(func(port int32) (types.NamespacedName, bool) {
+		l, ok := g.listeners[port]
+		if !ok {
+			return types.NamespacedName{}, false
+		}
+		return l.owner, true
+	})
+	g.reportConflicts(outbound, conflicts)
 	var errs []error
-	for port, r := range routes {
+	for port, c := range routes {
+		r := c.value
 		if l, ok := g.listeners[port]; ok {
 			l.mu.Lock()
-			l.route = r
+			l.route, l.owner = r, c.owner
 			l.mu.Unlock()
 			continue
 		}
@@ -109,7 +121,7 @@ func (g *Gateway) syncListeners(ctx context.Context) error {
 			errs = append(errs, err)
 			continue
 		}
-		l := &listener{l: nl, route: r}
+		l := &listener{l: nl, owner: c.owner, route: r}
 		g.listeners[port] = l
 		g.log.Info("listening for mirror", "address", addr, "peer_cluster", r.cluster, "target", r.authority)
 		go g.acceptOutbound(ctx, l)

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"fmt"
@@ -9,11 +10,13 @@ import (
 	"net"
 	"net/http"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/backbone-mesh/backbone/api/v1alpha1"
@@ -188,6 +191,41 @@ func TestGatewayTunnels(t *testing.T) {
 			t.Fatal(err)
 		}
 		_ = resp.Body.Close()
+	})
+
+	t.Run("a second slice claiming a mirror's port does not take its traffic", func(t *testing.T) {
+		// Written in another namespace by someone who can write
+		// EndpointSlices there: it names web's port, for its own
+		// namespace's web. The port stays with the mirror that holds it.
+		_, webPort, _ := net.SplitHostPort(p.mirrorAddr["web"])
+		n, _ := strconv.Atoi(webPort)
+		createMirror(t, p.west, "east", "tenant", "web", []corev1.ServicePort{{Name: "tcp", Port: 80}}, map[string]int32{"tcp": int32(n)}, p.westGW.ip)
+		conflicts := func() string {
+			resp, err := http.Get("http://" + p.westGW.admin + "/metrics")
+			if err != nil {
+				return err.Error()
+			}
+			defer func() { _ = resp.Body.Close() }()
+			body, _ := io.ReadAll(resp.Body)
+			return regexp.MustCompile(`backbone_gateway_port_conflicts\{listeners="outbound"\} \d+`).FindString(string(body))
+		}
+		waitFor(t, 10*time.Second, "the conflict counted", func() bool { return strings.HasSuffix(conflicts(), "} 1") })
+		client := &http.Client{Timeout: 10 * time.Second}
+		for i := range 20 {
+			resp, err := client.Get("http://" + p.mirrorAddr["web"] + "/")
+			if err != nil {
+				t.Fatalf("request %d: %v", i, err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			_ = resp.Body.Close()
+			if resp.StatusCode != http.StatusOK || string(body) != "hello from east via HTTP/1.1" {
+				t.Fatalf("request %d: %d %q", i, resp.StatusCode, body)
+			}
+		}
+		if err := p.west.Client.Delete(context.Background(), &discoveryv1.EndpointSlice{ObjectMeta: metav1.ObjectMeta{Name: "web-east", Namespace: "tenant"}}); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 10*time.Second, "the conflict gone", func() bool { return strings.HasSuffix(conflicts(), "} 0") })
 	})
 
 	t.Run("the refusals are counted by reason", func(t *testing.T) {
