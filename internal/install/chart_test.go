@@ -124,7 +124,9 @@ func TestChartRendersWhatInstallPrints(t *testing.T) {
 			v.Gateway.InboundPort = 443
 			v.Gateway.ServiceAnnotations = map[string]string{"example.com/team": "network", "service.beta.kubernetes.io/aws-load-balancer-scheme": "internal"}
 			v.Gateway.LoadBalancerSourceRanges = []string{"10.0.0.0/8"}
+			v.AdmissionPolicy.ExtraWriters = []string{"system:serviceaccount:flux-system:kustomize-controller", "ops@bank.example"}
 		},
+		"no admission policy": func(v *Values) { v.AdmissionPolicy.Enabled = false },
 		"azure without CRDs or namespace": func(v *Values) {
 			v.Cloud = "azure"
 			v.CRDs.Install = false

@@ -90,7 +90,12 @@ func Objects(v Values) ([]*unstructured.Unstructured, error) {
 		typed = append(typed, b)
 	}
 	role, binding := controllerRole(v)
-	typed = append(typed, role, binding,
+	typed = append(typed, role, binding)
+	if v.AdmissionPolicy.Enabled {
+		policy, binding := admissionPolicy(v)
+		typed = append(typed, policy, binding)
+	}
+	typed = append(typed,
 		gatewayService(v), metricsService(v),
 		controllerDeployment(v), gatewayDeployment(v), gatewayPDB(v))
 	for _, o := range typed {

@@ -30,6 +30,19 @@ type Values struct {
 	Controller ControllerValues `json:"controller"`
 	Gateway    GatewayValues    `json:"gateway"`
 	Metrics    MetricsValues    `json:"metrics"`
+	// AdmissionPolicy keeps the labels the gateway routes by to the
+	// controller (a ValidatingAdmissionPolicy).
+	AdmissionPolicy AdmissionPolicyValues `json:"admissionPolicy"`
+}
+
+// AdmissionPolicyValues configure the ValidatingAdmissionPolicy that
+// refuses mirrors and egress Services written by anyone but the controller.
+type AdmissionPolicyValues struct {
+	// Enabled renders the policy and its binding.
+	Enabled bool `json:"enabled"`
+	// ExtraWriters are usernames that may write such objects as well
+	// (system:serviceaccount:<namespace>:<name> for a ServiceAccount).
+	ExtraWriters []string `json:"extraWriters"`
 }
 
 // ImageValues name the backbone image; controller and gateway share it.
@@ -127,6 +140,7 @@ func DefaultValues() Values {
 		CreateNamespace: true,
 		Image:           ImageValues{Repository: "ghcr.io/backbone-mesh/backbone", Tag: "latest", PullPolicy: "IfNotPresent"},
 		CRDs:            CRDValues{Install: true},
+		AdmissionPolicy: AdmissionPolicyValues{Enabled: true},
 		Controller: ControllerValues{
 			Replicas:  2,
 			Resources: Resources{CPURequest: "50m", MemoryRequest: "128Mi", MemoryLimit: "512Mi"},
@@ -173,6 +187,11 @@ func (v Values) Validate() error {
 	}
 	if v.Gateway.InboundPort < 1 || v.Gateway.InboundPort > 65535 {
 		return fmt.Errorf("gateway.inboundPort %d: must be 1-65535", v.Gateway.InboundPort)
+	}
+	for i, w := range v.AdmissionPolicy.ExtraWriters {
+		if w == "" || strings.ContainsAny(w, "'\\\n") {
+			return fmt.Errorf("admissionPolicy.extraWriters[%d] %q: want a username, without quotes, backslashes or newlines", i, w)
+		}
 	}
 	if v.Gateway.TrustBundle.ConfigMap != "" && v.Gateway.TrustBundle.Key == "" {
 		return fmt.Errorf("gateway.trustBundle.key: required with gateway.trustBundle.configMap %q", v.Gateway.TrustBundle.ConfigMap)
