@@ -62,14 +62,20 @@ type Options struct {
 	Parallelism int
 }
 
+// linkWorkers is how many Links are reconciled at once.
+const linkWorkers = 4
+
 // Reconciler keeps the mirrors of every Link.
 type Reconciler struct {
 	client client.Client
 	// cache is the client's cache, read in place by whole-Link passes.
-	cache    cache.Cache
-	opts     Options
-	recorder events.EventRecorder
-	events   chan event.TypedGenericEvent[*v1alpha1.Link]
+	cache cache.Cache
+	// apiReader reads past the cache: what a Link's deletion removes must
+	// include the mirrors written a moment before.
+	apiReader client.Reader
+	opts      Options
+	recorder  events.EventRecorder
+	events    chan event.TypedGenericEvent[*v1alpha1.Link]
 
 	mu       sync.Mutex
 	watches  map[types.NamespacedName]*remoteWatch
@@ -80,6 +86,10 @@ type Reconciler struct {
 	// services carries single changes (one remote Service of one Link) to
 	// the worker that mirrors just that Service.
 	services workqueue.TypedRateLimitingInterface[serviceKey]
+	// singles is held (read) by every single change while it plans and
+	// writes; finalize takes it once its watch is stopped, to wait for
+	// those that began before.
+	singles sync.RWMutex
 	// syncMu serialises plans with their writes, whole-Link or single:
 	// port allocation reads every mirror's ports.
 	syncMu sync.Mutex
@@ -113,7 +123,7 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 		opts.Parallelism = 32
 	}
 	r := &Reconciler{
-		client: mgr.GetClient(), cache: mgr.GetCache(), opts: opts,
+		client: mgr.GetClient(), cache: mgr.GetCache(), apiReader: mgr.GetAPIReader(), opts: opts,
 		recorder: mgr.GetEventRecorder("backbone-mirror"),
 		events:   make(chan event.TypedGenericEvent[*v1alpha1.Link], 1024),
 		watches:  map[types.NamespacedName]*remoteWatch{}, creds: map[types.NamespacedName]string{},
@@ -167,9 +177,12 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 		Watches(&corev1.Secret{}, toAllLinks, builder.WithPredicates(inSystemNamespace)).
 		Watches(&corev1.Namespace{}, toAllLinks).
 		WatchesRawSource(source.Channel(r.events, &handler.TypedEnqueueRequestForObject[*v1alpha1.Link]{})).
-		// One Link at a time: port allocation reads every Link's ports.
+		// Several Links at once: a remote that does not answer holds its
+		// own reconcile (the watch's start, the ping) until the client's
+		// timeout, not every other Link's. Plans and their writes still go
+		// one at a time (syncMu): port allocation reads every Link's ports.
 		// A restarted controller in the same process (tests) reuses the name.
-		WithOptions(controller.Options{MaxConcurrentReconciles: 1, SkipNameValidation: ptr.To(true)}).
+		WithOptions(controller.Options{MaxConcurrentReconciles: linkWorkers, SkipNameValidation: ptr.To(true)}).
 		Complete(r)
 }
 
@@ -402,6 +415,11 @@ func (r *Reconciler) syncOne(ctx context.Context, key serviceKey) error {
 	if !link.DeletionTimestamp.IsZero() || !controllerutil.ContainsFinalizer(&link, Finalizer) {
 		return nil
 	}
+	// A Link deleted from here on is finalized only once this change is
+	// written (finalize waits for singles), or it stopped the watch
+	// before it is read here: no mirror outlives its Link.
+	r.singles.RLock()
+	defer r.singles.RUnlock()
 	r.mu.Lock()
 	w := r.watches[key.Link]
 	r.mu.Unlock()
@@ -642,20 +660,31 @@ func (r *Reconciler) watch(ctx context.Context, link *v1alpha1.Link) (*remoteWat
 		return nil, fmt.Errorf("credentials Secret %s: %w", secret.Name, err)
 	}
 	r.mu.Lock()
-	defer r.mu.Unlock()
-	if w, ok := r.watches[key]; ok && r.creds[key] == string(raw) {
+	w, ok := r.watches[key]
+	same := ok && r.creds[key] == string(raw)
+	r.mu.Unlock()
+	if same {
 		return w, nil
-	} else if ok {
-		w.stop()
 	}
-	w, err := startRemoteWatch(link.Spec.TargetClusterName, cfg, token, func() { r.enqueueLink(key) }, func(namespace, name string) {
+	// Starting asks the remote API server (discovery), which may take
+	// until the client's timeout: not under r.mu, which every single
+	// change of every Link takes. A Link is never reconciled twice at
+	// once, so no other start of this Link's watch runs meanwhile.
+	nw, err := startRemoteWatch(link.Spec.TargetClusterName, cfg, token, func() { r.enqueueLink(key) }, func(namespace, name string) {
 		r.services.Add(serviceKey{Link: key, Namespace: namespace, Name: name})
 	})
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if old, ok := r.watches[key]; ok {
+		old.stop() // built from credentials replaced since
+		delete(r.watches, key)
+		delete(r.creds, key)
+	}
 	if err != nil {
 		return nil, remoteStartError{err}
 	}
-	r.watches[key], r.creds[key] = w, string(raw)
-	return w, nil
+	r.watches[key], r.creds[key] = nw, string(raw)
+	return nw, nil
 }
 
 func (r *Reconciler) stopWatch(key types.NamespacedName) {

@@ -9,6 +9,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/selection"
@@ -54,8 +55,14 @@ func startRemoteWatch(cluster string, cfg *rest.Config, token string, onChange f
 	if err != nil {
 		return nil, err
 	}
+	// Whether the remote serves ServiceExports decides what is exported: a
+	// failed lookup read as "no" would drop every mirror of a Service
+	// exported by ServiceExport alone. Only the API server's "not found"
+	// means no.
 	if _, err := dc.ServerResourcesForGroupVersion(mcsv1beta1.GroupVersion.String()); err == nil {
 		w.hasServiceExports = true
+	} else if !apierrors.IsNotFound(err) {
+		return nil, fmt.Errorf("discovery of %s: %w", mcsv1beta1.GroupVersion, err)
 	}
 	// Of the remote cluster's objects the cache holds what mirroring reads:
 	// the EndpointSlices of headless Services (pod hostnames; Kubernetes

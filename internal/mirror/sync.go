@@ -522,13 +522,17 @@ func ignoreExists(err error) error {
 // finalize deletes the Link's mirrors, then lets the Link go.
 func (r *Reconciler) finalize(ctx context.Context, link *v1alpha1.Link) error {
 	r.stopWatch(types.NamespacedName{Namespace: link.Namespace, Name: link.Name})
+	// Single changes that read the watch before it stopped write their
+	// mirrors before these are listed for deletion.
+	r.singles.Lock()
+	r.singles.Unlock() //nolint:staticcheck // a barrier, not a critical section
 	r.syncMu.Lock()
 	delete(r.passes, types.NamespacedName{Namespace: link.Namespace, Name: link.Name})
 	r.syncMu.Unlock()
 	cluster := link.Spec.TargetClusterName
 	sel := client.MatchingLabels{v1alpha1.MirroredFromLabel: cluster}
 	var svcs corev1.ServiceList
-	if err := r.client.List(ctx, &svcs, sel); err != nil {
+	if err := r.apiReader.List(ctx, &svcs, sel); err != nil {
 		return err
 	}
 	for i := range svcs.Items {
@@ -541,7 +545,7 @@ func (r *Reconciler) finalize(ctx context.Context, link *v1alpha1.Link) error {
 		}
 	}
 	var slices discoveryv1.EndpointSliceList
-	if err := r.client.List(ctx, &slices, sel, client.MatchingLabels{discoveryv1.LabelManagedBy: v1alpha1.EndpointSliceManagedBy}); err != nil {
+	if err := r.apiReader.List(ctx, &slices, sel, client.MatchingLabels{discoveryv1.LabelManagedBy: v1alpha1.EndpointSliceManagedBy}); err != nil {
 		return err
 	}
 	for i := range slices.Items {

@@ -1,15 +1,20 @@
 package mirror_test
 
 import (
+	"fmt"
+	"net/url"
 	"strings"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/backbone-mesh/backbone/api/v1alpha1"
+	"github.com/backbone-mesh/backbone/internal/faultproxy"
 	"github.com/backbone-mesh/backbone/internal/mirror"
 	"github.com/backbone-mesh/backbone/internal/testenv"
 )
@@ -101,5 +106,106 @@ func TestARefusedMirrorDoesNotHoldTheOthers(t *testing.T) {
 	})
 	if c := linkReady(west, "east"); c == nil || !strings.Contains(c.Message, "bad") {
 		t.Errorf("the Link's Ready does not name the refused mirror: %+v", c)
+	}
+}
+
+// TestADeadRemoteDoesNotHoldUpTheOthers: a Link whose remote API server
+// takes connections and never answers (a black-holed link) holds its own
+// reconcile until the client's timeout, not the other Links' changes —
+// the watch's start asked the remote while holding the lock every single
+// change takes, so each of east's changes waited up to 15 s.
+func TestADeadRemoteDoesNotHoldUpTheOthers(t *testing.T) {
+	east, west := linkedClusters(t, "shop")
+	createLink(t, west, "east", linkReaderKubeconfig(t, east, east.Config.Host))
+	runController(t, west)
+	if err := east.Client.Create(bg, service("shop", "first", exported(), 80)); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "first-east is mirrored", func() bool { _, ok := get(west, "shop", "first-east", &corev1.Service{}); return ok })
+
+	apiURL, err := url.Parse(east.Config.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead, err := faultproxy.New("127.0.0.1:0", apiURL.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = dead.Close() })
+	dead.SetStalled(true)
+	createLink(t, west, "north", linkReaderKubeconfig(t, east, "https://"+dead.Addr()))
+	eventually(t, "north's remote is dialled", func() bool { return dead.Accepted() > 0 })
+
+	// Single changes on east while north's start waits for its timeout.
+	const bound = 5 * time.Second // a change takes milliseconds; north holds on for 15 s
+	for i := range 6 {
+		name := fmt.Sprintf("during-%d", i)
+		began := time.Now()
+		if err := east.Client.Create(bg, service("shop", name, exported(), 80)); err != nil {
+			t.Fatal(err)
+		}
+		for {
+			if _, ok := get(west, "shop", name+"-east", &corev1.Service{}); ok {
+				break
+			}
+			if time.Since(began) > bound {
+				t.Fatalf("%s was not mirrored within %s while north's remote did not answer", name, bound)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		time.Sleep(time.Second)
+	}
+	eventually(t, "north reports its remote unreachable", func() bool {
+		c := linkReady(west, "north")
+		return c != nil && c.Reason == mirror.ReasonRemoteUnreachable
+	})
+}
+
+// TestADeletedLinkLeavesNoMirror: the Link is deleted while single
+// changes are being mirrored. A change that read the Link before its
+// deletion wrote its mirror after the deletion had listed the mirrors (or
+// before the cache it listed from had it): that mirror outlived its Link
+// for good.
+func TestADeletedLinkLeavesNoMirror(t *testing.T) {
+	east, west := linkedClusters(t, "shop")
+	createLink(t, west, "east", linkReaderKubeconfig(t, east, east.Config.Host))
+	runController(t, west)
+	if err := east.Client.Create(bg, service("shop", "first", exported(), 80)); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "first-east is mirrored", func() bool { _, ok := get(west, "shop", "first-east", &corev1.Service{}); return ok })
+
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := range 60 {
+			_ = east.Client.Create(bg, service("shop", fmt.Sprintf("late-%d", i), exported(), 80))
+			time.Sleep(5 * time.Millisecond)
+		}
+	}()
+	time.Sleep(150 * time.Millisecond)
+	if err := west.Client.Delete(bg, &v1alpha1.Link{ObjectMeta: metav1.ObjectMeta{Namespace: v1alpha1.SystemNamespace, Name: "east"}}); err != nil {
+		t.Fatal(err)
+	}
+	<-done
+	eventually(t, "the Link is gone", func() bool { _, ok := get(west, v1alpha1.SystemNamespace, "east", &v1alpha1.Link{}); return !ok })
+	time.Sleep(time.Second) // any write still in flight lands
+	var svcs corev1.ServiceList
+	if err := west.Client.List(bg, &svcs, client.MatchingLabels{v1alpha1.MirroredFromLabel: "east"}); err != nil {
+		t.Fatal(err)
+	}
+	var slices discoveryv1.EndpointSliceList
+	if err := west.Client.List(bg, &slices, client.MatchingLabels{v1alpha1.MirroredFromLabel: "east"}); err != nil {
+		t.Fatal(err)
+	}
+	if len(svcs.Items)+len(slices.Items) > 0 {
+		var names []string
+		for _, s := range svcs.Items {
+			names = append(names, "Service "+s.Name)
+		}
+		for _, s := range slices.Items {
+			names = append(names, "EndpointSlice "+s.Name)
+		}
+		t.Fatalf("mirrors outlived their Link: %v", names)
 	}
 }
