@@ -42,11 +42,17 @@ probe them (their connections are the ones the cluster lets out).`,
 			opts.Log = newLogger(logLevel)
 			r, err := mirror.ParsePortRange(portRange)
 			if err != nil {
-				return err
+				return fmt.Errorf("--gateway-port-range: %w", err)
 			}
 			opts.Ports = r
 			if opts.EgressPorts, err = mirror.ParsePortRange(egressPortRange); err != nil {
 				return fmt.Errorf("--egress-port-range: %w", err)
+			}
+			// Both ranges are ports on the same gateway addresses: a port
+			// in both would be handed to a mirror and an egress target,
+			// and only one of them could listen on it.
+			if r.Low <= opts.EgressPorts.High && opts.EgressPorts.Low <= r.High {
+				return fmt.Errorf("--gateway-port-range %s and --egress-port-range %s overlap: the gateway listens on both", portRange, egressPortRange)
 			}
 			if len(resolve) > 0 {
 				opts.Log.Warn("--egress-resolve is ignored by the controller: the gateway probes egress targets; give the pins to the gateway")

@@ -53,6 +53,9 @@ gracefully.`,
 					return fmt.Errorf("%s must be positive, not %s", d.flag, d.v)
 				}
 			}
+			if opts.ShutdownDelay < 0 {
+				return fmt.Errorf("--shutdown-delay must not be negative, not %s", opts.ShutdownDelay)
+			}
 			cfg, err := root.kube.RESTConfig()
 			if err != nil {
 				return err
@@ -75,7 +78,8 @@ gracefully.`,
 	f.StringVar(&opts.OutboundBindIP, "outbound-bind-ip", "", "IP the mirrors' listeners bind to (the pod IP; empty: all)")
 	f.StringVar(&opts.AdminAddress, "admin-address", ":9990", "address of /healthz, /readyz and /metrics")
 	f.StringVar(&opts.PprofAddress, "pprof-address", "", "address of net/http/pprof's /debug/pprof/ (empty: off; it exposes the process's memory, keep it on loopback)")
-	f.DurationVar(&opts.DrainTimeout, "drain-timeout", 30*time.Second, "how long streams in flight may take to finish after SIGTERM")
+	f.DurationVar(&opts.DrainTimeout, "drain-timeout", 30*time.Second, "how long streams in flight may take to finish once the listeners closed")
+	f.DurationVar(&opts.ShutdownDelay, "shutdown-delay", 5*time.Second, "how long new connections are still served after SIGTERM, with readiness already false, before the listeners close: the time kube-proxy and load balancers take to drop the endpoint (0: none); the pod's terminationGracePeriodSeconds must exceed it plus --drain-timeout")
 	f.DurationVar(&opts.DialTimeout, "dial-timeout", 5*time.Second, "timeout of dials to peer gateways and backends")
 	f.DurationVar(&opts.HeaderTimeout, "header-timeout", 10*time.Second, "time a peer has to complete its handshake and request headers")
 	f.DurationVar(&opts.EgressProbePeriod, "egress-probe-period", 10*time.Second, "how often each egress target this gateway serves is probed (±10% jitter); the controller writes status from the results")

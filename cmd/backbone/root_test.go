@@ -116,3 +116,35 @@ func TestGatewayRefusesNonPositiveDurations(t *testing.T) {
 		}
 	}
 }
+
+// TestGatewayRefusesANegativeShutdownDelay: 0 turns the delay off; below
+// it is a mistake, refused by name.
+func TestGatewayRefusesANegativeShutdownDelay(t *testing.T) {
+	cmd := newRootCmd()
+	cmd.SetArgs([]string{"gateway", "--cluster-name", "west", "--shutdown-delay", "-1s"})
+	cmd.SetOut(io.Discard)
+	cmd.SetErr(io.Discard)
+	if err := cmd.Execute(); err == nil || !strings.Contains(err.Error(), "--shutdown-delay must not be negative") {
+		t.Errorf("--shutdown-delay -1s: %v, want it refused by name", err)
+	}
+}
+
+// TestControllerRefusesOverlappingPortRanges: mirrors and egress targets
+// get ports on the same gateway addresses; ranges that overlap would hand
+// one port to both. Refused before the controller touches anything.
+func TestControllerRefusesOverlappingPortRanges(t *testing.T) {
+	for _, c := range []struct{ mirrors, egress string }{
+		{"20000-29999", "29999-30999"},
+		{"20000-29999", "10000-20000"},
+		{"20000-29999", "25000-25010"},
+		{"25000-25010", "20000-29999"},
+	} {
+		cmd := newRootCmd()
+		cmd.SetArgs([]string{"controller", "--cluster-name", "west", "--gateway-port-range", c.mirrors, "--egress-port-range", c.egress})
+		cmd.SetOut(io.Discard)
+		cmd.SetErr(io.Discard)
+		if err := cmd.Execute(); err == nil || !strings.Contains(err.Error(), "overlap") {
+			t.Errorf("%s and %s: %v, want them refused as overlapping", c.mirrors, c.egress, err)
+		}
+	}
+}

@@ -42,8 +42,13 @@ type Options struct {
 	AdminAddress   string
 	// PprofAddress, if set, serves net/http/pprof there (off by default:
 	// it exposes the process's memory, keys included).
-	PprofAddress  string
-	DrainTimeout  time.Duration
+	PprofAddress string
+	DrainTimeout time.Duration
+	// ShutdownDelay is how long the gateway goes on serving after SIGTERM
+	// with readiness already false, before it closes its listeners: the
+	// time kube-proxy and load balancers take to stop sending it new
+	// connections once the endpoint is not ready (0: none).
+	ShutdownDelay time.Duration
 	DialTimeout   time.Duration
 	HeaderTimeout time.Duration
 	// Resync re-reads the mirrors even without events (default 30s).
@@ -150,8 +155,9 @@ func (g *Gateway) InboundAddr() net.Addr {
 	return g.inboundAddr
 }
 
-// Run serves until ctx ends, then drains: readiness turns false, listeners
-// stop accepting, and streams in flight get up to DrainTimeout to finish.
+// Run serves until ctx ends, then drains: readiness turns false, new
+// connections are still served for ShutdownDelay, then listeners stop
+// accepting and streams in flight get up to DrainTimeout to finish.
 func (g *Gateway) Run(ctx context.Context) error {
 	stop := make(chan struct{})
 	defer close(stop)
@@ -254,9 +260,16 @@ loop:
 }
 
 func (g *Gateway) shutdown(inbound *inboundServer, stopStreams context.CancelFunc) error {
+	g.ready.Store(false)
+	if g.opts.ShutdownDelay > 0 {
+		// Closed at once, the listeners would refuse the connections
+		// kube-proxy still sends here until it has seen the endpoint
+		// turn not ready.
+		g.log.Info("not ready; serving on until the endpoint is dropped", "delay", g.opts.ShutdownDelay)
+		time.Sleep(g.opts.ShutdownDelay)
+	}
 	g.log.Info("draining", "timeout", g.opts.DrainTimeout, "streams", g.drain.count())
 	g.draining.Store(true)
-	g.ready.Store(false)
 	g.lmu.Lock()
 	for port, l := range g.listeners {
 		_ = l.l.Close()

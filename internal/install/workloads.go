@@ -48,6 +48,10 @@ func controllerDeployment(v Values) *appsv1.Deployment {
 	return deployment(ControllerName, "controller", v.Controller.Replicas, podSpec(v, ControllerName, args, v.Controller.Resources, nil, identityVolume(v)))
 }
 
+// GatewayTerminationGracePeriod is the gateway pods' grace period, in
+// seconds.
+const GatewayTerminationGracePeriod = 45
+
 func gatewayDeployment(v Values) *appsv1.Deployment {
 	args := []string{
 		"gateway",
@@ -59,6 +63,9 @@ func gatewayDeployment(v Values) *appsv1.Deployment {
 	}
 	ports := []corev1.ContainerPort{{Name: backbonev1alpha1.GatewayInboundPortName, ContainerPort: v.Gateway.InboundPort, Protocol: corev1.ProtocolTCP}}
 	spec := podSpec(v, GatewayName, args, v.Gateway.Resources, ports, identityVolume(v))
+	// SIGTERM to SIGKILL: the gateway's --shutdown-delay (5 s) and
+	// --drain-timeout (30 s), and a margin.
+	spec.TerminationGracePeriodSeconds = new(int64(GatewayTerminationGracePeriod))
 	// Spread replicas over nodes so one node failure leaves a gateway.
 	spec.Affinity = &corev1.Affinity{PodAntiAffinity: &corev1.PodAntiAffinity{
 		PreferredDuringSchedulingIgnoredDuringExecution: []corev1.WeightedPodAffinityTerm{{

@@ -158,7 +158,7 @@ func startGateway(t *testing.T, c *testenv.Cluster, ipIndex int, identityDir str
 	g := &gatewayProc{identityDir: identityDir, ip: ip, inbound: net.JoinHostPort(ip, "4143"), admin: net.JoinHostPort(ip, "9990"), pprof: net.JoinHostPort(ip, "6060")}
 	args := append([]string{"gateway", "--kubeconfig", c.Kubeconfig, "--cluster-name", c.Name,
 		"--identity-dir", identityDir, "--inbound-address", g.inbound, "--outbound-bind-ip", ip,
-		"--admin-address", g.admin, "--pprof-address", g.pprof, "--drain-timeout", "10s"}, extra...)
+		"--admin-address", g.admin, "--pprof-address", g.pprof, "--drain-timeout", "10s", "--shutdown-delay", "0s"}, extra...)
 	g.process = startProcess(t, "gateway "+c.Name+" "+ip, args...)
 	waitFor(t, 60*time.Second, "gateway "+ip+" ready", func() bool {
 		resp, err := http.Get("http://" + g.admin + "/readyz")

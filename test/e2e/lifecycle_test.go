@@ -95,6 +95,61 @@ func TestGatewayDrainsOnSIGTERM(t *testing.T) {
 	}
 }
 
+// TestGatewayServesThroughItsShutdownDelay: after SIGTERM the gateway is
+// not ready at once, but goes on serving new connections for
+// --shutdown-delay — the time kube-proxy takes to stop sending them once
+// it sees the endpoint not ready — and only then closes its listeners.
+// Clients here do not retry elsewhere: they are those kube-proxy still
+// sent to this pod.
+func TestGatewayServesThroughItsShutdownDelay(t *testing.T) {
+	p := setupGatewayPair(t)
+	const delay = 3 * time.Second
+	second := startGateway(t, p.west, 3, p.pki.issue(t, "west"), "--shutdown-delay", delay.String())
+	ep := net.JoinHostPort(second.ip, strings.Split(p.mirrorAddr["web"], ":")[1])
+	waitListening(t, ep)
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	get := func() error {
+		resp, err := client.Get("http://" + ep + "/")
+		if err != nil {
+			return err
+		}
+		body, _ := io.ReadAll(resp.Body)
+		_ = resp.Body.Close()
+		if string(body) != "hello from east via HTTP/1.1" {
+			return fmt.Errorf("body %q", body)
+		}
+		return nil
+	}
+	signalled := time.Now()
+	second.signal(syscall.SIGTERM)
+	waitFor(t, 2*time.Second, "readiness false", func() bool {
+		resp, err := http.Get("http://" + second.admin + "/readyz")
+		if err != nil {
+			return false
+		}
+		_ = resp.Body.Close()
+		return resp.StatusCode == http.StatusServiceUnavailable
+	})
+	n := 0
+	for time.Since(signalled) < delay-time.Second {
+		if err := get(); err != nil {
+			t.Fatalf("%s after SIGTERM, within the shutdown delay: %v", time.Since(signalled).Round(time.Millisecond), err)
+		}
+		n++
+	}
+	second.wait(t, 30*time.Second)
+	if code := second.cmd.ProcessState.ExitCode(); code != 0 {
+		t.Errorf("the gateway exited with %d", code)
+	}
+	if took := time.Since(signalled); took < delay {
+		t.Errorf("the gateway exited %s after SIGTERM, before its shutdown delay of %s", took, delay)
+	}
+	if err := get(); err == nil {
+		t.Error("the stopped gateway's port still answers")
+	}
+	t.Logf("%d new connections served while not ready", n)
+}
+
 // isDialError: the connection was never established, so no request was sent.
 func isDialError(err error) bool {
 	var op *net.OpError
