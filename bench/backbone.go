@@ -41,7 +41,7 @@ const benchTrustDomain = "bench.backbone.test"
 // net/http's HTTP/2 server (--inbound-server=net/http). With a baseline
 // binary, a third path is a pair of gateways of that build, one in each
 // cluster, with its own Link and mirrors.
-func backbonePaths(ctx context.Context, dir, httpBackend, sinkBackend string, wan time.Duration, baseline string) ([]*path, error) {
+func backbonePaths(ctx context.Context, dir, httpBackend, sinkBackend string, wan time.Duration, baseline string, procs int) ([]*path, error) {
 	if !testenv.InNetns() {
 		return nil, errors.New("backbone's path needs the private network namespace (run the bench as root)")
 	}
@@ -113,6 +113,9 @@ func backbonePaths(ctx context.Context, dir, httpBackend, sinkBackend string, wa
 			args = append(args, "--inbound-server", g.inbound)
 		}
 		cmd := exec.Command(g.bin, args...)
+		if procs > 0 {
+			cmd.Env = append(os.Environ(), fmt.Sprintf("GOMAXPROCS=%d", procs))
+		}
 		logf, err := os.Create(filepath.Join(dir, "gateway-"+g.name+".log"))
 		if err != nil {
 			return fail(err)

@@ -44,6 +44,8 @@ type options struct {
 	// pair of gateways joins the paths, so a change is measured against
 	// the code before it in the same run, apart from the machine's state.
 	baseline string
+	// gatewayProcs is the GOMAXPROCS of backbone's gateways.
+	gatewayProcs int
 	// Mirroring at scale.
 	mirrorSizes []int
 	// mirrorHeadless are sizes mirrored again with headless Services.
@@ -121,6 +123,7 @@ func main() {
 	flag.DurationVar(&o.wanOneWay, "wan-latency", 30*time.Millisecond, "one-way latency between the clusters for the new-connection test")
 	flag.Int64Var(&o.bulkBytes, "bulk-bytes", 1<<30, "bytes of the single-stream bulk transfer")
 	flag.StringVar(&o.baseline, "baseline", "", "a backbone binary built from another commit (git worktree add /tmp/base REF && cd /tmp/base && go build -o /tmp/backbone-base ./cmd/backbone): its own pair of gateways is measured as the path \"backbone, baseline\", in turns with the others")
+	flag.IntVar(&o.gatewayProcs, "gateway-procs", 1, "GOMAXPROCS of backbone's gateways: the install sets it from the gateway's CPU request, rounded up (200m by default: 1); 0 leaves Go's default (one per core)")
 	flag.StringVar(&o.perfDir, "perf-dir", "", "record perf profiles of the proxies during saturation and the single-stream bulk transfer into this directory (perturbs the figures: a diagnostic, not a measurement)")
 	flag.StringVar(&sections, "sections", "paths,mirroring,apiserver", "what to measure: paths (latency, throughput, new connections against the peers), mirroring (at scale), apiserver (what an API server alone accepts: the floor under mirroring's first sync)")
 	flag.StringVar(&sizes, "mirror-services", "1000,5000,10000", "numbers of exported services to mirror")
@@ -246,7 +249,7 @@ func measurePaths(ctx context.Context, dir string, o options, r *report) error {
 		defer p.stop()
 		paths = append(paths, p)
 	}
-	bb, err := backbonePaths(ctx, dir, httpL.Addr().String(), sinkL.Addr().String(), o.wanOneWay, o.baseline)
+	bb, err := backbonePaths(ctx, dir, httpL.Addr().String(), sinkL.Addr().String(), o.wanOneWay, o.baseline, o.gatewayProcs)
 	if err != nil {
 		log.Printf("backbone's path is not measured: %v", err)
 	} else {

@@ -239,7 +239,7 @@ func ratio(a, b float64) string {
 
 func (r *report) write(path string) error {
 	var b strings.Builder
-	fmt.Fprintf(&b, "# backbone benchmark results\n\nMachine: %s  \nRun: %s, %d repeats of %s, medians reported.\n\n", r.machine, time.Now().UTC().Format(time.RFC3339), r.opts.repeat, r.opts.duration)
+	fmt.Fprintf(&b, "# backbone benchmark results\n\nMachine: %s  \nRun: %s, %d repeats of %s, medians reported.  \n%s\n\n", r.machine, time.Now().UTC().Format(time.RFC3339), r.opts.repeat, r.opts.duration, procsLine(r.opts.gatewayProcs))
 	if len(r.results) > 0 {
 		r.writePaths(&b)
 	}
@@ -397,4 +397,13 @@ func profiled(o options, p *path, phase string, fn func()) func() {
 			log.Printf("%s: perf: %v", p.name, err)
 		}
 	}
+}
+
+// procsLine says how the proxies were configured for threads.
+func procsLine(procs int) string {
+	g := "Go's default (one per core)"
+	if procs > 0 {
+		g = fmt.Sprint(procs)
+	}
+	return "Threads: backbone's gateways GOMAXPROCS " + g + " (the install sets it from the gateway's CPU request); nginx 2 workers, HAProxy 2 threads."
 }

@@ -30,6 +30,9 @@ spiffe://{{ .Values.trustDomain }}/cluster/{{ include "backbone.clusterName" . }
     valueFrom:
       fieldRef:
         fieldPath: metadata.namespace
+  {{- with .env }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
   ports:
   {{- with .ports }}
   {{- toYaml . | nindent 2 }}
