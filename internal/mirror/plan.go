@@ -162,6 +162,19 @@ func Calculate(in Input) *Plan {
 			p.Problems = append(p.Problems, fmt.Sprintf("%s/%s: an ExternalName Service is not mirrored (it has no endpoints behind the remote gateway); point the local clients at %s directly", rs.Namespace, rs.Name, rs.Spec.ExternalName))
 			continue
 		}
+		if dropped := nonTCPPorts(rs); len(dropped) > 0 {
+			// The gateways carry TCP streams: a UDP or SCTP port mirrored
+			// would take the packets and deliver none.
+			if len(dropped) == len(rs.Spec.Ports) {
+				p.Problems = append(p.Problems, fmt.Sprintf("%s/%s: not mirrored: no TCP port (%s), and the gateways carry TCP only", rs.Namespace, rs.Name, strings.Join(dropped, ", ")))
+				continue
+			}
+			p.Problems = append(p.Problems, fmt.Sprintf("%s/%s: port %s not mirrored: the gateways carry TCP only", rs.Namespace, rs.Name, strings.Join(dropped, ", ")))
+			tcp := *rs
+			tcp.Spec.Ports = slices.DeleteFunc(slices.Clone(rs.Spec.Ports), func(sp corev1.ServicePort) bool { return protocolOf(sp) != corev1.ProtocolTCP })
+			withTCP := *r
+			withTCP.Service, rs, r = &tcp, &tcp, &withTCP
+		}
 		if !in.Namespaces[rs.Namespace] && !newNamespaces[rs.Namespace] {
 			if !in.CreateNamespaces {
 				p.Problems = append(p.Problems, fmt.Sprintf("%s/%s: namespace %s does not exist here (set spec.createNamespaces to create it)", rs.Namespace, rs.Name, rs.Namespace))
@@ -248,6 +261,11 @@ func Calculate(in Input) *Plan {
 			p.DeleteSlices = append(p.DeleteSlices, in.LocalSlices[key])
 		}
 	}
+	if len(in.GatewayAddresses) == 0 && len(want) > 0 {
+		// Every mirror's slice is empty: the Link must not say Synced.
+		p.Problems = append([]string{fmt.Sprintf("the local gateway (Service %s/%s) has no ready IPv4 address: the mirrors have no endpoints (IPv6-only gateways are not supported)",
+			v1alpha1.SystemNamespace, v1alpha1.GatewayServiceName)}, p.Problems...)
+	}
 	if len(p.Problems) > 20 {
 		n := len(p.Problems)
 		p.Problems = append(p.Problems[:19], fmt.Sprintf("... and %d more", n-19))
@@ -273,6 +291,21 @@ func holdsPorts(a *Allocator, sl *discoveryv1.EndpointSlice) bool {
 }
 
 func isHeadless(s *corev1.Service) bool { return s.Spec.ClusterIP == corev1.ClusterIPNone }
+
+// nonTCPPorts names a Service's ports that are not TCP ("53/UDP").
+func nonTCPPorts(s *corev1.Service) []string {
+	var out []string
+	for _, sp := range s.Spec.Ports {
+		if pr := protocolOf(sp); pr != corev1.ProtocolTCP {
+			name := sp.Name
+			if name == "" {
+				name = fmt.Sprint(sp.Port)
+			}
+			out = append(out, fmt.Sprintf("%s/%s", name, pr))
+		}
+	}
+	return out
+}
 
 // addMirror adds the mirror of rs (or of one pod hostname of rs) whose
 // endpoints are the gateway on allocated ports. It returns the mirror's key

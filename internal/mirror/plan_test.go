@@ -233,6 +233,36 @@ func TestCalculate(t *testing.T) {
 				}
 			},
 		},
+		"UDP ports are reported and left out; a Service with no TCP port is not mirrored": {
+			remote: []RemoteService{
+				{Service: remoteSvc("shop", "dns", corev1.ServicePort{Name: "dns", Port: 53, Protocol: corev1.ProtocolUDP}, corev1.ServicePort{Name: "dns-tcp", Port: 53})},
+				{Service: remoteSvc("shop", "syslog", corev1.ServicePort{Name: "syslog", Port: 514, Protocol: corev1.ProtocolUDP})},
+			},
+			check: func(t *testing.T, p *Plan, s *state) {
+				svc, sl := s.local[key("shop", "dns-east")], s.slices[key("shop", "dns-east")]
+				if svc == nil || len(svc.Spec.Ports) != 1 || svc.Spec.Ports[0].Name != "dns-tcp" || sl == nil || len(sl.Ports) != 1 || *sl.Ports[0].Protocol != corev1.ProtocolTCP {
+					t.Fatalf("mirror %+v, slice %+v: want the TCP port alone", svc, sl)
+				}
+				if _, ok := s.local[key("shop", "syslog-east")]; ok {
+					t.Error("a Service with no TCP port was mirrored")
+				}
+				if len(p.Problems) != 2 || !strings.Contains(p.Problems[0], "port dns/UDP not mirrored") || !strings.Contains(p.Problems[1], "syslog: not mirrored: no TCP port (syslog/UDP)") {
+					t.Errorf("problems %q", p.Problems)
+				}
+			},
+		},
+		"no ready gateway address is a problem, not Synced": {
+			remote: []RemoteService{{Service: remoteSvc("shop", "cart", httpPort(8080))}},
+			mutate: func(in *Input) { in.GatewayAddresses = nil },
+			check: func(t *testing.T, p *Plan, s *state) {
+				if len(p.Problems) != 1 || !strings.Contains(p.Problems[0], "no ready IPv4 address") {
+					t.Errorf("problems %q", p.Problems)
+				}
+				if s.local[key("shop", "cart-east")] == nil {
+					t.Error("the mirror waits for the gateway: it should exist, without endpoints")
+				}
+			},
+		},
 		"a missing namespace is reported": {
 			wantEmpty: true,
 			remote:    []RemoteService{{Service: remoteSvc("billing", "invoices", httpPort(80))}},
