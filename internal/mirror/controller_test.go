@@ -108,7 +108,16 @@ func linkedClusters(t *testing.T, ns string) (east, west *testenv.Cluster) {
 // east's API server, and returns the proxy.
 func linkThroughProxy(t *testing.T, east, west *testenv.Cluster) *faultproxy.Proxy {
 	t.Helper()
-	apiURL, err := url.Parse(east.Config.Host)
+	proxy := apiServerProxy(t, east)
+	createLink(t, west, "east", linkReaderKubeconfig(t, east, "https://"+proxy.Addr()))
+	return proxy
+}
+
+// apiServerProxy is a fault proxy in front of c's API server, closed when
+// the test ends.
+func apiServerProxy(t *testing.T, c *testenv.Cluster) *faultproxy.Proxy {
+	t.Helper()
+	apiURL, err := url.Parse(c.Config.Host)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -117,8 +126,25 @@ func linkThroughProxy(t *testing.T, east, west *testenv.Cluster) *faultproxy.Pro
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = proxy.Close() })
-	createLink(t, west, "east", linkReaderKubeconfig(t, east, "https://"+proxy.Addr()))
 	return proxy
+}
+
+// mirroring starts east and west with namespace ns, west linked to east
+// directly and its controller running, and waits until east's exported
+// Service first is mirrored.
+func mirroring(t *testing.T, ns, first string) (east, west *testenv.Cluster) {
+	t.Helper()
+	east, west = linkedClusters(t, ns)
+	createLink(t, west, "east", linkReaderKubeconfig(t, east, east.Config.Host))
+	runController(t, west)
+	if err := east.Client.Create(bg, service(ns, first, exported(), 80)); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, first+"-east has its slice", func() bool {
+		_, ok := get(west, ns, first+"-east", &discoveryv1.EndpointSlice{})
+		return ok
+	})
+	return east, west
 }
 
 // registerGateway gives the cluster a gateway endpoint, which every

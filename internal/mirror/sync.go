@@ -525,7 +525,8 @@ func (r *Reconciler) finalize(ctx context.Context, link *v1alpha1.Link) error {
 	// Single changes that read the watch before it stopped write their
 	// mirrors before these are listed for deletion.
 	r.singles.Lock()
-	r.singles.Unlock() //nolint:staticcheck // a barrier, not a critical section
+	//lint:ignore SA2001 a barrier, not a critical section
+	r.singles.Unlock()
 	r.syncMu.Lock()
 	delete(r.passes, types.NamespacedName{Namespace: link.Namespace, Name: link.Name})
 	r.syncMu.Unlock()

@@ -2,7 +2,6 @@ package mirror_test
 
 import (
 	"fmt"
-	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -14,7 +13,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/backbone-mesh/backbone/api/v1alpha1"
-	"github.com/backbone-mesh/backbone/internal/faultproxy"
 	"github.com/backbone-mesh/backbone/internal/mirror"
 	"github.com/backbone-mesh/backbone/internal/testenv"
 )
@@ -72,13 +70,7 @@ func TestLinkTargetIsImmutable(t *testing.T) {
 // a ClusterIP Service with no port) fails alone: the Link's other
 // mirrors still follow the gateway's addresses.
 func TestARefusedMirrorDoesNotHoldTheOthers(t *testing.T) {
-	east, west := linkedClusters(t, "shop")
-	createLink(t, west, "east", linkReaderKubeconfig(t, east, east.Config.Host))
-	runController(t, west)
-	if err := east.Client.Create(bg, service("shop", "good", exported(), 80)); err != nil {
-		t.Fatal(err)
-	}
-	eventually(t, "good-east has its slice", func() bool { _, ok := get(west, "shop", "good-east", &discoveryv1.EndpointSlice{}); return ok })
+	east, west := mirroring(t, "shop", "good")
 	bad := service("shop", "bad", exported())
 	bad.Spec.ClusterIP = corev1.ClusterIPNone
 	if err := east.Client.Create(bg, bad); err != nil {
@@ -115,23 +107,8 @@ func TestARefusedMirrorDoesNotHoldTheOthers(t *testing.T) {
 // the watch's start asked the remote while holding the lock every single
 // change takes, so each of east's changes waited up to 15 s.
 func TestADeadRemoteDoesNotHoldUpTheOthers(t *testing.T) {
-	east, west := linkedClusters(t, "shop")
-	createLink(t, west, "east", linkReaderKubeconfig(t, east, east.Config.Host))
-	runController(t, west)
-	if err := east.Client.Create(bg, service("shop", "first", exported(), 80)); err != nil {
-		t.Fatal(err)
-	}
-	eventually(t, "first-east is mirrored", func() bool { _, ok := get(west, "shop", "first-east", &corev1.Service{}); return ok })
-
-	apiURL, err := url.Parse(east.Config.Host)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dead, err := faultproxy.New("127.0.0.1:0", apiURL.Host)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = dead.Close() })
+	east, west := mirroring(t, "shop", "first")
+	dead := apiServerProxy(t, east)
 	dead.SetStalled(true)
 	createLink(t, west, "north", linkReaderKubeconfig(t, east, "https://"+dead.Addr()))
 	eventually(t, "north's remote is dialled", func() bool { return dead.Accepted() > 0 })
@@ -167,14 +144,7 @@ func TestADeadRemoteDoesNotHoldUpTheOthers(t *testing.T) {
 // before the cache it listed from had it): that mirror outlived its Link
 // for good.
 func TestADeletedLinkLeavesNoMirror(t *testing.T) {
-	east, west := linkedClusters(t, "shop")
-	createLink(t, west, "east", linkReaderKubeconfig(t, east, east.Config.Host))
-	runController(t, west)
-	if err := east.Client.Create(bg, service("shop", "first", exported(), 80)); err != nil {
-		t.Fatal(err)
-	}
-	eventually(t, "first-east is mirrored", func() bool { _, ok := get(west, "shop", "first-east", &corev1.Service{}); return ok })
-
+	east, west := mirroring(t, "shop", "first")
 	done := make(chan struct{})
 	go func() {
 		defer close(done)

@@ -84,22 +84,29 @@ func setupGatewayPair(t *testing.T) *gatewayPair {
 	return p
 }
 
+// expectWeb sends n HTTP/1.1 requests to addr, each of which east's web
+// backend must answer.
+func expectWeb(t *testing.T, addr string, n int) {
+	t.Helper()
+	client := &http.Client{Timeout: 10 * time.Second}
+	for i := range n {
+		resp, err := client.Get("http://" + addr + "/")
+		if err != nil {
+			t.Fatalf("request %d: %v", i, err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		_ = resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || string(body) != "hello from east via HTTP/1.1" {
+			t.Fatalf("request %d: %d %q", i, resp.StatusCode, body)
+		}
+	}
+}
+
 func TestGatewayTunnels(t *testing.T) {
 	p := setupGatewayPair(t)
 
 	t.Run("HTTP/1.1 requests reach the backend in the other cluster", func(t *testing.T) {
-		client := &http.Client{Timeout: 10 * time.Second}
-		for i := range 20 {
-			resp, err := client.Get("http://" + p.mirrorAddr["web"] + "/")
-			if err != nil {
-				t.Fatalf("request %d: %v", i, err)
-			}
-			body, _ := io.ReadAll(resp.Body)
-			_ = resp.Body.Close()
-			if string(body) != "hello from east via HTTP/1.1" {
-				t.Fatalf("request %d: %q", i, body)
-			}
-		}
+		expectWeb(t, p.mirrorAddr["web"], 20)
 	})
 
 	t.Run("an HTTP/2 stream flows both ways through the tunnel", func(t *testing.T) {
@@ -210,18 +217,7 @@ func TestGatewayTunnels(t *testing.T) {
 			return regexp.MustCompile(`backbone_gateway_port_conflicts\{listeners="outbound"\} \d+`).FindString(string(body))
 		}
 		waitFor(t, 10*time.Second, "the conflict counted", func() bool { return strings.HasSuffix(conflicts(), "} 1") })
-		client := &http.Client{Timeout: 10 * time.Second}
-		for i := range 20 {
-			resp, err := client.Get("http://" + p.mirrorAddr["web"] + "/")
-			if err != nil {
-				t.Fatalf("request %d: %v", i, err)
-			}
-			body, _ := io.ReadAll(resp.Body)
-			_ = resp.Body.Close()
-			if resp.StatusCode != http.StatusOK || string(body) != "hello from east via HTTP/1.1" {
-				t.Fatalf("request %d: %d %q", i, resp.StatusCode, body)
-			}
-		}
+		expectWeb(t, p.mirrorAddr["web"], 20)
 		if err := p.west.Client.Delete(context.Background(), &discoveryv1.EndpointSlice{ObjectMeta: metav1.ObjectMeta{Name: "web-east", Namespace: "tenant"}}); err != nil {
 			t.Fatal(err)
 		}
