@@ -187,6 +187,8 @@ func (s *Sandbox) startGateways(ctx context.Context) error {
 			"--inbound-address", st.GatewayInbound,
 			"--outbound-bind-ip", ip,
 			"--admin-address", st.GatewayAdmin,
+			// No kube-proxy to wait for: stop at once.
+			"--shutdown-delay", "0s",
 		}, s.egressResolve()...))
 		if _, err := s.procs.start("gateway-"+c.name, argv); err != nil {
 			return err
