@@ -197,7 +197,7 @@ func mirrorOnce(ctx context.Context, dir, bin string, run mirrorRun, rate int, c
 
 	admin := net.JoinHostPort(westIP, "9991")
 	cmd := exec.Command(bin, "controller", "--kubeconfig", west.Kubeconfig, "--cluster-name", "west",
-		"--admin-address", admin, "--gateway-port-range", "20000-39999", "--log-level", controllerLogLevel)
+		"--admin-address", admin, "--gateway-port-range", "20000-39999", "--egress-port-range", "40000-40999", "--log-level", controllerLogLevel)
 	pprofAddr := "127.0.0.1:6060"
 	if heapDir != "" {
 		cmd.Args = append(cmd.Args, "--pprof-address", pprofAddr)
@@ -213,12 +213,22 @@ func mirrorOnce(ctx context.Context, dir, bin string, run mirrorRun, rate int, c
 	if err := cmd.Start(); err != nil {
 		return res, err
 	}
-	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	exited := make(chan struct{})
+	var exitErr error
+	go func() { exitErr = cmd.Wait(); close(exited) }()
+	defer func() { _ = cmd.Process.Kill(); <-exited }()
 	pid := []int{cmd.Process.Pid}
 
 	// First sync: every mirror and slice exists.
 	rssLogged := 0.0
 	for {
+		select {
+		case <-exited:
+			// A controller that refused its flags or crashed: say so, rather
+			// than wait for mirrors that will never come.
+			return res, fmt.Errorf("the controller exited during the first sync (%v); its log is %s", exitErr, logf.Name())
+		default:
+		}
 		svcs, err := countMeta(ctx, west.Client, &metav1.PartialObjectMetadataList{TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "ServiceList"}})
 		if err != nil {
 			return res, err
