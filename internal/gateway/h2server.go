@@ -364,6 +364,18 @@ func (c *h2Conn) readFrames() {
 			var ce http2.ConnectionError
 			switch {
 			case errors.As(err, &se):
+				c.mu.Lock()
+				idle := se.StreamID > c.maxID
+				c.mu.Unlock()
+				if idle && se.Cause == nil {
+					// Not a malformed header block (the framer gives those
+					// their cause) but a WINDOW_UPDATE of 0 or a HEADERS
+					// frame padded past its end, on a stream never opened:
+					// a connection error (RFC 9113 §5.1, §6.2), where
+					// resetting it would have opened its ID.
+					c.goAway(http2.ErrCodeProtocol, err)
+					return
+				}
 				// A malformed header block: the stream's ID is used.
 				if c.noteStreamID(se.StreamID) != nil {
 					c.goAway(http2.ErrCodeProtocol, err)

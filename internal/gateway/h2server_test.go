@@ -341,6 +341,22 @@ func TestH2ServerRefusesWhatTheProtocolForbids(t *testing.T) {
 		_ = p.fr.WriteData(1, false, []byte("y"))
 		p.expectReset(1, http2.ErrCodeStreamClosed)
 	})
+	t.Run("WINDOW_UPDATE of 0 on a stream never opened", func(t *testing.T) {
+		p := newRawPeer(t, testH2Server(echo), true)
+		p.fr.AllowIllegalWrites = true
+		_ = p.fr.WriteWindowUpdate(9, 0)
+		p.expectGoAway(http2.ErrCodeProtocol)
+	})
+	t.Run("WINDOW_UPDATE of 0 on an open stream resets it alone", func(t *testing.T) {
+		p := newRawPeer(t, testH2Server(echo), true)
+		p.fr.AllowIllegalWrites = true
+		p.connect(1)
+		p.expectStatus(1, "200")
+		_ = p.fr.WriteWindowUpdate(1, 0)
+		p.expectReset(1, http2.ErrCodeProtocol)
+		p.connect(3)
+		p.expectStatus(3, "200")
+	})
 	t.Run("a window above 2^31-1", func(t *testing.T) {
 		p := newRawPeer(t, testH2Server(echo), true)
 		_ = p.fr.WriteWindowUpdate(0, 1<<31-1)
