@@ -594,3 +594,20 @@ func TestVerifiedMirrorsAreKeptUntilSomethingMoves(t *testing.T) {
 		}
 	})
 }
+
+// TestAllocatorStartsWhereTheLastPlanEnded: a whole-Link pass builds its
+// allocator from the cache, which may not show the slice another plan
+// just wrote with port 101; started after that plan's last port, it does
+// not hand 101 out again.
+func TestAllocatorStartsWhereTheLastPlanEnded(t *testing.T) {
+	stale := NewAllocator(PortRange{100, 110}, map[string]int32{"a": 100}) // "b" holds 101, unseen
+	stale.StartAt(102)
+	if p, _ := stale.Get("c"); p != 102 {
+		t.Fatalf("a new port from a stale view: %d, want 102", p)
+	}
+	wrapped := NewAllocator(PortRange{100, 110}, map[string]int32{"a": 100})
+	wrapped.StartAt(111) // past the range: from its start
+	if p, _ := wrapped.Get("c"); p != 101 {
+		t.Fatalf("after the end of the range: %d, want 101", p)
+	}
+}

@@ -66,6 +66,11 @@ func NewLazyAllocator(r PortRange, known map[string]int32, taken func(int32) (bo
 	return a
 }
 
+// StartAt makes the search for a new port start at next (when in the
+// range): after the last port handed out by an earlier plan, whose slice
+// the allocations this allocator was built from may not show yet.
+func (a *Allocator) StartAt(next int32) { a.next = next }
+
 // Next is where the search for the next new port starts.
 func (a *Allocator) Next() int32 { return a.next }
 

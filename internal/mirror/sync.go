@@ -66,6 +66,12 @@ func (r *Reconciler) sync(ctx context.Context, link *v1alpha1.Link, w *remoteWat
 	if err := r.readSlices(ctx, &in, func(*discoveryv1.EndpointSlice) bool { return true }); err != nil {
 		return nil, err
 	}
+	// The cache may not show yet the slices another Link's pass (or a
+	// single change) just wrote: from the range's start this pass would
+	// hand out their ports again — a duplicate the next full pass mends,
+	// but until then one gateway port leads two mirrors' callers to one
+	// of them. New ports go after the last one handed out.
+	in.Ports.StartAt(r.nextPort)
 	linkKey := types.NamespacedName{Namespace: link.Namespace, Name: link.Name}
 	// Every fullCompareEvery-th pass compares every mirror whatever the
 	// record says (every 5 minutes at the default resync): a safety net
