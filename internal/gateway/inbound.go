@@ -178,6 +178,11 @@ func (s *inboundServer) serve(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if target, ok, err := s.g.egressTarget(ctx, svc); ok || err != nil {
+		if err == nil {
+			// The originator dials the target's own port: the authority's
+			// must still be the Service's, as for any other Service.
+			_, err = tcpPort(svc, a.Port)
+		}
 		if err != nil {
 			s.deny(w, caller, deniedNotFound, err.Error(), http.StatusForbidden)
 			return

@@ -126,16 +126,9 @@ func (v *view) authorize(ctx context.Context, a Authority, caller string) (*core
 // backend picks a ready endpoint of the service port the authority names,
 // round-robin, as kube-proxy would, without depending on cluster DNS.
 func (v *view) backend(ctx context.Context, svc *corev1.Service, a Authority) (string, error) {
-	var portName string
-	found := false
-	for _, p := range svc.Spec.Ports {
-		if p.Port == a.Port && (p.Protocol == "" || p.Protocol == corev1.ProtocolTCP) {
-			portName, found = p.Name, true
-			break
-		}
-	}
-	if !found {
-		return "", fmt.Errorf("%w: service %s/%s has no TCP port %d", errNotFound, svc.Namespace, svc.Name, a.Port)
+	portName, err := tcpPort(svc, a.Port)
+	if err != nil {
+		return "", err
 	}
 	var slices discoveryv1.EndpointSliceList
 	// Read only, per stream: the cache's own objects, not deep copies.
@@ -182,4 +175,14 @@ func ptrOr[T any](p *T, def T) T {
 		return def
 	}
 	return *p
+}
+
+// tcpPort returns the name of svc's TCP port number port, or errNotFound.
+func tcpPort(svc *corev1.Service, port int32) (string, error) {
+	for _, p := range svc.Spec.Ports {
+		if p.Port == port && (p.Protocol == "" || p.Protocol == corev1.ProtocolTCP) {
+			return p.Name, nil
+		}
+	}
+	return "", fmt.Errorf("%w: service %s/%s has no TCP port %d", errNotFound, svc.Namespace, svc.Name, port)
 }

@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -14,6 +15,8 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/backbone-mesh/backbone/api/v1alpha1"
+	"github.com/backbone-mesh/backbone/internal/gateway"
+	"github.com/backbone-mesh/backbone/internal/identity"
 	"github.com/backbone-mesh/backbone/internal/kube"
 	"github.com/backbone-mesh/backbone/internal/testenv"
 )
@@ -76,6 +79,30 @@ func TestEgressTargetInItsOwnNamespace(t *testing.T) {
 	waitListening(t, egressAddr)
 	if body := get(t, "http://"+egressAddr+"/score?customer=42"); body != "score 742 for "+creditScoreHost {
 		t.Fatalf("egress call answered %q", body)
+	}
+	// A tunnel to the target names its Service's port; another port of
+	// the same Service name is refused, as for any Service (the
+	// originator dials the target's own port whatever the authority said).
+	wid, err := identity.Load(westID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := gateway.NewPool(wid, 5*time.Second, slog.New(slog.DiscardHandler), nil)
+	defer pool.Close()
+	pool.Ensure(v1alpha1.Link{Spec: v1alpha1.LinkSpec{TargetClusterName: "east",
+		GatewayAddresses: []v1alpha1.GatewayAddress{{Host: eastGW.ip, Port: 4143}}, GatewayIdentity: "spiffe://" + trustDomain + "/cluster/east"}})
+	for port, want := range map[int32]bool{80: true, 81: false} {
+		app, peer := net.Pipe()
+		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		st, err := pool.OpenStream(sctx, "east", gateway.Authority{Service: "resource-a", Namespace: "egress", Port: port}.String(), app)
+		cancel()
+		if (err == nil) != want {
+			t.Errorf("a tunnel to egress/resource-a port %d: %v, want opened=%v", port, err, want)
+		}
+		if st != nil {
+			_ = st.Close()
+		}
+		_ = peer.Close()
 	}
 	waitFor(t, 10*time.Second, "the egress access log line in east's gateway", func() bool {
 		return strings.Contains(grepLine(eastGW.logBytes(), `"msg":"egress access"`), `"target":"egress/resource-a"`)
