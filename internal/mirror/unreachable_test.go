@@ -30,6 +30,13 @@ func TestRemoteDownAtStartIsNotACredentialsProblem(t *testing.T) {
 	}
 	stop := runController(t, west)
 	eventually(t, "orders-east is mirrored", func() bool { _, ok := get(west, "shop", "orders-east", &corev1.Service{}); return ok })
+	// The status is written after the mirrors: stopped before it, the
+	// controller would leave WaitingForRemote behind, which the next
+	// check would take for the restarted controller's verdict.
+	eventually(t, "the Link reports Synced", func() bool {
+		c := linkReady(west, "east")
+		return c != nil && c.Reason == mirror.ReasonSynced
+	})
 	stop()
 
 	proxy.SetRefuse(true)
