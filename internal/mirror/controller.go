@@ -673,16 +673,12 @@ func (r *Reconciler) watch(ctx context.Context, link *v1alpha1.Link) (*remoteWat
 	nw, err := startRemoteWatch(link.Spec.TargetClusterName, cfg, token, func() { r.enqueueLink(key) }, func(namespace, name string) {
 		r.services.Add(serviceKey{Link: key, Namespace: namespace, Name: name})
 	})
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if old, ok := r.watches[key]; ok {
-		old.stop() // built from credentials replaced since
-		delete(r.watches, key)
-		delete(r.creds, key)
-	}
+	r.stopWatch(key) // built from credentials replaced since
 	if err != nil {
 		return nil, remoteStartError{err}
 	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	r.watches[key], r.creds[key] = nw, string(raw)
 	return nw, nil
 }
