@@ -267,7 +267,7 @@ func benchmarkGatewayRoundTrip(b *testing.B) {
 // gateways' code — serveOutbound on this side, the pooled tunnel,
 // inboundServer.tunnel on the peer's — to a TCP backend that serve
 // serves. done is closed when serveOutbound returned.
-func throughGateways(b *testing.B, serve func(net.Conn)) (app net.Conn, done <-chan struct{}) {
+func throughGateways(b testing.TB, serve func(net.Conn)) (app net.Conn, done <-chan struct{}) {
 	discard := slog.New(slog.DiscardHandler)
 	backendAddr := serveTCP(b, serve)
 	peerSide := &inboundServer{g: &Gateway{log: discard, metrics: newMetrics(nopRegisterer{}), drain: newDrainTracker()}}

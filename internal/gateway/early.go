@@ -56,6 +56,7 @@ type Stream struct {
 	overflow bool          // more than maxReplay went: no replay
 	done     chan struct{} // the upload ended
 	err      error         // the application's read error, if that ended it
+	srcEnded bool          // the application's side ended (EOF or error); set before done closes
 	halted   chan struct{} // closed by Close
 	once     sync.Once
 }
@@ -80,6 +81,18 @@ func (s *Stream) WaitSent() error {
 		return s.err
 	case <-s.halted:
 		return nil
+	}
+}
+
+// Unread says whether the application may still send bytes nobody will
+// read: the upload stopped, or will, before the application's end. done
+// is closed once the upload no longer reads.
+func (s *Stream) Unread() (unread bool, done <-chan struct{}) {
+	select {
+	case <-s.done:
+		return !s.srcEnded, s.done
+	default:
+		return true, s.done
 	}
 }
 
@@ -154,6 +167,7 @@ func (s *Stream) upload() {
 			c.release()
 		}
 		if err != nil || rerr == io.EOF {
+			s.srcEnded = rerr != nil
 			return // the stream ended, or the application's side did
 		}
 		if rerr != nil {
@@ -165,6 +179,7 @@ func (s *Stream) upload() {
 					st.c.resetStream(st.id, http2.ErrCodeCancel, true)
 				}
 			}
+			s.srcEnded = true
 			s.giveUp()
 			return
 		}

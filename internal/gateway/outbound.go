@@ -157,13 +157,25 @@ func (g *Gateway) serveOutbound(ctx context.Context, app net.Conn, r route) {
 	g.drain.add()
 	defer g.drain.done()
 	defer func() { _ = app.Close() }()
+	if upload := g.tunnelOutbound(ctx, app, r); upload != nil {
+		// The answer ended before the application's request did: what
+		// it still sends is read and dropped, so that closing does not
+		// reset the connection and lose the end of the answer.
+		linger(ctx, app, upload)
+	}
+}
+
+// tunnelOutbound carries app's connection through a stream. It returns,
+// when the answer ended cleanly while the application may still send,
+// what is closed once the stream's upload no longer reads app.
+func (g *Gateway) tunnelOutbound(ctx context.Context, app net.Conn, r route) (lingerAfter <-chan struct{}) {
 	start := time.Now()
 	st, err := g.pool.OpenStream(ctx, r.cluster, r.authority, app)
 	if err != nil {
 		g.metrics.streams.WithLabelValues(outbound, r.cluster, "refused").Inc()
 		g.log.Warn("tunnel failed", "peer_cluster", r.cluster, "target", r.authority, "err", err)
 		abort(app) // the application sees a failed connection, not an empty answer
-		return
+		return nil
 	}
 	defer func() { _ = st.Close() }()
 	m := g.metrics.streamSeries(outbound, r.cluster)
@@ -176,18 +188,24 @@ func (g *Gateway) serveOutbound(ctx context.Context, app net.Conn, r route) {
 	n, err := st.Down.WriteTo(app)
 	m.received.Add(float64(n))
 	_ = st.Down.Close() // ends the stream if it is still open, and its context
-	result := "ok"
 	if !isClosed(err) {
 		// The stream was reset (the backend or the peer gateway failed):
 		// so is the application's connection, not ended as if complete.
-		result = "error"
 		abort(app)
-	} else {
-		closeWrite(app) // the remote side is done sending
+		_ = st.WaitSent()
+		m.sent.Add(float64(st.Sent()))
+		m.ended("error")
+		return nil
 	}
+	closeWrite(app) // the remote side is done sending
+	result := "ok"
 	if e := st.WaitSent(); e != nil {
 		result = "error"
 	}
 	m.sent.Add(float64(st.Sent()))
 	m.ended(result)
+	if unread, upload := st.Unread(); unread && result == "ok" {
+		return upload
+	}
+	return nil
 }

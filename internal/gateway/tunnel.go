@@ -1,11 +1,13 @@
 package gateway
 
 import (
+	"context"
 	"errors"
 	"io"
 	"net"
 	"net/http"
 	"sync"
+	"time"
 )
 
 // copyBufferSize: large enough for few syscalls on long fat links, small
@@ -142,6 +144,50 @@ func abort(c net.Conn) {
 		_ = tc.SetLinger(0)
 	}
 	_ = c.Close()
+}
+
+// An application may still be sending when its answer has ended: a
+// server that refuses a large upload answers and closes without reading
+// it. Its connection is then half-closed and what it still sends is read
+// and dropped, for up to lingerTime in all and lingerIdle between reads
+// (nginx's lingering_time and lingering_timeout), before the socket is
+// closed. Closed with bytes unread, the socket would be reset, and the
+// kernel would throw away the end of the answer not yet sent: the
+// application would see the answer cut off, or, once its own write took
+// the reset's error, a clean end after a cut-off answer.
+var (
+	lingerTime = 30 * time.Second
+	lingerIdle = 5 * time.Second
+)
+
+// linger reads and drops what c still sends, after its write side was
+// closed, until c ends, stops sending for lingerIdle, lingerTime passes
+// or ctx ends. reading is closed when another reader of c has stopped:
+// linger takes over from it.
+func linger(ctx context.Context, c net.Conn, reading <-chan struct{}) {
+	end := time.Now().Add(lingerTime)
+	next := func() time.Time {
+		if t := time.Now().Add(lingerIdle); t.Before(end) {
+			return t
+		}
+		return end
+	}
+	_ = c.SetReadDeadline(next()) // bounds the other reader's read too
+	stop := context.AfterFunc(ctx, func() { _ = c.SetReadDeadline(time.Now()) })
+	defer stop()
+	select {
+	case <-reading:
+	case <-ctx.Done():
+		return
+	}
+	b := readPool.Get().(*chunk)
+	defer b.release()
+	for ctx.Err() == nil {
+		if _, err := c.Read(b.buf); err != nil {
+			return
+		}
+		_ = c.SetReadDeadline(next())
+	}
 }
 
 func isClosed(err error) bool {
