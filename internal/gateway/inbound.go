@@ -290,7 +290,9 @@ func (s *inboundServer) originate(w http.ResponseWriter, r *http.Request, caller
 	if err := s.g.origin.Serve(r.Context(), conn, t, caller); err != nil {
 		s.g.log.Warn("egress", "caller", caller, "target", t.Name, "err", err)
 		s.g.metrics.streams.WithLabelValues(inbound, caller, "error").Inc()
-		return
+		// The stream is reset: the caller's application sees the
+		// target's failure, not a clean end after a cut-off answer.
+		panic(http.ErrAbortHandler)
 	}
 	s.g.metrics.streams.WithLabelValues(inbound, caller, "ok").Inc()
 }

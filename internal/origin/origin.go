@@ -121,10 +121,15 @@ func (o *Originator) Serve(ctx context.Context, client net.Conn, t Target, calle
 		// the upstream connection: half-closed, an upstream that never
 		// answers or closes would hold both, and the stream's slot.
 		stop := context.AfterFunc(ctx, func() { _ = client.Close(); _ = upstream.Close() })
-		in, out := splice(client, upstream)
+		in, out, err := splice(client, upstream)
 		stop()
-		o.access(caller, t, "CONNECT", "", 0, in, out, start, nil)
-		return nil
+		if err != nil && ctx.Err() == nil {
+			err = fmt.Errorf("egress target %s: tunnel failed: %w", t.Name, err)
+		} else {
+			err = nil // the tunnel's end closed both
+		}
+		o.access(caller, t, "CONNECT", "", 0, in, out, start, err)
+		return err
 	default:
 		_ = client.Close()
 		return fmt.Errorf("egress target %s: unknown protocol %q", t.Name, t.Protocol)
@@ -338,14 +343,28 @@ func (r *recorder) Flush() {
 
 func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
 
-// splice copies both ways, propagating half-close, until both are done,
-// and returns the bytes from a to b and from b to a.
-func splice(a, b net.Conn) (ab, ba int64) {
+// splice copies both ways, passing on each side's clean end as a
+// half-close, until both are done. A side that fails (a reset, a read or
+// write error) fails the other: the connections are reset, not closed,
+// and the error is returned, so that whoever serves a as a stream resets
+// the stream. A clean end after a cut-off answer would pass it for a
+// complete one.
+func splice(a, b net.Conn) (ab, ba int64, err error) {
 	var wg sync.WaitGroup
 	wg.Add(2)
+	var failed sync.Once
 	cp := func(dst, src net.Conn, n *int64) {
 		defer wg.Done()
-		*n, _ = io.Copy(dst, src)
+		var cerr error
+		*n, cerr = io.Copy(dst, src)
+		if cerr != nil {
+			failed.Do(func() {
+				err = cerr
+				reset(a)
+				reset(b)
+			})
+			return
+		}
 		if cw, ok := dst.(interface{ CloseWrite() error }); ok {
 			_ = cw.CloseWrite()
 		} else {
@@ -357,5 +376,18 @@ func splice(a, b net.Conn) (ab, ba int64) {
 	wg.Wait()
 	_ = a.Close()
 	_ = b.Close()
-	return ab, ba
+	return ab, ba, err
+}
+
+// reset ends c with a TCP reset where it is TCP (under TLS too), and
+// closes it otherwise.
+func reset(c net.Conn) {
+	raw := c
+	if tc, ok := c.(*tls.Conn); ok {
+		raw = tc.NetConn()
+	}
+	if tc, ok := raw.(*net.TCPConn); ok {
+		_ = tc.SetLinger(0)
+	}
+	_ = raw.Close()
 }

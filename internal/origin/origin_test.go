@@ -188,6 +188,58 @@ func TestTCPTargetPassesBytesAndHalfClose(t *testing.T) {
 	}
 }
 
+// TestTCPTargetFailureReachesTheClientAsAFailure: a target that resets
+// its connection mid-answer resets the client's too, and Serve reports
+// it (a stream's server resets the stream on it). Passed on as a
+// half-close, the cut-off answer would read as a complete one.
+func TestTCPTargetFailureReachesTheClientAsAFailure(t *testing.T) {
+	testenv.RequireNetns(t)
+	l := testenv.ListenNetns(t, 4)
+	go func() {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		_, _ = io.ReadAll(c)
+		_, _ = c.Write([]byte("partial"))
+		time.Sleep(50 * time.Millisecond) // the bytes cross before the reset
+		_ = c.(*net.TCPConn).SetLinger(0)
+		_ = c.Close()
+	}()
+	tg := Target{Name: "db", DNSName: testenv.NetnsAddr(4), Port: int32(l.Addr().(*net.TCPAddr).Port), Protocol: TCP}
+	o := New(nil)
+	clientL := testenv.ListenNetns(t, 5)
+	served := make(chan error, 1)
+	go func() {
+		c, err := clientL.Accept()
+		if err != nil {
+			served <- err
+			return
+		}
+		served <- o.Serve(context.Background(), c, tg, "test")
+	}()
+	c, err := net.Dial("tcp", clientL.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = c.Close() }()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	_, _ = c.Write([]byte("select 1"))
+	_ = c.(*net.TCPConn).CloseWrite()
+	got, err := io.ReadAll(c)
+	if err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("the client read %q and then %v, want the connection reset", got, err)
+	}
+	select {
+	case err := <-served:
+		if err == nil {
+			t.Error("Serve returned nil for a tunnel whose target failed")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Serve did not return")
+	}
+}
+
 // TestTCPTunnelEndsWithItsContext: a tunnel whose stream ended (its
 // context cancelled) ends the upstream connection, even one the upstream
 // holds open in silence after the client's half-close.
