@@ -99,13 +99,25 @@ type LinkProbeStatus struct {
 	// ConsecutiveFailures counts failed probes since the last success.
 	// +optional
 	ConsecutiveFailures int32 `json:"consecutiveFailures,omitempty"`
-	// LatencyP50 over the sliding window of recent probes.
+	// RecentProbes is how many of the latest probes (up to 100, failed or
+	// not) RecentFailures counts from: the link's loss is their ratio.
+	// +optional
+	RecentProbes int32 `json:"recentProbes,omitempty"`
+	// RecentFailures is how many of the RecentProbes failed (timed out,
+	// refused, or answered wrongly). The latency percentiles count only
+	// the probes that succeeded.
+	// +optional
+	RecentFailures int32 `json:"recentFailures,omitempty"`
+	// LatencyP50 of the latest successful probes (up to 100); cleared
+	// when the link dies, so a dead link shows none.
 	// +optional
 	LatencyP50 *metav1.Duration `json:"latencyP50,omitempty"`
-	// LatencyP90 over the sliding window of recent probes.
+	// LatencyP90 of the latest successful probes (up to 100); cleared
+	// when the link dies, so a dead link shows none.
 	// +optional
 	LatencyP90 *metav1.Duration `json:"latencyP90,omitempty"`
-	// LatencyP99 over the sliding window of recent probes.
+	// LatencyP99 of the latest successful probes (up to 100); cleared
+	// when the link dies, so a dead link shows none.
 	// +optional
 	LatencyP99 *metav1.Duration `json:"latencyP99,omitempty"`
 }

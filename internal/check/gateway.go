@@ -14,6 +14,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	backbonev1alpha1 "github.com/backbone-mesh/backbone/api/v1alpha1"
+	"github.com/backbone-mesh/backbone/internal/probe"
 )
 
 // IdentitySecret is the Secret holding the cluster's gateway identity, as
@@ -31,6 +32,9 @@ func checkLinkProbe(l *backbonev1alpha1.Link) Result {
 	switch {
 	case p == nil:
 		return fail(name, "not probed yet: is the controller running with --identity-dir?", "kubectl -n "+backbonev1alpha1.SystemNamespace+" logs deploy/backbone-controller")
+	case p.LastProbeTime != nil && time.Since(p.LastProbeTime.Time) > probe.StaleAfter:
+		at := time.Since(p.LastProbeTime.Time).Round(time.Second)
+		return fail(name, fmt.Sprintf("the probe status is stale (last probe %s ago): no controller measures this link", at), "kubectl -n "+backbonev1alpha1.SystemNamespace+" logs deploy/backbone-controller")
 	case !p.Alive:
 		msg := fmt.Sprintf("dead: %d probes failed in a row", p.ConsecutiveFailures)
 		if cond != nil && cond.Message != "" {
@@ -41,6 +45,9 @@ func checkLinkProbe(l *backbonev1alpha1.Link) Result {
 	msg := "answers"
 	if p.LatencyP50 != nil {
 		msg += fmt.Sprintf(", p50 %s", p.LatencyP50.Duration.Round(100*time.Microsecond))
+	}
+	if p.RecentFailures > 0 {
+		msg += fmt.Sprintf(", %d of the last %d probes failed", p.RecentFailures, p.RecentProbes)
 	}
 	return pass(name, msg)
 }

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net/http"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -148,6 +149,16 @@ func (s *Server) Poll(ctx context.Context) {
 			continue
 		}
 		linksBySource[name] = r.links
+		// A deleted Link's history goes with it.
+		current := map[string]bool{}
+		for _, l := range r.links {
+			current[name+"->"+l.Spec.TargetClusterName] = true
+		}
+		for key := range s.history {
+			if strings.HasPrefix(key, name+"->") && !current[key] {
+				delete(s.history, key)
+			}
+		}
 		for _, l := range r.links {
 			key := name + "->" + l.Spec.TargetClusterName
 			sample := Sample{Time: now}

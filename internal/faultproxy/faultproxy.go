@@ -38,7 +38,10 @@ type Proxy struct {
 	accepted atomic.Int64
 }
 
-type pair struct{ client, server net.Conn }
+type pair struct {
+	client, server net.Conn
+	lost           atomic.Bool // set by LoseOpen: bytes are dropped both ways
+}
 
 // New listens on listen (e.g. "127.0.0.1:0") and forwards to upstream.
 func New(listen, upstream string) (*Proxy, error) {
@@ -120,6 +123,18 @@ func (p *Proxy) SetStalled(stalled bool) {
 	if !stalled {
 		close(p.unstall)
 		p.unstall = make(chan struct{})
+	}
+}
+
+// LoseOpen silently drops, from now on, every byte of the connections
+// open now, while new connections are forwarded: a NAT or load balancer
+// that lost its flows' state, or a peer host that died without a reset.
+// Nothing reaches either end and nothing is closed.
+func (p *Proxy) LoseOpen() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for c := range p.conns {
+		c.lost.Store(true)
 	}
 }
 
@@ -205,8 +220,8 @@ func (p *Proxy) handle(client net.Conn) {
 	time.Sleep(2 * p.Latency())
 	var wg sync.WaitGroup
 	wg.Add(2)
-	go func() { defer wg.Done(); p.pipe(server, client, &p.up) }()
-	go func() { defer wg.Done(); p.pipe(client, server, &p.down) }()
+	go func() { defer wg.Done(); p.pipe(server, client, &p.up, pr) }()
+	go func() { defer wg.Done(); p.pipe(client, server, &p.down, pr) }()
 	wg.Wait()
 }
 
@@ -218,7 +233,7 @@ type chunk struct {
 // pipe copies src to dst, delivering each chunk latency after it was read:
 // a reader and a writer goroutine with a queue between them, so the delay
 // models propagation and does not throttle throughput.
-func (p *Proxy) pipe(dst, src net.Conn, link *linkQueue) {
+func (p *Proxy) pipe(dst, src net.Conn, link *linkQueue, pr *pair) {
 	queue := make(chan chunk, 256)
 	done := make(chan struct{})
 	go func() {
@@ -227,6 +242,10 @@ func (p *Proxy) pipe(dst, src net.Conn, link *linkQueue) {
 			p.waitStall()
 			if d := time.Until(c.due); d > 0 {
 				time.Sleep(d)
+			}
+			if pr.lost.Load() {
+				p.queued.Add(-int64(len(c.data)))
+				continue
 			}
 			if c.data == nil { // EOF from src: half-close dst
 				if tc, ok := dst.(*net.TCPConn); ok {

@@ -199,3 +199,54 @@ func TestAnswerWaitTellsSlowFromDead(t *testing.T) {
 		})
 	}
 }
+
+// TestProbeDropsASilentlyDeadConnection: a link probe on a pooled
+// connection that went silent — its peer host died without a reset, or a
+// NAT lost the flow — while new connections would work, gives that
+// connection up as the data path does, once it has been silent for the
+// dial timeout with the probe's request and PING unanswered; the next
+// probe dials anew and succeeds. Without it every probe would reuse the
+// dead connection until the HTTP/2 ping bound closed it (45 s), and the
+// link would be reported dead and its mirrors taken out of service
+// meanwhile.
+func TestProbeDropsASilentlyDeadConnection(t *testing.T) {
+	const dialTimeout = 600 * time.Millisecond
+	const probeTimeout = 250 * time.Millisecond // shorter than the dial timeout, as by default
+	var proxy *faultproxy.Proxy
+	pp := startPeer(t, livenessPeer(0), dialTimeout, func(addr string) string {
+		var err error
+		if proxy, err = faultproxy.New("127.0.0.1:0", addr); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = proxy.Close() })
+		return proxy.Addr()
+	})
+	probe := func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), probeTimeout)
+		defer cancel()
+		_, err := pp.pool.Probe(ctx, "east")
+		return err
+	}
+	if err := probe(); err != nil {
+		t.Fatal(err)
+	}
+	proxy.LoseOpen()
+	// Probes every probe timeout and a bit: within the dial timeout plus
+	// two probes the connection is given up and a new one answers.
+	failed := 0
+	for i := 0; ; i++ {
+		err := probe()
+		if err == nil {
+			break
+		}
+		failed++
+		if i >= 20 {
+			t.Fatalf("%d probes in a row failed over the silent connection (last: %v); want a new connection after the dial timeout", failed, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Logf("%d probes failed before one went over a new connection", failed)
+	if proxy.Accepted() < 2 {
+		t.Errorf("the proxy accepted %d connections, want a second one", proxy.Accepted())
+	}
+}

@@ -389,10 +389,23 @@ func (p *Pool) Probe(ctx context.Context, cluster string) (time.Duration, error)
 		return 0, err
 	}
 	addr := pc.addr
+	if pc.quiet(monotime()) >= p.dialTimeout/4 {
+		// A live peer answers the PING even when its /ready is slow, so
+		// a slow answer does not pass for a dead connection below.
+		pc.probe()
+	}
 	start := time.Now()
 	status, body, err := pc.cc.get(ctx, addr, "/ready", 256)
 	if err != nil {
-		if ctx.Err() == nil && errors.Is(pc.cc.Err(), errConnClosed) {
+		switch {
+		case ctx.Err() == nil && errors.Is(pc.cc.Err(), errConnClosed):
+			pr.markBroken(pc)
+		case pc.quiet(monotime()) >= p.dialTimeout:
+			// Nothing from the peer for a dial timeout, with a request
+			// and a PING outstanding: the connection is dead (the rule
+			// answerWatch applies to streams). The next probe dials anew
+			// and measures whether the link is, instead of waiting on
+			// this connection until the PING bound closes it.
 			pr.markBroken(pc)
 		}
 		return 0, err

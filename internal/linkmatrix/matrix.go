@@ -15,14 +15,20 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 
 	"github.com/backbone-mesh/backbone/api/v1alpha1"
+	"github.com/backbone-mesh/backbone/internal/probe"
 )
 
 // Cell is one source → target link.
 type Cell struct {
 	Source string `json:"source"`
 	Target string `json:"target"`
-	// State is "up", "dead" or "unknown" (not probed yet).
+	// State is "up", "dead", "stale" (the source's controller has not
+	// refreshed the status for probe.StaleAfter: nobody measures the link
+	// and its figures are old) or "unknown" (not probed yet).
 	State string `json:"state"`
+	// LossPercent is the share of the latest probes (up to 100) that
+	// failed; the percentiles count only those that succeeded.
+	LossPercent *float64 `json:"lossPercent,omitempty"`
 	// P50, P90, P99 in milliseconds; absent when nothing was measured.
 	P50Millis *float64 `json:"p50Ms,omitempty"`
 	P90Millis *float64 `json:"p90Ms,omitempty"`
@@ -55,6 +61,11 @@ func millis(d *time.Duration) *float64 {
 
 // Build assembles the matrix from each source cluster's Links.
 func Build(linksBySource map[string][]v1alpha1.Link, errs map[string]error) Matrix {
+	return BuildAt(time.Now(), linksBySource, errs)
+}
+
+// BuildAt is Build with the time against which a status's age is judged.
+func BuildAt(now time.Time, linksBySource map[string][]v1alpha1.Link, errs map[string]error) Matrix {
 	m := Matrix{Errors: map[string]string{}}
 	names := map[string]bool{}
 	for source, links := range linksBySource {
@@ -72,6 +83,13 @@ func Build(linksBySource map[string][]v1alpha1.Link, errs map[string]error) Matr
 				if p.LastProbeTime != nil {
 					t := p.LastProbeTime.UTC()
 					c.LastProbeTime = &t
+				}
+				if p.LastProbeTime != nil && now.Sub(p.LastProbeTime.Time) > probe.StaleAfter {
+					c.State = "stale"
+				}
+				if p.RecentProbes > 0 {
+					v := 100 * float64(p.RecentFailures) / float64(p.RecentProbes)
+					c.LossPercent = &v
 				}
 				if p.LatencyP50 != nil {
 					c.P50Millis = millis(&p.LatencyP50.Duration)
@@ -124,6 +142,8 @@ func cellText(c *Cell) string {
 		return "·" // not linked
 	case c.State == "dead":
 		return "DEAD"
+	case c.State == "stale":
+		return "STALE"
 	case c.P50Millis == nil:
 		return "?"
 	default:

@@ -63,3 +63,23 @@ func TestCellsCarryCertificates(t *testing.T) {
 		t.Errorf("a Link without certificate status got %q %v", north.Certificates, north.CertificatesExpire)
 	}
 }
+
+// TestOldStatusIsStale: a status the source's controller stopped
+// refreshing is shown stale, not as the live figures it last wrote; the
+// loss of recent probes travels with the cell.
+func TestOldStatusIsStale(t *testing.T) {
+	now := time.Date(2030, 1, 1, 12, 0, 0, 0, time.UTC)
+	fresh := link("east", true, 30*time.Millisecond)
+	fresh.Status.Probe.LastProbeTime = &metav1.Time{Time: now.Add(-40 * time.Second)}
+	fresh.Status.Probe.RecentProbes, fresh.Status.Probe.RecentFailures = 100, 7
+	old := link("north", true, 30*time.Millisecond)
+	old.Status.Probe.LastProbeTime = &metav1.Time{Time: now.Add(-time.Hour)}
+	m := BuildAt(now, map[string][]v1alpha1.Link{"west": {fresh, old}}, nil)
+	east, north := m.Links[0], m.Links[1]
+	if east.State != "up" || east.LossPercent == nil || *east.LossPercent != 7 {
+		t.Errorf("west -> east probed 40 s ago with 7 of 100 failed: state %q, loss %v; want up, 7%%", east.State, east.LossPercent)
+	}
+	if north.State != "stale" || cellText(&north) != "STALE" {
+		t.Errorf("west -> north probed an hour ago: state %q, shown %q; want stale, STALE", north.State, cellText(&north))
+	}
+}

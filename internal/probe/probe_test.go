@@ -85,3 +85,37 @@ func TestFailureThreshold(t *testing.T) {
 		})
 	}
 }
+
+// TestLossAndTheWindowOfADeadLink: failed probes count in the loss the
+// latency percentiles leave out, and a link that dies drops its old
+// latencies instead of showing them as current.
+func TestLossAndTheWindowOfADeadLink(t *testing.T) {
+	fail := errors.New("timeout")
+	s := NewState(10)
+	for i := range 10 {
+		var err error
+		if i%5 == 0 {
+			err = fail
+		}
+		s.Record(time.Now(), ms(10), err, 3)
+	}
+	if probes, failures := s.Recent(); probes != 10 || failures != 2 {
+		t.Errorf("recent probes %d, failures %d; want 10, 2", probes, failures)
+	}
+	for range 3 {
+		s.Record(time.Now(), 0, fail, 3)
+	}
+	if s.Alive {
+		t.Fatal("three failures did not mark the link dead")
+	}
+	if d, ok := s.Window.Percentile(0.5); ok {
+		t.Errorf("a dead link still reports a p50 of %v", d)
+	}
+	if probes, failures := s.Recent(); probes != 10 || failures != 4 {
+		t.Errorf("recent probes %d, failures %d; want 10 (the window's size), 4", probes, failures)
+	}
+	s.Record(time.Now(), ms(40), nil, 3)
+	if d, ok := s.Window.Percentile(0.5); !ok || d != ms(40) {
+		t.Errorf("after recovery p50 = %v (%v), want the new 40ms only", d, ok)
+	}
+}

@@ -24,9 +24,14 @@ const (
 	DefaultTimeout          = 2 * time.Second
 	DefaultFailureThreshold = 3
 	// statusRefresh bounds how stale status.probe may get while nothing
-	// changes; changes of liveness or failure count are written at once.
+	// changes; changes of liveness are written at once.
 	statusRefresh = 30 * time.Second
-	windowSize    = 100
+	// StaleAfter is how old a Link's status.probe.lastProbeTime may be
+	// before readers (backbone links, the dashboard, backbone check) take
+	// it for stale: the status is refreshed every 30 s while a controller
+	// probes, so an older one means none does.
+	StaleAfter = 2 * time.Minute
+	windowSize = 100
 )
 
 // Runner probes every Link in Namespace. It is a controller-runtime
@@ -58,6 +63,7 @@ type linkProber struct {
 	mu       sync.Mutex
 	link     *v1alpha1.Link
 	cancel   context.CancelFunc
+	done     chan struct{} // closed when the loop has stopped
 	state    *State
 	written  time.Time
 	lastSeen probeStatusKey
@@ -70,13 +76,15 @@ type linkProber struct {
 	certState metav1.ConditionStatus
 }
 
-// probeStatusKey is what, when it changes, is written at once; the rest
-// (lastProbeTime, latencies, lastHandshakeTime) rides along with the
-// periodic refresh.
+// probeStatusKey is what, when it changes, is written at once: whether
+// the link is alive (the mirrors' endpoint readiness follows it) and the
+// certificates' verdict. The rest (whether recent probes failed, the
+// failure counts, lastProbeTime, latencies, lastHandshakeTime) rides along
+// with the periodic refresh, so a dead or lossy link costs the API server
+// no more writes than a healthy one.
 type probeStatusKey struct {
-	alive    bool
-	failures int32
-	certs    certVerdict
+	alive bool
+	certs certVerdict
 }
 
 // NeedLeaderElection makes the manager run the prober on the leader only.
@@ -138,15 +146,20 @@ func (r *Runner) sync(ctx context.Context) {
 			continue
 		}
 		lctx, cancel := context.WithCancel(ctx)
-		lp := &linkProber{link: link, cancel: cancel, state: NewState(windowSize), since: time.Now()}
+		lp := &linkProber{link: link, cancel: cancel, state: NewState(windowSize), since: time.Now(), done: make(chan struct{})}
 		r.links[key] = lp
-		go r.loop(lctx, key, lp)
+		go func() { defer close(lp.done); r.loop(lctx, key, lp) }()
 	}
 	for key, lp := range r.links {
 		if !seen[key] {
 			lp.cancel()
 			delete(r.links, key)
-			r.Metrics.forget(r.Cluster, lp.link.Spec.TargetClusterName)
+			// Once the loop has stopped: a loop past its last check of
+			// the context would set its series again after the delete.
+			go func() {
+				<-lp.done
+				r.Metrics.forget(r.Cluster, lp.link.Spec.TargetClusterName)
+			}()
 		}
 	}
 }
@@ -207,7 +220,7 @@ func (r *Runner) loop(ctx context.Context, key types.NamespacedName, lp *linkPro
 		}
 		r.Metrics.Up.WithLabelValues(r.Cluster, target).Set(up)
 
-		k := probeStatusKey{alive: lp.state.Alive, failures: lp.state.ConsecutiveFailures}
+		k := probeStatusKey{alive: lp.state.Alive}
 		if r.Inspect != nil {
 			if r.inspectDue(lp, now, err != nil) {
 				ictx, icancel := context.WithTimeout(ctx, timeout)

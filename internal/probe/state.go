@@ -11,17 +11,44 @@ type State struct {
 	ConsecutiveFailures int32
 	LastProbe           time.Time
 	LastError           string
-	Window              *Window
+	// Window holds the latencies of recent successful probes, cleared
+	// when the link dies: a dead link's latency is unknown, not what it
+	// was before.
+	Window *Window
+	// outcomes holds whether each recent probe failed, successes and
+	// failures alike, as many as Window: the loss the latencies leave out.
+	outcomes []bool
+	next     int
+	full     bool
 }
 
 // NewState returns the state of a link not probed yet.
 func NewState(windowSize int) *State {
-	return &State{Alive: true, Window: NewWindow(windowSize)}
+	return &State{Alive: true, Window: NewWindow(windowSize), outcomes: make([]bool, max(windowSize, 1))}
+}
+
+// Recent is how many probes the loss window holds, and how many of them
+// failed.
+func (s *State) Recent() (probes, failures int) {
+	probes = s.next
+	if s.full {
+		probes = len(s.outcomes)
+	}
+	for _, failed := range s.outcomes[:probes] {
+		if failed {
+			failures++
+		}
+	}
+	return probes, failures
 }
 
 // Record applies one probe result and reports whether Alive changed.
 func (s *State) Record(at time.Time, took time.Duration, err error, threshold int32) (changed bool) {
 	s.LastProbe = at
+	s.outcomes[s.next] = err != nil
+	if s.next++; s.next == len(s.outcomes) {
+		s.next, s.full = 0, true
+	}
 	was := s.Alive
 	if err == nil {
 		s.ConsecutiveFailures = 0
@@ -32,6 +59,9 @@ func (s *State) Record(at time.Time, took time.Duration, err error, threshold in
 		s.ConsecutiveFailures++
 		s.LastError = err.Error()
 		if s.ConsecutiveFailures >= max(threshold, 1) {
+			if s.Alive {
+				s.Window.Reset()
+			}
 			s.Alive = false
 		}
 	}

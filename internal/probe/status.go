@@ -38,6 +38,10 @@ func (r *Runner) writeStatus(ctx context.Context, key types.NamespacedName, lp *
 	if s.ConsecutiveFailures > 0 {
 		probe["consecutiveFailures"] = int64(s.ConsecutiveFailures)
 	}
+	if probes, failures := s.Recent(); probes > 0 {
+		probe["recentProbes"] = int64(probes)
+		probe["recentFailures"] = int64(failures)
+	}
 	for field, q := range map[string]float64{"latencyP50": 0.5, "latencyP90": 0.9, "latencyP99": 0.99} {
 		if d, ok := s.Window.Percentile(q); ok {
 			probe[field] = metav1.Duration{Duration: d.Round(100 * time.Microsecond)}.Duration.String()
