@@ -41,6 +41,13 @@ var bg = context.Background()
 // kubeconfig with its token, reaching the API server through server.
 func linkReaderKubeconfig(t *testing.T, c *testenv.Cluster, server string) []byte {
 	t.Helper()
+	return linkReaderKubeconfigCA(t, c, server, c.Config.CAData)
+}
+
+// linkReaderKubeconfigCA is linkReaderKubeconfig for a server whose
+// certificate ca signs (a proxy's).
+func linkReaderKubeconfigCA(t *testing.T, c *testenv.Cluster, server string, ca []byte) []byte {
+	t.Helper()
 	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "backbone-link-reader", Namespace: v1alpha1.SystemNamespace}}
 	role := &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: "backbone-link-reader"}, Rules: []rbacv1.PolicyRule{
 		{APIGroups: []string{""}, Resources: []string{"services"}, Verbs: []string{"get", "list", "watch"}},
@@ -59,7 +66,7 @@ func linkReaderKubeconfig(t *testing.T, c *testenv.Cluster, server string) []byt
 	if err != nil {
 		t.Fatal(err)
 	}
-	kc := kube.KubeconfigFor(map[string]*rest.Config{c.Name: {Host: server, BearerToken: tr.Status.Token, TLSClientConfig: rest.TLSClientConfig{CAData: c.Config.CAData}}}, c.Name)
+	kc := kube.KubeconfigFor(map[string]*rest.Config{c.Name: {Host: server, BearerToken: tr.Status.Token, TLSClientConfig: rest.TLSClientConfig{CAData: ca}}}, c.Name)
 	raw, err := clientcmd.Write(*kc)
 	if err != nil {
 		t.Fatal(err)
