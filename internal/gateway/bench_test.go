@@ -18,6 +18,7 @@ import (
 	"github.com/backbone-mesh/backbone/api/v1alpha1"
 	"github.com/backbone-mesh/backbone/internal/certs"
 	"github.com/backbone-mesh/backbone/internal/identity"
+	"github.com/backbone-mesh/backbone/internal/origin"
 )
 
 // benchPeer is a stand-in peer gateway: the same TLS 1.3 mTLS and HTTP/2
@@ -268,17 +269,23 @@ func benchmarkGatewayRoundTrip(b *testing.B) {
 // inboundServer.tunnel on the peer's — to a TCP backend that serve
 // serves. done is closed when serveOutbound returned.
 func throughGateways(b testing.TB, serve func(net.Conn)) (app net.Conn, done <-chan struct{}) {
-	discard := slog.New(slog.DiscardHandler)
 	backendAddr := serveTCP(b, serve)
-	peerSide := &inboundServer{g: &Gateway{log: discard, metrics: newMetrics(nopRegisterer{}), drain: newDrainTracker()}}
-	pp := startPeer(b, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	return throughGatewaysTo(b, context.Background(), func(peerSide *inboundServer, w http.ResponseWriter, r *http.Request) {
 		backend, err := net.Dial("tcp", backendAddr)
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusBadGateway)
 			return
 		}
 		peerSide.tunnel(w, r, "west", backend)
-	}), 5*time.Second, nil)
+	})
+}
+
+// throughGatewaysTo is throughGateways with the peer gateway's handler
+// given, and ctx the outbound side's (the gateway's streams' context).
+func throughGatewaysTo(b testing.TB, ctx context.Context, handler func(peerSide *inboundServer, w http.ResponseWriter, r *http.Request)) (app net.Conn, done <-chan struct{}) {
+	discard := slog.New(slog.DiscardHandler)
+	peerSide := &inboundServer{g: &Gateway{log: discard, metrics: newMetrics(nopRegisterer{}), drain: newDrainTracker(), origin: origin.New(discard)}}
+	pp := startPeer(b, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { handler(peerSide, w, r) }), 5*time.Second, nil)
 	g := &Gateway{log: discard, metrics: newMetrics(nopRegisterer{}), drain: newDrainTracker(), pool: pp.pool}
 	r := route{cluster: "east", authority: "web.demo.svc.cluster.local:80"}
 	front, err := net.Listen("tcp", "127.0.0.1:0")
@@ -293,12 +300,13 @@ func throughGateways(b testing.TB, serve func(net.Conn)) (app net.Conn, done <-c
 		if err != nil {
 			return
 		}
-		g.serveOutbound(context.Background(), c, r)
+		g.serveOutbound(ctx, c, r)
 	}()
 	app, err = net.Dial("tcp", front.Addr().String())
 	if err != nil {
 		b.Fatal(err)
 	}
+	b.Cleanup(func() { _ = app.Close() })
 	return app, served
 }
 

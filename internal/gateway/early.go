@@ -5,11 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"sync"
 	"sync/atomic"
 
 	"golang.org/x/net/http2"
+
+	"github.com/backbone-mesh/backbone/internal/tcpstate"
 )
 
 // A tunnel's first bytes travel with its CONNECT: the application's
@@ -57,6 +60,7 @@ type Stream struct {
 	done     chan struct{} // the upload ended
 	err      error         // the application's read error, if that ended it
 	srcEnded bool          // the application's side ended (EOF or error); set before done closes
+	srcShut  atomic.Bool   // the application's connection was half-closed here (ShutSource)
 	halted   chan struct{} // closed by Close
 	once     sync.Once
 }
@@ -81,6 +85,29 @@ func (s *Stream) WaitSent() error {
 		return s.err
 	case <-s.halted:
 		return nil
+	}
+}
+
+// ShutSource half-closes the application's connection (the answer ended)
+// and notes it: after that, the connection's state no longer tells the
+// application's reset from its clean end.
+func (s *Stream) ShutSource(c net.Conn) {
+	s.srcShut.Store(true)
+	closeWrite(c)
+}
+
+// WaitUpload waits until the upload ended: the application ended its
+// side (END_STREAM went), it failed, or the peer stopped taking its bytes
+// (the stream was reset or closed); or until ctx ends.
+func (s *Stream) WaitUpload(ctx context.Context) {
+	var ended <-chan struct{}
+	if st := s.attempt.Load(); st != nil {
+		ended = st.ended
+	}
+	select {
+	case <-s.done:
+	case <-ended:
+	case <-ctx.Done():
 	}
 }
 
@@ -154,6 +181,11 @@ func (s *Stream) upload() {
 			c, n, rerr = src.read()
 		} else {
 			c, n, rerr = readChunk(s.src)
+		}
+		if nc, ok := s.src.(net.Conn); ok && rerr == io.EOF && !s.srcShut.Load() && tcpstate.WasReset(nc) {
+			// The application reset its connection, and a write to it
+			// took the error: its request was cut off, not ended.
+			rerr = errPeerReset
 		}
 		var p []byte
 		if c != nil {

@@ -100,7 +100,7 @@ func (g *Gateway) syncEgressListeners(ctx context.Context) error {
 		el := &egressListener{l: nl, service: svc}
 		g.egressListeners[port] = el
 		g.log.Info("listening for egress target", "address", nl.Addr().String(), "service", svc.String())
-		go g.acceptEgress(el)
+		go g.acceptEgress(ctx, el)
 	}
 	for port, l := range g.egressListeners {
 		if _, ok := want[port]; !ok {
@@ -111,7 +111,9 @@ func (g *Gateway) syncEgressListeners(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-func (g *Gateway) acceptEgress(el *egressListener) {
+// acceptEgress serves a local egress port; ctx is the gateway's streams'
+// context, which ends at the drain timeout.
+func (g *Gateway) acceptEgress(ctx context.Context, el *egressListener) {
 	for {
 		c, err := el.l.Accept()
 		if err != nil {
@@ -124,7 +126,6 @@ func (g *Gateway) acceptEgress(el *egressListener) {
 		go func() {
 			g.drain.add()
 			defer g.drain.done()
-			ctx := context.Background()
 			var svc corev1.Service
 			if err := g.view.cache.Get(ctx, el.service, &svc); err != nil {
 				_ = c.Close()

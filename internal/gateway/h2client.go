@@ -146,13 +146,14 @@ func (c *h2Conn) ping() {
 }
 
 // noCancel is a client stream's cancel: it has no context of its own.
+// (Its end is told by ended instead, closed by endedLocked.)
 func noCancel() {}
 
 // openStream opens a stream on a reserved slot with a request's HEADERS
 // (END_STREAM with them when end). path is empty for a CONNECT. On an
 // error the slot is given back.
 func (c *h2Conn) openStream(method, authority, path string, end bool) (*h2Stream, error) {
-	st := &h2Stream{c: c, ctx: c.ctx, cancel: noCancel, answered: make(chan struct{})}
+	st := &h2Stream{c: c, ctx: c.ctx, cancel: noCancel, answered: make(chan struct{}), ended: make(chan struct{})}
 	st.readable = sync.NewCond(&c.mu)
 	var refused error
 	err := c.write(func() error {

@@ -1299,6 +1299,7 @@ func (c *h2Conn) endStream(st *h2Stream, w *h2ResponseWriter, panicked bool) {
 	c.mu.Lock()
 	reset := st.reset != nil
 	stillReceiving := st.recvErr == nil
+	ended := st.sentEnd // CloseWrite ended the answer
 	if !reset {
 		st.reset = errStreamEnded
 		st.recvErr = errStreamEnded
@@ -1315,10 +1316,11 @@ func (c *h2Conn) endStream(st *h2Stream, w *h2ResponseWriter, panicked bool) {
 		case panicked:
 			err = c.fr.WriteRSTStream(st.id, http2.ErrCodeInternal)
 		default:
-			if !w.sentHeader {
+			switch {
+			case !w.sentHeader:
 				w.sentHeader = true
 				err = c.headerFrames(st.id, w.statusCode(), w.header, true)
-			} else {
+			case !ended:
 				err = c.fr.WriteData(st.id, true, nil)
 			}
 			if err == nil && stillReceiving {
@@ -1361,15 +1363,23 @@ type h2Stream struct {
 	// A stream we opened (h2client.go): answered is closed when the
 	// response's HEADERS came or the stream ended without them.
 	answered chan struct{}
-	status   int  // the response's; 0 until it came
-	sentEnd  bool // END_STREAM sent
-	finished bool // counted out of the connection
+	// ended, on a stream we opened, is closed when the stream was reset
+	// or retired: nothing more goes out on it.
+	ended       chan struct{}
+	endedClosed bool
+	status      int  // the response's; 0 until it came
+	sentEnd     bool // END_STREAM sent
+	finished    bool // counted out of the connection
 }
 
 // wakeLocked wakes whoever waits on the stream: readers, and a request
 // waiting for its answer. c.mu is held.
 func (st *h2Stream) wakeLocked() {
 	st.readable.Broadcast()
+	if st.ended != nil && !st.endedClosed && st.reset != nil {
+		st.endedClosed = true
+		close(st.ended)
+	}
 	if st.answered != nil && (st.status != 0 || st.reset != nil) {
 		select {
 		case <-st.answered:
@@ -1610,6 +1620,17 @@ func (w *h2ResponseWriter) Write(p []byte) (int, error) {
 }
 
 func (w *h2ResponseWriter) Flush() { _ = w.FlushError() }
+
+// CloseWrite ends the answer (END_STREAM) while the request may go on,
+// as a TCP half-close does; the handler's return then only ends the
+// stream's receiving side.
+func (w *h2ResponseWriter) CloseWrite() error {
+	if err := w.sendHeader(); err != nil {
+		return err
+	}
+	_, err := w.st.send(nil, true)
+	return err
+}
 
 // FlushError sends the header if it was not; writes are never held back.
 func (w *h2ResponseWriter) FlushError() error {

@@ -9,10 +9,12 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"github.com/backbone-mesh/backbone/internal/identity"
 	"github.com/backbone-mesh/backbone/internal/origin"
+	"github.com/backbone-mesh/backbone/internal/tcpstate"
 )
 
 // Flow-control windows for long fat links: a 30 ms × 1 Gbit/s path holds
@@ -218,9 +220,11 @@ func uploadTo(backend net.Conn, body io.Reader) (int64, error) {
 	return copyBuffered(backend, body)
 }
 
-// tunnel joins the stream and the backend connection. Client EOF (the end
-// of the request stream) half-closes the backend; backend EOF ends the
-// response stream.
+// tunnel joins the stream and the backend connection, each direction
+// ending on its own as TCP's do: the caller's end of its request (END_STREAM)
+// half-closes the backend; the backend's end ends the answer, and the
+// request goes on until the caller ends it too. A failure on either side
+// resets the other: the stream, or the backend connection.
 func (s *inboundServer) tunnel(w http.ResponseWriter, r *http.Request, caller string, backend net.Conn) {
 	m := s.g.metrics.streamSeries(inbound, caller)
 	start := time.Now()
@@ -229,11 +233,18 @@ func (s *inboundServer) tunnel(w http.ResponseWriter, r *http.Request, caller st
 	defer func() { m.duration.Observe(time.Since(start).Seconds()) }()
 	s.g.drain.add()
 	defer s.g.drain.done()
-	defer func() { _ = backend.Close() }()
+	uploading := true
+	defer func() {
+		if uploading {
+			abort(backend) // its request was cut off: not a clean end
+		} else {
+			_ = backend.Close()
+		}
+	}()
 	// A reset stream or a closed connection ends the backend connection
-	// too: the copy below waits on the backend, which may never answer
-	// or close, and the stream would hold its slot meanwhile.
-	stop := context.AfterFunc(r.Context(), func() { _ = backend.Close() })
+	// too, as a failure: the copies below wait on the backend, which may
+	// never answer or close, and the stream would hold its slot meanwhile.
+	stop := context.AfterFunc(r.Context(), func() { abort(backend) })
 	defer stop()
 
 	fw := newFlushWriter(w)
@@ -243,36 +254,64 @@ func (s *inboundServer) tunnel(w http.ResponseWriter, r *http.Request, caller st
 		return
 	}
 	up := make(chan error, 1)
+	var shutWrite atomic.Bool // the backend's connection was half-closed here
 	go func() {
 		n, err := uploadTo(backend, r.Body)
 		m.received.Add(float64(n))
-		if isClosed(err) {
+		switch {
+		case isClosed(err):
+			shutWrite.Store(true)
 			closeWrite(backend)
-		} else {
+		case backendWriteFailed(err):
+			// The backend's side failed (reset, or shut for reading):
+			// what it sent until then is read below, and its reset ends
+			// that read as a failure.
+		default:
 			abort(backend) // the caller's side failed: no clean end for the backend either
 		}
 		up <- err
 	}()
 	n, downErr := copyFrom(fw, backend)
 	m.sent.Add(float64(n))
-	if !isClosed(downErr) {
+	if isEOF(downErr) && !shutWrite.Load() && tcpstate.WasReset(backend) {
+		downErr = errPeerReset // the upload's write took the reset's error
+	}
+	if !isEOF(downErr) {
 		// The backend's connection failed (or the stream did): the
 		// stream is reset, so the caller's application sees the failure
 		// and not a clean end after a cut-off answer.
 		m.ended("error")
 		panic(http.ErrAbortHandler)
 	}
-	result := "ok"
+	// The backend ended its answer. Where the server can end the answer
+	// alone (backbone's own), the caller's request goes on until the
+	// caller ends it, as after a TCP half-close; with net/http's, returning
+	// ends the stream and resets what the caller still sends.
+	var upErr error
 	select {
-	case err := <-up:
-		if !isClosed(err) {
-			result = "error"
-		}
+	case upErr = <-up:
+		uploading = false
 	default:
-		// The backend finished first; returning ends the response stream
-		// and resets what the peer still sends.
+		if cw, ok := w.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
+			select {
+			case upErr = <-up:
+				uploading = false
+			case <-r.Context().Done():
+			}
+		}
+	}
+	result := "ok"
+	if !uploading && !isClosed(upErr) && !backendWriteFailed(upErr) {
+		result = "error"
 	}
 	m.ended(result)
+}
+
+// backendWriteFailed says whether an upload ended because writing to the
+// backend failed, rather than reading the caller's stream.
+func backendWriteFailed(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && (op.Op == "write" || op.Op == "readfrom")
 }
 
 // originate serves a tunnel to an egress target through the originator.

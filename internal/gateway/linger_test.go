@@ -14,7 +14,14 @@ import (
 // application whole. Closing the application's socket with its upload
 // unread would reset it, and the reset throws away the end of the answer
 // still in the gateway's send buffer.
+//
+// backbone's own inbound server ends the answer alone and lets the upload
+// go on (TestBackendHalfCloseLetsTheUploadGoOn); net/http's, like a peer
+// that cannot, ends the stream when the backend ends its side, and the
+// calling gateway lingers.
 func TestAnAnswerEndingBeforeTheUploadArrivesWhole(t *testing.T) {
+	defer func(k string) { testInboundServer = k }(testInboundServer)
+	testInboundServer = InboundServerNetHTTP
 	answer := bytes.Repeat([]byte("backbone answers before the upload ends. "), 100_000) // ~4 MiB
 	app, done := throughGateways(t, func(c net.Conn) {
 		if _, err := c.Write(answer); err != nil {
@@ -83,6 +90,8 @@ func TestAnAnswerEndingBeforeTheUploadArrivesWhole(t *testing.T) {
 // application that sends forever, or stops sending and never closes,
 // does not hold the connection.
 func TestLingerIsBounded(t *testing.T) {
+	defer func(k string) { testInboundServer = k }(testInboundServer)
+	testInboundServer = InboundServerNetHTTP
 	defer func(total, idle time.Duration) { lingerTime, lingerIdle = total, idle }(lingerTime, lingerIdle)
 	lingerTime, lingerIdle = 400*time.Millisecond, 200*time.Millisecond
 	for _, tc := range []struct {

@@ -157,6 +157,11 @@ func (g *Gateway) serveOutbound(ctx context.Context, app net.Conn, r route) {
 	g.drain.add()
 	defer g.drain.done()
 	defer func() { _ = app.Close() }()
+	// ctx ends at the drain timeout: a tunnel still open then fails the
+	// application's connection, which an exit would end cleanly (FIN)
+	// after a cut-off answer.
+	stop := context.AfterFunc(ctx, func() { abort(app) })
+	defer stop()
 	if upload := g.tunnelOutbound(ctx, app, r); upload != nil {
 		// The answer ended before the application's request did: what
 		// it still sends is read and dropped, so that closing does not
@@ -187,8 +192,8 @@ func (g *Gateway) tunnelOutbound(ctx context.Context, app net.Conn, r route) (li
 	// transport reads them); what comes back is copied here.
 	n, err := st.Down.WriteTo(app)
 	m.received.Add(float64(n))
-	_ = st.Down.Close() // ends the stream if it is still open, and its context
-	if !isClosed(err) {
+	if !isEOF(err) {
+		_ = st.Down.Close() // ends the stream, and its context
 		// The stream was reset (the backend or the peer gateway failed):
 		// so is the application's connection, not ended as if complete.
 		abort(app)
@@ -197,7 +202,11 @@ func (g *Gateway) tunnelOutbound(ctx context.Context, app net.Conn, r route) (li
 		m.ended("error")
 		return nil
 	}
-	closeWrite(app) // the remote side is done sending
+	// The remote side is done sending; the application's request goes on
+	// until it ends it too (TCP half-close), or the peer stops taking it.
+	st.ShutSource(app)
+	st.WaitUpload(ctx)
+	_ = st.Down.Close() // ends the stream if it is still open, and its context
 	result := "ok"
 	if e := st.WaitSent(); e != nil {
 		result = "error"

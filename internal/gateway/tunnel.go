@@ -190,6 +190,13 @@ func linger(ctx context.Context, c net.Conn, reading <-chan struct{}) {
 	}
 }
 
+// errPeerReset stands for a reset whose error another call on the socket
+// took (tcpstate.WasReset).
+var errPeerReset = errors.New("connection reset by peer")
+
+// isEOF says whether a read ended cleanly.
+func isEOF(err error) bool { return err == nil || errors.Is(err, io.EOF) }
+
 func isClosed(err error) bool {
 	return err == nil || errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || errors.Is(err, io.ErrClosedPipe)
 }

@@ -14,7 +14,10 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
+
+	"github.com/backbone-mesh/backbone/internal/tcpstate"
 )
 
 // Protocol is how the gateway talks to a target.
@@ -120,7 +123,7 @@ func (o *Originator) Serve(ctx context.Context, client net.Conn, t Target, calle
 		// The tunnel's end (a reset stream, a closed connection) ends
 		// the upstream connection: half-closed, an upstream that never
 		// answers or closes would hold both, and the stream's slot.
-		stop := context.AfterFunc(ctx, func() { _ = client.Close(); _ = upstream.Close() })
+		stop := context.AfterFunc(ctx, func() { reset(client); reset(upstream) })
 		in, out, err := splice(client, upstream)
 		stop()
 		if err != nil && ctx.Err() == nil {
@@ -353,11 +356,19 @@ func splice(a, b net.Conn) (ab, ba int64, err error) {
 	var wg sync.WaitGroup
 	wg.Add(2)
 	var failed sync.Once
-	cp := func(dst, src net.Conn, n *int64) {
+	// ended: this side's writing was ended here (CloseWrite, or Close for
+	// a side without it, a tunnel stream). closed: by Close, which makes
+	// the other copy's read from it fail: that failure is this end, not
+	// the side's.
+	var aEnded, bEnded, aClosed, bClosed atomic.Bool
+	cp := func(dst, src net.Conn, n *int64, dstEnded, dstClosed, srcEnded, srcClosed *atomic.Bool) {
 		defer wg.Done()
 		var cerr error
 		*n, cerr = io.Copy(dst, src)
-		if cerr != nil {
+		if cerr == nil && !srcEnded.Load() && tcpstate.WasReset(rawConn(src)) {
+			cerr = errReset // a write to src took the reset's error
+		}
+		if cerr != nil && !srcClosed.Load() {
 			failed.Do(func() {
 				err = cerr
 				reset(a)
@@ -365,27 +376,37 @@ func splice(a, b net.Conn) (ab, ba int64, err error) {
 			})
 			return
 		}
+		dstEnded.Store(true)
 		if cw, ok := dst.(interface{ CloseWrite() error }); ok {
 			_ = cw.CloseWrite()
 		} else {
+			dstClosed.Store(true)
 			_ = dst.Close()
 		}
 	}
-	go cp(a, b, &ba)
-	go cp(b, a, &ab)
+	go cp(a, b, &ba, &aEnded, &aClosed, &bEnded, &bClosed)
+	go cp(b, a, &ab, &bEnded, &bClosed, &aEnded, &aClosed)
 	wg.Wait()
 	_ = a.Close()
 	_ = b.Close()
 	return ab, ba, err
 }
 
+// errReset stands for a peer's reset whose error another call took.
+var errReset = errors.New("connection reset by peer")
+
+// rawConn is the connection under TLS, or c.
+func rawConn(c net.Conn) net.Conn {
+	if tc, ok := c.(*tls.Conn); ok {
+		return tc.NetConn()
+	}
+	return c
+}
+
 // reset ends c with a TCP reset where it is TCP (under TLS too), and
 // closes it otherwise.
 func reset(c net.Conn) {
-	raw := c
-	if tc, ok := c.(*tls.Conn); ok {
-		raw = tc.NetConn()
-	}
+	raw := rawConn(c)
 	if tc, ok := raw.(*net.TCPConn); ok {
 		_ = tc.SetLinger(0)
 	}

@@ -240,6 +240,48 @@ func TestTCPTargetFailureReachesTheClientAsAFailure(t *testing.T) {
 	}
 }
 
+// TestTCPTargetCleanCloseIsACleanEnd: a target that answers and closes
+// while the caller's side is still open ends the tunnel cleanly, also
+// for a caller without a half-close (a tunnel stream, here a pipe): the
+// caller reads the whole answer and its end, and Serve reports no error.
+func TestTCPTargetCleanCloseIsACleanEnd(t *testing.T) {
+	testenv.RequireNetns(t)
+	l := testenv.ListenNetns(t, 4)
+	answer := strings.Repeat("backbone ", 100_000)
+	go func() {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		buf := make([]byte, 5)
+		_, _ = io.ReadFull(c, buf)
+		_, _ = io.WriteString(c, answer)
+		_ = c.Close()
+	}()
+	tg := Target{Name: "db", DNSName: testenv.NetnsAddr(4), Port: int32(l.Addr().(*net.TCPAddr).Port), Protocol: TCP}
+	o := New(nil)
+	client, server := net.Pipe()
+	defer func() { _ = client.Close() }()
+	served := make(chan error, 1)
+	go func() { served <- o.Serve(context.Background(), server, tg, "test") }()
+	_ = client.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := client.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(client)
+	if err != nil || len(got) != len(answer) {
+		t.Errorf("read %d of %d bytes, then %v; want all and a clean end", len(got), len(answer), err)
+	}
+	select {
+	case err := <-served:
+		if err != nil {
+			t.Errorf("Serve: %v, want nil for a target that closed cleanly", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Serve did not return")
+	}
+}
+
 // TestTCPTunnelEndsWithItsContext: a tunnel whose stream ended (its
 // context cancelled) ends the upstream connection, even one the upstream
 // holds open in silence after the client's half-close.

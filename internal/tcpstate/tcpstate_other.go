@@ -1,0 +1,7 @@
+//go:build !linux
+
+package tcpstate
+
+import "net"
+
+func wasReset(net.Conn) bool { return false }
