@@ -1067,6 +1067,9 @@ func (c *h2Conn) resetStream(id uint32, code http2.ErrCode, send bool) {
 	c.writeWindowUpdates(0, inc, 0)
 }
 
+// aLongTimeAgo is a deadline already past: it interrupts a blocked call.
+var aLongTimeAgo = time.Unix(1, 0)
+
 // abortLocked ends a stream with err: its reads and writes fail with it,
 // its context is cancelled and whoever waits on it wakes. It returns the
 // connection's WINDOW_UPDATE increment due for the bytes it dropped.
@@ -1079,6 +1082,12 @@ func (c *h2Conn) abortLocked(st *h2Stream, err error) uint32 {
 		// may reset a stream after its complete response).
 		st.recvErr = err
 		inc = c.releaseLocked(int64(st.buf.discard()))
+		if st.sinkConn != nil {
+			// A write of the stream's bytes to its socket may wait for
+			// a reader that does not read: it fails now, as the stream
+			// did, so whoever copies ends that socket as failed.
+			_ = st.sinkConn.SetWriteDeadline(aLongTimeAgo)
+		}
 	}
 	st.cancel()
 	st.wakeLocked()
@@ -1356,6 +1365,7 @@ type h2Stream struct {
 	// (sinkWriting: WriteTo is writing queued bytes; sinkBusy: the frame
 	// reader is writing).
 	sink        *sinkSocket
+	sinkConn    net.Conn // WriteTo's destination, while it runs, if a connection
 	sinkWriting bool
 	sinkBusy    bool
 	sinkWritten int64 // what the frame reader wrote to sink
@@ -1524,10 +1534,12 @@ func (b *h2Body) WriteTo(w io.Writer) (written int64, err error) {
 	c := st.c
 	c.mu.Lock()
 	st.sink = newSinkSocket(w)
+	st.sinkConn, _ = w.(net.Conn)
 	c.mu.Unlock()
 	defer func() {
 		c.mu.Lock()
 		st.sink = nil
+		st.sinkConn = nil
 		st.sinkWriting = false
 		for st.sinkBusy {
 			st.readable.Wait()

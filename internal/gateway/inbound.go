@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/net/http2"
+
 	"github.com/backbone-mesh/backbone/internal/identity"
 	"github.com/backbone-mesh/backbone/internal/origin"
 	"github.com/backbone-mesh/backbone/internal/tcpstate"
@@ -326,6 +328,12 @@ func (s *inboundServer) originate(w http.ResponseWriter, r *http.Request, caller
 	s.g.metrics.activeStreams.WithLabelValues(inbound, caller).Inc()
 	defer s.g.metrics.activeStreams.WithLabelValues(inbound, caller).Dec()
 	conn := newStreamConn(r.Body, fw)
+	if hw, ok := w.(*h2ResponseWriter); ok {
+		conn.reset = func() { hw.st.c.resetStream(hw.st.id, http2.ErrCodeCancel, true) }
+	} else {
+		rc := http.NewResponseController(w)
+		conn.reset = func() { _ = rc.SetWriteDeadline(time.Now()) }
+	}
 	if err := s.g.origin.Serve(r.Context(), conn, t, caller); err != nil {
 		s.g.log.Warn("egress", "caller", caller, "target", t.Name, "err", err)
 		s.g.metrics.streams.WithLabelValues(inbound, caller, "error").Inc()

@@ -21,6 +21,9 @@ type streamConn struct {
 	w    io.Writer
 	once sync.Once
 	done chan struct{}
+	// reset, when set, resets the stream: Abort calls it, which also
+	// wakes a Write waiting for the peer's flow-control window.
+	reset func()
 
 	mu       sync.Mutex
 	deadline time.Time
@@ -101,6 +104,16 @@ func (c *streamConn) Close() error {
 	c.once.Do(func() { close(c.done) })
 	return c.r.Close()
 }
+
+// Abort ends the stream as failed: a reset, not the clean end the
+// handler's return makes.
+func (c *streamConn) Abort() {
+	_ = c.Close()
+	if c.reset != nil {
+		c.reset()
+	}
+}
+
 func (c *streamConn) LocalAddr() net.Addr              { return tunnelAddr{} }
 func (c *streamConn) RemoteAddr() net.Addr             { return tunnelAddr{} }
 func (c *streamConn) SetDeadline(t time.Time) error    { return c.SetReadDeadline(t) }

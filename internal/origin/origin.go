@@ -406,6 +406,10 @@ func rawConn(c net.Conn) net.Conn {
 // reset ends c with a TCP reset where it is TCP (under TLS too), and
 // closes it otherwise.
 func reset(c net.Conn) {
+	if a, ok := c.(interface{ Abort() }); ok {
+		a.Abort() // a tunnel stream: reset it
+		return
+	}
 	raw := rawConn(c)
 	if tc, ok := raw.(*net.TCPConn); ok {
 		_ = tc.SetLinger(0)
