@@ -53,6 +53,9 @@ gracefully.`,
 					return fmt.Errorf("%s must be positive, not %s", d.flag, d.v)
 				}
 			}
+			if opts.EgressProbeFailureThreshold < 1 {
+				return fmt.Errorf("--egress-probe-failure-threshold must be at least 1, not %d", opts.EgressProbeFailureThreshold)
+			}
 			if opts.ShutdownDelay < 0 {
 				return fmt.Errorf("--shutdown-delay must not be negative, not %s", opts.ShutdownDelay)
 			}
@@ -84,6 +87,7 @@ gracefully.`,
 	f.DurationVar(&opts.HeaderTimeout, "header-timeout", 10*time.Second, "time a peer has to complete its handshake and request headers")
 	f.DurationVar(&opts.EgressProbePeriod, "egress-probe-period", 10*time.Second, "how often each egress target this gateway serves is probed (±10% jitter); the controller writes status from the results")
 	f.DurationVar(&opts.EgressProbeTimeout, "egress-probe-timeout", 5*time.Second, "how long one egress probe (connect, TLS handshake, request) may take")
+	f.IntVar(&opts.EgressProbeFailureThreshold, "egress-probe-failure-threshold", 3, "how many egress probes of a target in a row must fail before this gateway reports it unreachable; one success brings it back")
 	f.StringVar(&opts.InboundServer, "inbound-server", gateway.InboundServerBackbone, "HTTP/2 server of the inbound port: backbone (streams write their answers straight to the connection) or net/http (Go's, kept for comparison)")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringArrayVar(&resolve, "egress-resolve", nil, "NAME=ADDRESS[,ADDRESS...]: pin an egress target's name to addresses instead of DNS (repeatable; dial-time checks still apply)")

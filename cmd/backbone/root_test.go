@@ -148,3 +148,15 @@ func TestControllerRefusesOverlappingPortRanges(t *testing.T) {
 		}
 	}
 }
+
+// TestGatewayRefusesAZeroEgressFailureThreshold: below one probe the
+// threshold means nothing; refused by name.
+func TestGatewayRefusesAZeroEgressFailureThreshold(t *testing.T) {
+	cmd := newRootCmd()
+	cmd.SetArgs([]string{"gateway", "--cluster-name", "west", "--egress-probe-failure-threshold", "0"})
+	cmd.SetOut(io.Discard)
+	cmd.SetErr(io.Discard)
+	if err := cmd.Execute(); err == nil || !strings.Contains(err.Error(), "--egress-probe-failure-threshold must be at least 1") {
+		t.Errorf("--egress-probe-failure-threshold 0: %v, want it refused by name", err)
+	}
+}

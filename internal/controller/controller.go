@@ -181,6 +181,7 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 				pool.Ensure(*link)
 				return pool.Probe(ctx, link.Spec.TargetClusterName)
 			},
+			Forget:        func(link *v1alpha1.Link) { pool.Forget(link.Spec.TargetClusterName) },
 			Inspect:       probe.Handshake(id),
 			InspectPeriod: opts.CertificateInspectPeriod,
 			ExpiryWarning: opts.CertificateExpiryWarning,

@@ -24,9 +24,10 @@ import (
 // (metrics, and targets.EgressProbesPath for the controller, which is the
 // only writer of EgressTarget status).
 type egressProber struct {
-	g       *Gateway
-	period  time.Duration
-	timeout time.Duration
+	g         *Gateway
+	period    time.Duration
+	timeout   time.Duration
+	threshold int
 	// parallel bounds the probes in flight.
 	parallel chan struct{}
 	// wake asks for a pass now (an EgressTarget changed).
@@ -38,7 +39,7 @@ type egressProber struct {
 
 func newEgressProber(g *Gateway) *egressProber {
 	return &egressProber{
-		g: g, period: g.opts.EgressProbePeriod, timeout: g.opts.EgressProbeTimeout,
+		g: g, period: g.opts.EgressProbePeriod, timeout: g.opts.EgressProbeTimeout, threshold: g.opts.EgressProbeFailureThreshold,
 		parallel: make(chan struct{}, 16),
 		wake:     make(chan struct{}, 1),
 		results:  map[string]targets.ProbeResult{},
@@ -102,11 +103,10 @@ func (p *egressProber) pass(ctx context.Context, all bool) {
 			pctx, cancel := context.WithTimeout(ctx, p.timeout)
 			took, err := p.g.origin.Probe(pctx, t)
 			cancel()
-			res := targets.ProbeResult{Target: t.Name, Generation: et.Generation, Time: metav1.Now(), Alive: err == nil}
+			res := judgeEgressProbe(prev, ok, targets.ProbeResult{Target: t.Name, Generation: et.Generation, Time: metav1.Now()}, err, p.threshold)
 			if err != nil {
-				res.Error = err.Error()
-				if ok && prev.Alive {
-					p.g.log.Warn("egress target unreachable", "target", t.Name, "dns_name", t.DNSName, "err", err)
+				if ok && prev.Alive && !res.Alive {
+					p.g.log.Warn("egress target unreachable", "target", t.Name, "dns_name", t.DNSName, "failures", res.ConsecutiveFailures, "err", err)
 				}
 			} else {
 				res.Duration = metav1.Duration{Duration: took}
@@ -127,6 +127,25 @@ func (p *egressProber) pass(ctx context.Context, all bool) {
 			p.g.metrics.egressProbe.DeleteLabelValues(name)
 		}
 	}
+}
+
+// judgeEgressProbe turns one probe's outcome into the target's result:
+// the target is reported unreachable once threshold probes in a row
+// failed, so one lost probe from one replica does not flip its status;
+// a generation not reached yet (a new or changed target) is judged by
+// its first probe, and one success brings a target back.
+func judgeEgressProbe(prev targets.ProbeResult, hadPrev bool, res targets.ProbeResult, err error, threshold int) targets.ProbeResult {
+	if err == nil {
+		res.Alive = true
+		return res
+	}
+	res.Error = err.Error()
+	res.ConsecutiveFailures = 1
+	if hadPrev && prev.Generation == res.Generation {
+		res.ConsecutiveFailures = prev.ConsecutiveFailures + 1
+		res.Alive = prev.Alive && int(res.ConsecutiveFailures) < max(threshold, 1)
+	}
+	return res
 }
 
 func (p *egressProber) record(res targets.ProbeResult) {

@@ -83,3 +83,23 @@ func TestSeveralGatewayAddressesSpreadAndFailOver(t *testing.T) {
 		t.Error("no connection went to the remaining address")
 	}
 }
+
+// TestForgetDropsAPeer: the peer of a deleted Link leaves the pool, and
+// its idle connections close; the other peers stay.
+func TestForgetDropsAPeer(t *testing.T) {
+	pp := startPeer(t, livenessPeer(0), time.Second, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := pp.pool.Probe(ctx, "east"); err != nil {
+		t.Fatal(err)
+	}
+	pp.pool.Ensure(v1alpha1.Link{Spec: v1alpha1.LinkSpec{TargetClusterName: "north",
+		GatewayAddresses: []v1alpha1.GatewayAddress{{Host: "127.0.0.1", Port: 1}}, GatewayIdentity: "spiffe://bench.test/cluster/north"}})
+	pp.pool.Forget("east")
+	if _, err := pp.pool.Probe(ctx, "east"); err == nil {
+		t.Error("a probe of a forgotten peer succeeded")
+	}
+	if _, err := pp.pool.peer("north"); err != nil {
+		t.Errorf("the other peer went too: %v", err)
+	}
+}

@@ -61,6 +61,10 @@ type Options struct {
 	// probe may take (default 5s).
 	EgressProbePeriod  time.Duration
 	EgressProbeTimeout time.Duration
+	// EgressProbeFailureThreshold is how many probes of a target in a row
+	// must fail before this gateway reports it unreachable (default 3),
+	// as a Link's spec.probe.failureThreshold; one success brings it back.
+	EgressProbeFailureThreshold int
 	// InboundServer picks the inbound port's HTTP/2 server:
 	// InboundServerBackbone (the default) or InboundServerNetHTTP.
 	InboundServer string
@@ -115,6 +119,9 @@ func New(cfg *rest.Config, opts Options, log *slog.Logger) (*Gateway, error) {
 	}
 	if opts.EgressProbeTimeout == 0 {
 		opts.EgressProbeTimeout = 5 * time.Second
+	}
+	if opts.EgressProbeFailureThreshold == 0 {
+		opts.EgressProbeFailureThreshold = 3
 	}
 	if log == nil {
 		log = slog.Default()

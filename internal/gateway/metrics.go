@@ -129,12 +129,12 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}, []string{"listeners"}),
 		egressProbe: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "backbone_egress_probe_duration_seconds",
-			Help:    "Time of a TLS handshake plus a request of the probe path to an egress target (a connect, or a connect and handshake, for tcp and tls targets), from this gateway.",
+			Help:    "Time of a successful egress probe from this gateway: DNS lookup and TCP connect, plus the TLS handshake and a request of the probe path (https) or the handshake (tls).",
 			Buckets: prometheus.ExponentialBucketsRange(0.001, 10, 40),
 		}, []string{"target"}),
 		egressUp: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "backbone_egress_up",
-			Help: "1 when this gateway's latest probe of the egress target succeeded.",
+			Help: "1 while this gateway reaches the egress target, 0 once --egress-probe-failure-threshold probes in a row failed.",
 		}, []string{"target"}),
 	}
 	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{

@@ -99,6 +99,17 @@ func (p *Pool) Ensure(link v1alpha1.Link) {
 	p.Update(append(links, link))
 }
 
+// Forget drops the peer of a cluster no Link points at any more: its
+// connections close once idle.
+func (p *Pool) Forget(cluster string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if pr, ok := p.peers[cluster]; ok {
+		pr.closeAll()
+		delete(p.peers, cluster)
+	}
+}
+
 // linkOf rebuilds the Link-shaped description of a known peer.
 func (p *Pool) linkOf(cluster string) v1alpha1.Link {
 	pr := p.peers[cluster]

@@ -54,6 +54,9 @@ type Runner struct {
 	// ExpiryWarning is how long before expiry a certificate is reported
 	// Expiring (default DefaultExpiryWarning).
 	ExpiryWarning time.Duration
+	// Forget, when set, is called with a deleted Link once its probe
+	// loop has stopped: the probe's connections to its gateway go.
+	Forget func(link *v1alpha1.Link)
 
 	mu    sync.Mutex
 	links map[types.NamespacedName]*linkProber
@@ -159,6 +162,9 @@ func (r *Runner) sync(ctx context.Context) {
 			go func() {
 				<-lp.done
 				r.Metrics.forget(r.Cluster, lp.link.Spec.TargetClusterName)
+				if r.Forget != nil {
+					r.Forget(lp.link)
+				}
 			}()
 		}
 	}

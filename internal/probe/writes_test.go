@@ -108,15 +108,17 @@ func (h *holdOnce) Handle(_ context.Context, rec slog.Record) error {
 // TestADeletedLinksSeriesStayDeleted: a Link deleted while its probe loop
 // is between a probe and its metrics leaves no series behind once the
 // loop has stopped; an alert on backbone_link_up must not fire for a
-// Link that is gone.
+// Link that is gone; and the probe's connections to its gateway go.
 func TestADeletedLinksSeriesStayDeleted(t *testing.T) {
 	var applies atomic.Int64
 	l := fastLink(1)
 	base, c := countingClient(&applies, l)
 	h := &holdOnce{Handler: slog.DiscardHandler, entered: make(chan struct{}), release: make(chan struct{})}
+	forgot := make(chan string, 1)
 	r := &Runner{Client: c, Namespace: v1alpha1.SystemNamespace, Cluster: "west", Metrics: NewMetrics(prometheus.NewRegistry()),
 		Log: slog.New(h), Resync: 10 * time.Millisecond,
-		Probe: func(ctx context.Context, _ *v1alpha1.Link) (time.Duration, error) { return 0, errors.New("refused") }}
+		Probe:  func(ctx context.Context, _ *v1alpha1.Link) (time.Duration, error) { return 0, errors.New("refused") },
+		Forget: func(l *v1alpha1.Link) { forgot <- l.Spec.TargetClusterName }}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go func() { _ = r.Start(ctx) }()
@@ -136,5 +138,13 @@ func TestADeletedLinksSeriesStayDeleted(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatalf("%d backbone_link_up series for a deleted Link", n)
 		}
+	}
+	select {
+	case cluster := <-forgot:
+		if cluster != "east" {
+			t.Errorf("Forget was called for %q, want east", cluster)
+		}
+	case <-time.After(5 * time.Second):
+		t.Error("the probe never forgot the deleted Link's gateway")
 	}
 }

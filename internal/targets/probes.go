@@ -38,11 +38,16 @@ type ProbeResult struct {
 	// Target is the EgressTarget, namespace/name.
 	Target string `json:"target"`
 	// Generation is the EgressTarget's generation the probe dialled.
-	Generation int64           `json:"generation"`
-	Time       metav1.Time     `json:"time"`
-	Alive      bool            `json:"alive"`
-	Duration   metav1.Duration `json:"duration"`
-	Error      string          `json:"error,omitempty"`
+	Generation int64       `json:"generation"`
+	Time       metav1.Time `json:"time"`
+	// Alive is false once the gateway's failure threshold of probes in a
+	// row failed (at once for a generation not reached yet).
+	Alive    bool            `json:"alive"`
+	Duration metav1.Duration `json:"duration"`
+	// Error is the latest probe's failure, also while Alive still holds.
+	Error string `json:"error,omitempty"`
+	// ConsecutiveFailures counts the failed probes since the last success.
+	ConsecutiveFailures int32 `json:"consecutiveFailures,omitempty"`
 }
 
 // gatewayReport is what one local gateway answered, or why it did not.
