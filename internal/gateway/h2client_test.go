@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -42,6 +43,12 @@ type rawServer struct {
 // the client's preface and sends the settings given.
 func newRawServer(t *testing.T, settings ...http2.Setting) *rawServer {
 	t.Helper()
+	return newRawServerWith(t, nil, settings...)
+}
+
+// newRawServerWith is newRawServer with the client's connection wrapped.
+func newRawServerWith(t *testing.T, wrap func(net.Conn) net.Conn, settings ...http2.Setting) *rawServer {
+	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -63,6 +70,9 @@ func newRawServer(t *testing.T, settings ...http2.Setting) *rawServer {
 	s := &rawServer{t: t, conn: <-accepted}
 	if s.conn == nil {
 		t.Fatal("accept failed")
+	}
+	if wrap != nil {
+		nc = wrap(nc)
 	}
 	s.c, err = newClientConn(nc, testClientConfig(), 10*time.Second)
 	if err != nil {
@@ -379,4 +389,38 @@ func FuzzH2ClientFrames(f *testing.F) {
 			}
 		}
 	})
+}
+
+// cutConn, once cut, writes half of what it is given and fails: a
+// connection that broke while a write was under way.
+type cutConn struct {
+	net.Conn
+	cut atomic.Bool
+}
+
+func (c *cutConn) Write(p []byte) (int, error) {
+	if c.cut.Load() {
+		n, _ := c.Conn.Write(p[:len(p)/2])
+		return n, errors.New("connection broke mid-write")
+	}
+	return c.Conn.Write(p)
+}
+
+// TestAFailedWriteCountsItsBytesAsSent: the bytes of a DATA frame whose
+// write failed part-way may have reached the peer, so they count as sent:
+// a stream is retried on another connection only when none of the
+// application's bytes were handed on (early.go), and a retry here would
+// deliver them twice.
+func TestAFailedWriteCountsItsBytesAsSent(t *testing.T) {
+	var cc *cutConn
+	s := newRawServerWith(t, func(nc net.Conn) net.Conn { cc = &cutConn{Conn: nc}; return cc })
+	st := s.open()
+	cc.cut.Store(true)
+	n, err := st.send(make([]byte, 1000), false)
+	if err == nil {
+		t.Fatal("a write over a broken connection succeeded")
+	}
+	if n != 1000 {
+		t.Errorf("send reported %d bytes handed on after a write that failed part-way, want all 1000", n)
+	}
 }

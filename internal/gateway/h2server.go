@@ -1445,7 +1445,9 @@ func (st *h2Stream) send(p []byte, end bool) (int, error) {
 		last := end && n == int64(len(p))
 		st.sentEnd = last
 		c.mu.Unlock()
+		ran := false
 		err := c.write(func() error {
+			ran = true
 			// The peer's frame size may have shrunk since n was cut
 			// (its SETTINGS acknowledged meanwhile): the window is
 			// taken, the frames follow the size now.
@@ -1461,6 +1463,13 @@ func (st *h2Stream) send(p []byte, end bool) (int, error) {
 			}
 		})
 		if err != nil {
+			if ran {
+				// The frames may have reached the socket in part before
+				// the write failed: their bytes count as handed on, so a
+				// stream is never sent again elsewhere (early.go) with
+				// bytes the peer may have had.
+				written += int(n)
+			}
 			return written, err
 		}
 		written += int(n)
