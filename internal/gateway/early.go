@@ -111,6 +111,27 @@ func (s *Stream) WaitUpload(ctx context.Context) {
 	}
 }
 
+// EndedBadly says whether the peer's side failed: the stream was reset
+// with an error code, or its connection was lost. A RST_STREAM NO_ERROR
+// after a complete answer (RFC 9113 §8.1) is a clean end, as is our own.
+func (s *Stream) EndedBadly() bool {
+	st := s.attempt.Load()
+	if st == nil {
+		return false
+	}
+	st.c.mu.Lock()
+	err := st.reset
+	st.c.mu.Unlock()
+	var pr peerReset
+	switch {
+	case err == nil, errors.Is(err, errStreamEnded):
+		return false
+	case errors.As(err, &pr):
+		return pr.code != http2.ErrCodeNo
+	}
+	return true
+}
+
 // Unread says whether the application may still send bytes nobody will
 // read: the upload stopped, or will, before the application's end. done
 // is closed once the upload no longer reads.

@@ -216,3 +216,45 @@ func TestDrainTimeoutFailsTheTunnelsStillOpen(t *testing.T) {
 		t.Fatal("serveOutbound still runs after the drain timeout")
 	}
 }
+
+// TestPeerGoneAfterTheAnswerFailsTheRequest: once the answer has ended
+// and the application goes on sending (a half-closed tunnel), the peer
+// gateway going away cuts its request off: the application's connection
+// is reset, not drained as if its request had reached the backend.
+func TestPeerGoneAfterTheAnswerFailsTheRequest(t *testing.T) {
+	addr := serveTCP(t, func(c net.Conn) {
+		_, _ = c.Write([]byte("ready"))
+		closeWrite(c)
+		_, _ = io.Copy(io.Discard, c)
+	})
+	inbound := make(chan *h2Conn, 1)
+	app, done := throughGatewaysTo(t, context.Background(), func(ps *inboundServer, w http.ResponseWriter, r *http.Request) {
+		inbound <- w.(*h2ResponseWriter).st.c
+		tunnelTo(addr)(ps, w, r)
+	})
+	_ = app.SetDeadline(time.Now().Add(20 * time.Second))
+	if got, err := io.ReadAll(app); err != nil || string(got) != "ready" {
+		t.Fatalf("answer %q, %v", got, err)
+	}
+	c := <-inbound
+	chunk := make([]byte, 16<<10)
+	if _, err := app.Write(chunk); err != nil {
+		t.Fatal(err)
+	}
+	c.close() // the peer gateway goes away
+	var werr error
+	for range 2000 {
+		if _, werr = app.Write(chunk); werr != nil {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if !errors.Is(werr, syscall.ECONNRESET) && !errors.Is(werr, syscall.EPIPE) {
+		t.Errorf("the application's writes after the peer went away: %v, want a reset", werr)
+	}
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the tunnel outlived its peer")
+	}
+}

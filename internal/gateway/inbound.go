@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -303,8 +304,8 @@ func (s *inboundServer) tunnel(w http.ResponseWriter, r *http.Request, caller st
 		}
 	}
 	result := "ok"
-	if !uploading && !isClosed(upErr) && !backendWriteFailed(upErr) {
-		result = "error"
+	if r.Context().Err() != nil || (!uploading && !isClosed(upErr) && !backendWriteFailed(upErr)) {
+		result = "error" // the caller's side failed
 	}
 	m.ended(result)
 }
@@ -328,11 +329,33 @@ func (s *inboundServer) originate(w http.ResponseWriter, r *http.Request, caller
 	s.g.metrics.activeStreams.WithLabelValues(inbound, caller).Inc()
 	defer s.g.metrics.activeStreams.WithLabelValues(inbound, caller).Dec()
 	conn := newStreamConn(r.Body, fw)
+	// reset and closeWrite may be called from another goroutine (a
+	// context's AfterFunc) as the handler returns: once it has, the
+	// response writer is not to be touched (net/http's is gone).
+	var mu sync.Mutex
+	finished := false
+	defer func() { mu.Lock(); finished = true; mu.Unlock() }()
+	guard := func(f func()) func() {
+		return func() {
+			mu.Lock()
+			defer mu.Unlock()
+			if !finished {
+				f()
+			}
+		}
+	}
 	if hw, ok := w.(*h2ResponseWriter); ok {
-		conn.reset = func() { hw.st.c.resetStream(hw.st.id, http2.ErrCodeCancel, true) }
+		conn.reset = guard(func() { hw.st.c.resetStream(hw.st.id, http2.ErrCodeCancel, true) })
+		// The target's clean end ends the answer alone: the caller's
+		// request goes on, as after a TCP half-close.
+		conn.closeWrite = func() error {
+			var err error
+			guard(func() { err = hw.CloseWrite() })()
+			return err
+		}
 	} else {
 		rc := http.NewResponseController(w)
-		conn.reset = func() { _ = rc.SetWriteDeadline(time.Now()) }
+		conn.reset = guard(func() { _ = rc.SetWriteDeadline(time.Now()) })
 	}
 	if err := s.g.origin.Serve(r.Context(), conn, t, caller); err != nil {
 		s.g.log.Warn("egress", "caller", caller, "target", t.Name, "err", err)

@@ -207,6 +207,16 @@ func (g *Gateway) tunnelOutbound(ctx context.Context, app net.Conn, r route) (li
 	st.ShutSource(app)
 	st.WaitUpload(ctx)
 	_ = st.Down.Close() // ends the stream if it is still open, and its context
+	if ctx.Err() != nil || st.EndedBadly() {
+		// The peer's side failed (its gateway gone, the stream reset)
+		// or this gateway's drain ran out while the application was
+		// still sending: its request was cut off.
+		abort(app)
+		_ = st.WaitSent()
+		m.sent.Add(float64(st.Sent()))
+		m.ended("error")
+		return nil
+	}
 	result := "ok"
 	if e := st.WaitSent(); e != nil {
 		result = "error"

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"errors"
 	"io"
 	"net"
 	"os"
@@ -24,6 +25,8 @@ type streamConn struct {
 	// reset, when set, resets the stream: Abort calls it, which also
 	// wakes a Write waiting for the peer's flow-control window.
 	reset func()
+	// closeWrite, when set, ends the answer while the request goes on.
+	closeWrite func() error
 
 	mu       sync.Mutex
 	deadline time.Time
@@ -103,6 +106,19 @@ func (c *streamConn) Write(p []byte) (int, error) {
 func (c *streamConn) Close() error {
 	c.once.Do(func() { close(c.done) })
 	return c.r.Close()
+}
+
+// errNoHalfClose: the stream's server cannot end the answer alone.
+var errNoHalfClose = errors.New("the stream cannot be half-closed")
+
+// CloseWrite ends the answer (END_STREAM) while the request goes on, where
+// the stream's server can; otherwise it returns an error and changes
+// nothing.
+func (c *streamConn) CloseWrite() error {
+	if c.closeWrite == nil {
+		return errNoHalfClose
+	}
+	return c.closeWrite()
 }
 
 // Abort ends the stream as failed: a reset, not the clean end the

@@ -368,7 +368,14 @@ func splice(a, b net.Conn) (ab, ba int64, err error) {
 		if cerr == nil && !srcEnded.Load() && tcpstate.WasReset(rawConn(src)) {
 			cerr = errReset // a write to src took the reset's error
 		}
-		if cerr != nil && !srcClosed.Load() {
+		if cerr != nil && srcClosed.Load() {
+			// src was closed here at the other side's end, having no
+			// half-close: what it still sent is cut off, which dst is
+			// told by a reset, not a clean end.
+			reset(dst)
+			return
+		}
+		if cerr != nil {
 			failed.Do(func() {
 				err = cerr
 				reset(a)
@@ -377,9 +384,7 @@ func splice(a, b net.Conn) (ab, ba int64, err error) {
 			return
 		}
 		dstEnded.Store(true)
-		if cw, ok := dst.(interface{ CloseWrite() error }); ok {
-			_ = cw.CloseWrite()
-		} else {
+		if cw, ok := dst.(interface{ CloseWrite() error }); !ok || cw.CloseWrite() != nil {
 			dstClosed.Store(true)
 			_ = dst.Close()
 		}
