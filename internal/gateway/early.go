@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/net/http2"
 
@@ -61,6 +62,7 @@ type Stream struct {
 	err      error         // the application's read error, if that ended it
 	srcEnded bool          // the application's side ended (EOF or error); set before done closes
 	srcShut  atomic.Bool   // the application's connection was half-closed here (ShutSource)
+	lastRead atomic.Int64  // monotime of the application's latest bytes
 	halted   chan struct{} // closed by Close
 	once     sync.Once
 }
@@ -99,17 +101,39 @@ func (s *Stream) ShutSource(c net.Conn) {
 // WaitUpload waits until the upload ended: the application ended its
 // side (END_STREAM went), it failed, or the peer stopped taking its bytes
 // (the stream was reset or closed); or until ctx ends.
-func (s *Stream) WaitUpload(ctx context.Context) {
-	var ended <-chan struct{}
+// It also returns false once the application has sent nothing for
+// halfCloseIdle: a half-closed tunnel whose application went quiet (a
+// pool's idle connection, whose peer closed it) would otherwise hold its
+// stream, and a slot of the peer's stream limit, until the application
+// closes it. It returns true otherwise.
+func (s *Stream) WaitUpload(ctx context.Context) (ended bool) {
+	var reset <-chan struct{}
 	if st := s.attempt.Load(); st != nil {
-		ended = st.ended
+		reset = st.ended
 	}
-	select {
-	case <-s.done:
-	case <-ended:
-	case <-ctx.Done():
+	idle := time.NewTimer(halfCloseIdle)
+	defer idle.Stop()
+	for {
+		select {
+		case <-s.done:
+			return true
+		case <-reset:
+			return true
+		case <-ctx.Done():
+			return true
+		case <-idle.C:
+			quiet := monotime() - time.Duration(s.lastRead.Load())
+			if quiet >= halfCloseIdle {
+				return false
+			}
+			idle.Reset(halfCloseIdle - quiet)
+		}
 	}
 }
+
+// halfCloseIdle bounds how long a half-closed tunnel waits for an
+// application that sends nothing (HAProxy's timeout client-fin).
+var halfCloseIdle = 30 * time.Second
 
 // EndedBadly says whether the peer's side failed: the stream was reset
 // with an error code, or its connection was lost. A RST_STREAM NO_ERROR
@@ -202,6 +226,9 @@ func (s *Stream) upload() {
 			c, n, rerr = src.read()
 		} else {
 			c, n, rerr = readChunk(s.src)
+		}
+		if n > 0 {
+			s.lastRead.Store(int64(monotime()))
 		}
 		if nc, ok := s.src.(net.Conn); ok && rerr == io.EOF && !s.srcShut.Load() && tcpstate.WasReset(nc) {
 			// The application reset its connection, and a write to it

@@ -258,3 +258,54 @@ func TestPeerGoneAfterTheAnswerFailsTheRequest(t *testing.T) {
 		t.Fatal("the tunnel outlived its peer")
 	}
 }
+
+// TestAQuietHalfClosedTunnelEnds: after the answer's end, an application
+// that keeps its side open and sends nothing (a pool's idle connection
+// whose backend closed it) does not hold the tunnel, and a slot of the
+// peer's stream limit, for ever: it ends after the half-close idle time.
+// One that keeps sending stays.
+func TestAQuietHalfClosedTunnelEnds(t *testing.T) {
+	defer func(d time.Duration) { halfCloseIdle = d }(halfCloseIdle)
+	halfCloseIdle = 300 * time.Millisecond
+	for _, tc := range []struct {
+		name  string
+		sends bool
+	}{{"quiet", false}, {"sending", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			addr := serveTCP(t, func(c net.Conn) {
+				_, _ = c.Write([]byte("bye"))
+				closeWrite(c)
+				_, _ = io.Copy(io.Discard, c)
+			})
+			app, done := throughGatewaysTo(t, context.Background(), tunnelTo(addr))
+			_ = app.SetDeadline(time.Now().Add(20 * time.Second))
+			if got, err := io.ReadAll(app); err != nil || string(got) != "bye" {
+				t.Fatalf("answer %q, %v", got, err)
+			}
+			stop := time.After(time.Second)
+		loop:
+			for {
+				select {
+				case <-done:
+					break loop
+				case <-stop:
+					break loop
+				case <-time.After(50 * time.Millisecond):
+					if tc.sends {
+						_, _ = app.Write([]byte("x"))
+					}
+				}
+			}
+			select {
+			case <-done:
+				if tc.sends {
+					t.Error("a tunnel whose application kept sending was ended as idle")
+				}
+			default:
+				if !tc.sends {
+					t.Error("a quiet half-closed tunnel still runs after three times its idle limit")
+				}
+			}
+		})
+	}
+}

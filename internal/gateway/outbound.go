@@ -205,7 +205,14 @@ func (g *Gateway) tunnelOutbound(ctx context.Context, app net.Conn, r route) (li
 	// The remote side is done sending; the application's request goes on
 	// until it ends it too (TCP half-close), or the peer stops taking it.
 	st.ShutSource(app)
-	st.WaitUpload(ctx)
+	if !st.WaitUpload(ctx) {
+		// The application went quiet with its side open: the tunnel
+		// ends as it began, its connection closed, the stream reset.
+		_ = st.Down.Close()
+		m.sent.Add(float64(st.Sent()))
+		m.ended("ok") // its answer was delivered whole
+		return nil
+	}
 	_ = st.Down.Close() // ends the stream if it is still open, and its context
 	if ctx.Err() != nil || st.EndedBadly() {
 		// The peer's side failed (its gateway gone, the stream reset)
