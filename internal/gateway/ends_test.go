@@ -306,6 +306,12 @@ func TestAQuietHalfClosedTunnelEnds(t *testing.T) {
 					t.Error("a quiet half-closed tunnel still runs after three times its idle limit")
 				}
 			}
+			_ = app.Close()
+			select {
+			case <-done:
+			case <-time.After(10 * time.Second):
+				t.Fatal("the tunnel outlived its application's close")
+			}
 		})
 	}
 }
