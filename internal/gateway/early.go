@@ -233,7 +233,7 @@ func (s *Stream) upload() {
 		if nc, ok := s.src.(net.Conn); ok && rerr == io.EOF && !s.srcShut.Load() && tcpstate.WasReset(nc) {
 			// The application reset its connection, and a write to it
 			// took the error: its request was cut off, not ended.
-			rerr = errPeerReset
+			rerr = tcpstate.ErrReset
 		}
 		var p []byte
 		if c != nil {

@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/backbone-mesh/backbone/internal/tcpstate"
 )
 
 // Each side's end travels as it happened: a clean end as a half-close,
@@ -90,7 +92,7 @@ func TestBackendResetReachesTheApplication(t *testing.T) {
 					_, _ = io.ReadFull(c, buf)
 					_, _ = c.Write([]byte("partial"))
 					time.Sleep(50 * time.Millisecond)
-					abort(c)
+					tcpstate.Abort(c)
 				})
 				app, done := throughGatewaysTo(t, context.Background(), tunnelTo(addr))
 				stop := make(chan struct{})
@@ -143,7 +145,7 @@ func TestCallerFailureReachesTheBackend(t *testing.T) {
 		name string
 		fail func(app net.Conn, inbound *h2Conn)
 	}{
-		{"the application resets", func(app net.Conn, _ *h2Conn) { abort(app) }},
+		{"the application resets", func(app net.Conn, _ *h2Conn) { tcpstate.Abort(app) }},
 		{"the tunnel's connection closes", func(_ net.Conn, inbound *h2Conn) { inbound.close() }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -17,6 +17,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
+
+	"github.com/backbone-mesh/backbone/internal/tcpstate"
 )
 
 // linkedConns connects a client connection to an h2Server serving
@@ -378,7 +380,7 @@ func TestBackendResetResetsTheStream(t *testing.T) {
 		}
 		_, _ = c.Write([]byte("partial"))
 		time.Sleep(50 * time.Millisecond)
-		abort(c) // the backend fails mid-answer
+		tcpstate.Abort(c) // the backend fails mid-answer
 	}()
 	g := &Gateway{metrics: newMetrics(prometheus.NewRegistry()), drain: newDrainTracker()}
 	in := &inboundServer{g: g}

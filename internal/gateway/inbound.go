@@ -239,7 +239,7 @@ func (s *inboundServer) tunnel(w http.ResponseWriter, r *http.Request, caller st
 	uploading := true
 	defer func() {
 		if uploading {
-			abort(backend) // its request was cut off: not a clean end
+			tcpstate.Abort(backend) // its request was cut off: not a clean end
 		} else {
 			_ = backend.Close()
 		}
@@ -247,7 +247,7 @@ func (s *inboundServer) tunnel(w http.ResponseWriter, r *http.Request, caller st
 	// A reset stream or a closed connection ends the backend connection
 	// too, as a failure: the copies below wait on the backend, which may
 	// never answer or close, and the stream would hold its slot meanwhile.
-	stop := context.AfterFunc(r.Context(), func() { abort(backend) })
+	stop := context.AfterFunc(r.Context(), func() { tcpstate.Abort(backend) })
 	defer stop()
 
 	fw := newFlushWriter(w)
@@ -270,14 +270,14 @@ func (s *inboundServer) tunnel(w http.ResponseWriter, r *http.Request, caller st
 			// what it sent until then is read below, and its reset ends
 			// that read as a failure.
 		default:
-			abort(backend) // the caller's side failed: no clean end for the backend either
+			tcpstate.Abort(backend) // the caller's side failed: no clean end for the backend either
 		}
 		up <- err
 	}()
 	n, downErr := copyFrom(fw, backend)
 	m.sent.Add(float64(n))
 	if isEOF(downErr) && !shutWrite.Load() && tcpstate.WasReset(backend) {
-		downErr = errPeerReset // the upload's write took the reset's error
+		downErr = tcpstate.ErrReset // the upload's write took the reset's error
 	}
 	if !isEOF(downErr) {
 		// The backend's connection failed (or the stream did): the

@@ -14,6 +14,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/backbone-mesh/backbone/api/v1alpha1"
+	"github.com/backbone-mesh/backbone/internal/tcpstate"
 )
 
 // route is what one outbound port leads to.
@@ -160,7 +161,7 @@ func (g *Gateway) serveOutbound(ctx context.Context, app net.Conn, r route) {
 	// ctx ends at the drain timeout: a tunnel still open then fails the
 	// application's connection, which an exit would end cleanly (FIN)
 	// after a cut-off answer.
-	stop := context.AfterFunc(ctx, func() { abort(app) })
+	stop := context.AfterFunc(ctx, func() { tcpstate.Abort(app) })
 	defer stop()
 	if upload := g.tunnelOutbound(ctx, app, r); upload != nil {
 		// The answer ended before the application's request did: what
@@ -179,7 +180,7 @@ func (g *Gateway) tunnelOutbound(ctx context.Context, app net.Conn, r route) (li
 	if err != nil {
 		g.metrics.streams.WithLabelValues(outbound, r.cluster, "refused").Inc()
 		g.log.Warn("tunnel failed", "peer_cluster", r.cluster, "target", r.authority, "err", err)
-		abort(app) // the application sees a failed connection, not an empty answer
+		tcpstate.Abort(app) // the application sees a failed connection, not an empty answer
 		return nil
 	}
 	defer func() { _ = st.Close() }()
@@ -187,6 +188,13 @@ func (g *Gateway) tunnelOutbound(ctx context.Context, app net.Conn, r route) (li
 	m.active.Inc()
 	defer m.active.Dec()
 	defer func() { m.duration.Observe(time.Since(start).Seconds()) }()
+
+	// ended counts the stream out once its upload has stopped.
+	ended := func(result string) {
+		_ = st.WaitSent()
+		m.sent.Add(float64(st.Sent()))
+		m.ended(result)
+	}
 
 	// The application's bytes flow into the stream as they come (the
 	// transport reads them); what comes back is copied here.
@@ -196,40 +204,34 @@ func (g *Gateway) tunnelOutbound(ctx context.Context, app net.Conn, r route) (li
 		_ = st.Down.Close() // ends the stream, and its context
 		// The stream was reset (the backend or the peer gateway failed):
 		// so is the application's connection, not ended as if complete.
-		abort(app)
-		_ = st.WaitSent()
-		m.sent.Add(float64(st.Sent()))
-		m.ended("error")
+		tcpstate.Abort(app)
+		ended("error")
 		return nil
 	}
 	// The remote side is done sending; the application's request goes on
 	// until it ends it too (TCP half-close), or the peer stops taking it.
 	st.ShutSource(app)
-	if !st.WaitUpload(ctx) {
+	quiet := !st.WaitUpload(ctx)
+	_ = st.Down.Close() // ends the stream if it is still open, and its context
+	switch {
+	case quiet:
 		// The application went quiet with its side open: the tunnel
 		// ends as it began, its connection closed, the stream reset.
-		_ = st.Down.Close()
-		m.sent.Add(float64(st.Sent()))
-		m.ended("ok") // its answer was delivered whole
+		ended("ok") // its answer was delivered whole
 		return nil
-	}
-	_ = st.Down.Close() // ends the stream if it is still open, and its context
-	if ctx.Err() != nil || st.EndedBadly() {
+	case ctx.Err() != nil || st.EndedBadly():
 		// The peer's side failed (its gateway gone, the stream reset)
 		// or this gateway's drain ran out while the application was
 		// still sending: its request was cut off.
-		abort(app)
-		_ = st.WaitSent()
-		m.sent.Add(float64(st.Sent()))
-		m.ended("error")
+		tcpstate.Abort(app)
+		ended("error")
 		return nil
 	}
 	result := "ok"
 	if e := st.WaitSent(); e != nil {
 		result = "error"
 	}
-	m.sent.Add(float64(st.Sent()))
-	m.ended(result)
+	ended(result)
 	if unread, upload := st.Unread(); unread && result == "ok" {
 		return upload
 	}

@@ -136,16 +136,6 @@ func closeWrite(c net.Conn) {
 	_ = c.Close()
 }
 
-// abort ends c with a reset where it is TCP: the other end sees the
-// connection fail, not a clean end that would pass a cut-off stream for
-// a complete one.
-func abort(c net.Conn) {
-	if tc, ok := c.(*net.TCPConn); ok {
-		_ = tc.SetLinger(0)
-	}
-	_ = c.Close()
-}
-
 // An application may still be sending when its answer has ended: a
 // server that refuses a large upload answers and closes without reading
 // it. Its connection is then half-closed and what it still sends is read
@@ -189,10 +179,6 @@ func linger(ctx context.Context, c net.Conn, reading <-chan struct{}) {
 		_ = c.SetReadDeadline(next())
 	}
 }
-
-// errPeerReset stands for a reset whose error another call on the socket
-// took (tcpstate.WasReset).
-var errPeerReset = errors.New("connection reset by peer")
 
 // isEOF says whether a read ended cleanly.
 func isEOF(err error) bool { return err == nil || errors.Is(err, io.EOF) }

@@ -353,71 +353,59 @@ func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
 // the stream. A clean end after a cut-off answer would pass it for a
 // complete one.
 func splice(a, b net.Conn) (ab, ba int64, err error) {
-	var wg sync.WaitGroup
-	wg.Add(2)
-	var failed sync.Once
-	// ended: this side's writing was ended here (CloseWrite, or Close for
+	// ended: the side's writing was ended here (CloseWrite, or Close for
 	// a side without it, a tunnel stream). closed: by Close, which makes
 	// the other copy's read from it fail: that failure is this end, not
 	// the side's.
-	var aEnded, bEnded, aClosed, bClosed atomic.Bool
-	cp := func(dst, src net.Conn, n *int64, dstEnded, dstClosed, srcEnded, srcClosed *atomic.Bool) {
+	type side struct {
+		net.Conn
+		ended, closed atomic.Bool
+	}
+	sa, sb := &side{Conn: a}, &side{Conn: b}
+	var failed sync.Once
+	var wg sync.WaitGroup
+	cp := func(dst, src *side, n *int64) {
 		defer wg.Done()
 		var cerr error
-		*n, cerr = io.Copy(dst, src)
-		if cerr == nil && !srcEnded.Load() && tcpstate.WasReset(rawConn(src)) {
-			cerr = errReset // a write to src took the reset's error
+		*n, cerr = io.Copy(dst.Conn, src.Conn)
+		if cerr == nil && !src.ended.Load() && tcpstate.WasReset(src.Conn) {
+			cerr = tcpstate.ErrReset // a write to src took the reset's error
 		}
-		if cerr != nil && srcClosed.Load() {
+		switch {
+		case cerr != nil && src.closed.Load():
 			// src was closed here at the other side's end, having no
 			// half-close: what it still sent is cut off, which dst is
 			// told by a reset, not a clean end.
-			reset(dst)
-			return
-		}
-		if cerr != nil {
+			reset(dst.Conn)
+		case cerr != nil:
 			failed.Do(func() {
 				err = cerr
 				reset(a)
 				reset(b)
 			})
-			return
-		}
-		dstEnded.Store(true)
-		if cw, ok := dst.(interface{ CloseWrite() error }); !ok || cw.CloseWrite() != nil {
-			dstClosed.Store(true)
-			_ = dst.Close()
+		default:
+			dst.ended.Store(true)
+			if cw, ok := dst.Conn.(interface{ CloseWrite() error }); !ok || cw.CloseWrite() != nil {
+				dst.closed.Store(true)
+				_ = dst.Close()
+			}
 		}
 	}
-	go cp(a, b, &ba, &aEnded, &aClosed, &bEnded, &bClosed)
-	go cp(b, a, &ab, &bEnded, &bClosed, &aEnded, &aClosed)
+	wg.Add(2)
+	go cp(sa, sb, &ba)
+	go cp(sb, sa, &ab)
 	wg.Wait()
 	_ = a.Close()
 	_ = b.Close()
 	return ab, ba, err
 }
 
-// errReset stands for a peer's reset whose error another call took.
-var errReset = errors.New("connection reset by peer")
-
-// rawConn is the connection under TLS, or c.
-func rawConn(c net.Conn) net.Conn {
-	if tc, ok := c.(*tls.Conn); ok {
-		return tc.NetConn()
-	}
-	return c
-}
-
-// reset ends c with a TCP reset where it is TCP (under TLS too), and
-// closes it otherwise.
+// reset ends c as failed: a tunnel stream is reset (Abort), a TCP
+// connection too (under TLS as well); anything else is closed.
 func reset(c net.Conn) {
 	if a, ok := c.(interface{ Abort() }); ok {
-		a.Abort() // a tunnel stream: reset it
+		a.Abort()
 		return
 	}
-	raw := rawConn(c)
-	if tc, ok := raw.(*net.TCPConn); ok {
-		_ = tc.SetLinger(0)
-	}
-	_ = raw.Close()
+	tcpstate.Abort(c)
 }

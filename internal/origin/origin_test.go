@@ -165,20 +165,8 @@ func TestTCPTargetPassesBytesAndHalfClose(t *testing.T) {
 		b, _ := io.ReadAll(c) // until the client's half-close arrives
 		_, _ = c.Write([]byte(strings.ToUpper(string(b))))
 	}()
-	tg := Target{Name: "db", DNSName: testenv.NetnsAddr(4), Port: int32(l.Addr().(*net.TCPAddr).Port), Protocol: TCP}
-	o := New(nil)
-	clientL := testenv.ListenNetns(t, 5)
-	go func() {
-		c, err := clientL.Accept()
-		if err == nil {
-			_ = o.Serve(context.Background(), c, tg, "test")
-		}
-	}()
-	c, err := net.Dial("tcp", clientL.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = c.Close() }()
+	tg := tcpTarget(l)
+	c, _ := serveClient(t, context.Background(), tg)
 	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
 	_, _ = c.Write([]byte("select 1"))
 	_ = c.(*net.TCPConn).CloseWrite()
@@ -206,23 +194,8 @@ func TestTCPTargetFailureReachesTheClientAsAFailure(t *testing.T) {
 		_ = c.(*net.TCPConn).SetLinger(0)
 		_ = c.Close()
 	}()
-	tg := Target{Name: "db", DNSName: testenv.NetnsAddr(4), Port: int32(l.Addr().(*net.TCPAddr).Port), Protocol: TCP}
-	o := New(nil)
-	clientL := testenv.ListenNetns(t, 5)
-	served := make(chan error, 1)
-	go func() {
-		c, err := clientL.Accept()
-		if err != nil {
-			served <- err
-			return
-		}
-		served <- o.Serve(context.Background(), c, tg, "test")
-	}()
-	c, err := net.Dial("tcp", clientL.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = c.Close() }()
+	tg := tcpTarget(l)
+	c, served := serveClient(t, context.Background(), tg)
 	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
 	_, _ = c.Write([]byte("select 1"))
 	_ = c.(*net.TCPConn).CloseWrite()
@@ -258,7 +231,7 @@ func TestTCPTargetCleanCloseIsACleanEnd(t *testing.T) {
 		_, _ = io.WriteString(c, answer)
 		_ = c.Close()
 	}()
-	tg := Target{Name: "db", DNSName: testenv.NetnsAddr(4), Port: int32(l.Addr().(*net.TCPAddr).Port), Protocol: TCP}
+	tg := tcpTarget(l)
 	o := New(nil)
 	client, server := net.Pipe()
 	defer func() { _ = client.Close() }()
@@ -282,6 +255,33 @@ func TestTCPTargetCleanCloseIsACleanEnd(t *testing.T) {
 	}
 }
 
+// tcpTarget is a tcp egress target at l, a listener in the namespace.
+func tcpTarget(l net.Listener) Target {
+	return Target{Name: "db", DNSName: testenv.NetnsAddr(4), Port: int32(l.Addr().(*net.TCPAddr).Port), Protocol: TCP}
+}
+
+// serveClient connects a client to an originator serving tg with ctx,
+// as a local application's connection; served gets Serve's result.
+func serveClient(t *testing.T, ctx context.Context, tg Target) (net.Conn, <-chan error) {
+	t.Helper()
+	clientL := testenv.ListenNetns(t, 5)
+	served := make(chan error, 1)
+	go func() {
+		c, err := clientL.Accept()
+		if err != nil {
+			served <- err
+			return
+		}
+		served <- New(nil).Serve(ctx, c, tg, "test")
+	}()
+	c, err := net.Dial("tcp", clientL.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return c, served
+}
+
 // TestTCPTunnelEndsWithItsContext: a tunnel whose stream ended (its
 // context cancelled) ends the upstream connection, even one the upstream
 // holds open in silence after the client's half-close.
@@ -299,23 +299,9 @@ func TestTCPTunnelEndsWithItsContext(t *testing.T) {
 		_, _ = io.ReadAll(c) // the client's half-close; then silence
 		<-release
 	}()
-	tg := Target{Name: "db", DNSName: testenv.NetnsAddr(4), Port: int32(l.Addr().(*net.TCPAddr).Port), Protocol: TCP}
-	o := New(nil)
-	clientL := testenv.ListenNetns(t, 5)
+	tg := tcpTarget(l)
 	ctx, cancel := context.WithCancel(context.Background())
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		c, err := clientL.Accept()
-		if err == nil {
-			_ = o.Serve(ctx, c, tg, "test")
-		}
-	}()
-	c, err := net.Dial("tcp", clientL.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = c.Close() }()
+	c, served := serveClient(t, ctx, tg)
 	_, _ = c.Write([]byte("select 1"))
 	_ = c.(*net.TCPConn).CloseWrite()
 	time.Sleep(100 * time.Millisecond) // the half-close crossed

@@ -17,38 +17,30 @@ type State struct {
 	Window *Window
 	// outcomes holds whether each recent probe failed, successes and
 	// failures alike, as many as Window: the loss the latencies leave out.
-	outcomes []bool
-	next     int
-	full     bool
+	outcomes ring[bool]
 }
 
 // NewState returns the state of a link not probed yet.
 func NewState(windowSize int) *State {
-	return &State{Alive: true, Window: NewWindow(windowSize), outcomes: make([]bool, max(windowSize, 1))}
+	return &State{Alive: true, Window: NewWindow(windowSize), outcomes: newRing[bool](windowSize)}
 }
 
 // Recent is how many probes the loss window holds, and how many of them
 // failed.
 func (s *State) Recent() (probes, failures int) {
-	probes = s.next
-	if s.full {
-		probes = len(s.outcomes)
-	}
-	for _, failed := range s.outcomes[:probes] {
+	held := s.outcomes.held()
+	for _, failed := range held {
 		if failed {
 			failures++
 		}
 	}
-	return probes, failures
+	return len(held), failures
 }
 
 // Record applies one probe result and reports whether Alive changed.
 func (s *State) Record(at time.Time, took time.Duration, err error, threshold int32) (changed bool) {
 	s.LastProbe = at
-	s.outcomes[s.next] = err != nil
-	if s.next++; s.next == len(s.outcomes) {
-		s.next, s.full = 0, true
-	}
+	s.outcomes.add(err != nil)
 	was := s.Alive
 	if err == nil {
 		s.ConsecutiveFailures = 0

@@ -11,40 +11,47 @@ import (
 	"time"
 )
 
-// Window holds the latest successful probe durations.
-type Window struct {
-	samples []time.Duration
-	next    int
-	full    bool
+// ring holds the latest items added, as many as it was made for.
+type ring[T any] struct {
+	items []T
+	next  int
+	full  bool
 }
+
+func newRing[T any](size int) ring[T] { return ring[T]{items: make([]T, max(size, 1))} }
+
+// add adds v, evicting the oldest when full.
+func (r *ring[T]) add(v T) {
+	r.items[r.next] = v
+	if r.next++; r.next == len(r.items) {
+		r.next, r.full = 0, true
+	}
+}
+
+// held is what the ring holds, in no particular order.
+func (r *ring[T]) held() []T {
+	if r.full {
+		return r.items
+	}
+	return r.items[:r.next]
+}
+
+func (r *ring[T]) reset() { r.next, r.full = 0, false }
+
+// Window holds the latest successful probe durations.
+type Window struct{ r ring[time.Duration] }
 
 // NewWindow returns a window of the given size.
-func NewWindow(size int) *Window {
-	if size < 1 {
-		size = 1
-	}
-	return &Window{samples: make([]time.Duration, size)}
-}
+func NewWindow(size int) *Window { return &Window{r: newRing[time.Duration](size)} }
 
 // Add records a sample, evicting the oldest when full.
-func (w *Window) Add(d time.Duration) {
-	w.samples[w.next] = d
-	w.next++
-	if w.next == len(w.samples) {
-		w.next, w.full = 0, true
-	}
-}
+func (w *Window) Add(d time.Duration) { w.r.add(d) }
 
 // Reset empties the window.
-func (w *Window) Reset() { w.next, w.full = 0, false }
+func (w *Window) Reset() { w.r.reset() }
 
 // Len is the number of samples held.
-func (w *Window) Len() int {
-	if w.full {
-		return len(w.samples)
-	}
-	return w.next
-}
+func (w *Window) Len() int { return len(w.r.held()) }
 
 // Percentile returns the q-quantile (0 < q <= 1) by the nearest-rank
 // method, and false when the window is empty.
@@ -53,7 +60,7 @@ func (w *Window) Percentile(q float64) (time.Duration, bool) {
 	if n == 0 {
 		return 0, false
 	}
-	sorted := slices.Clone(w.samples[:n])
+	sorted := slices.Clone(w.r.held())
 	slices.Sort(sorted)
 	rank := int(q*float64(n)+0.999999999) - 1
 	rank = max(0, min(rank, n-1))

@@ -27,32 +27,15 @@ import (
 // from west through both gateways; its probe and status work there too.
 func TestEgressTargetInItsOwnNamespace(t *testing.T) {
 	testenv.RequireNetns(t)
-	clusters := testenv.Start(t, "east", "west")
-	east, west := clusters["east"], clusters["west"]
-	ctx := context.Background()
-	for _, c := range clusters {
-		installRBAC(t, c)
-		ensureNamespace(t, c, "egress") // the platform makes it in every cluster
-	}
-	p := newPKI(t, trustDomain)
-	eastID, westID := p.issue(t, "east"), p.issue(t, "west")
-
 	scoreL := testenv.ListenNetns(t, 14)
 	caPEM := creditScoreServer(t, scoreL)
 	_, scorePort, _ := net.SplitHostPort(scoreL.Addr().String())
 	resolve := creditScoreHost + "=" + scoreL.Addr().(*net.TCPAddr).IP.String()
 
-	eastGW := startGateway(t, east, 1, eastID, "--egress-resolve", resolve)
-	westGW := startGateway(t, west, 2, westID)
-	registerGateway(t, east, eastGW)
-	registerGateway(t, west, westGW)
-	out := run(t, "--kubeconfig", east.Kubeconfig, "link", "--cluster-name", "east",
-		"--gateway-address", eastGW.inbound, "--create-token")
-	if err := kube.ApplyYAML(ctx, west.Client, out, "e2e"); err != nil {
-		t.Fatalf("applying backbone link output: %v\n%s", err, out)
-	}
-	startController(t, east, eastID, 1)
-	startController(t, west, westID, 2)
+	// The platform makes the egress namespace in every cluster.
+	m := startLinkedMesh(t, []string{"egress"}, "--egress-resolve", resolve)
+	east, west, westGW, eastGW, westID := m.east, m.west, m.westGW, m.eastGW, m.westID
+	ctx := context.Background()
 
 	shuttle := filepath.Join(t.TempDir(), "shuttle.yaml")
 	writeFile(t, shuttle, fmt.Sprintf(`targets:

@@ -11,7 +11,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/backbone-mesh/backbone/api/v1alpha1"
-	"github.com/backbone-mesh/backbone/internal/kube"
 	"github.com/backbone-mesh/backbone/internal/testenv"
 )
 
@@ -23,15 +22,6 @@ import (
 // and the caller's uploads are taken and dropped as if delivered.
 func TestEgressTargetResetFailsABlockedCaller(t *testing.T) {
 	testenv.RequireNetns(t)
-	clusters := testenv.Start(t, "east", "west")
-	east, west := clusters["east"], clusters["west"]
-	ctx := context.Background()
-	for _, c := range clusters {
-		installRBAC(t, c)
-		ensureNamespace(t, c, "egress")
-	}
-	p := newPKI(t, trustDomain)
-	eastID, westID := p.issue(t, "east"), p.issue(t, "west")
 
 	// The target reads a little, answers more than every window holds,
 	// and resets its connection while its answer is still held up.
@@ -54,17 +44,9 @@ func TestEgressTargetResetFailsABlockedCaller(t *testing.T) {
 	host, port, _ := net.SplitHostPort(target.Addr().String())
 	portN, _ := strconv.Atoi(port)
 
-	eastGW := startGateway(t, east, 1, eastID)
-	westGW := startGateway(t, west, 2, westID)
-	registerGateway(t, east, eastGW)
-	registerGateway(t, west, westGW)
-	out := run(t, "--kubeconfig", east.Kubeconfig, "link", "--cluster-name", "east",
-		"--gateway-address", eastGW.inbound, "--create-token")
-	if err := kube.ApplyYAML(ctx, west.Client, out, "e2e"); err != nil {
-		t.Fatalf("applying backbone link output: %v\n%s", err, out)
-	}
-	startController(t, east, eastID, 1)
-	startController(t, west, westID, 2)
+	m := startLinkedMesh(t, []string{"egress"})
+	east, west := m.east, m.west
+	ctx := context.Background()
 	et := &v1alpha1.EgressTarget{
 		ObjectMeta: metav1.ObjectMeta{Name: "ledger", Namespace: "egress"},
 		Spec: v1alpha1.EgressTargetSpec{HostName: "ledger", DNSName: host, Environment: "east", Squad: "core",
@@ -73,7 +55,7 @@ func TestEgressTargetResetFailsABlockedCaller(t *testing.T) {
 	if err := east.Client.Create(ctx, et); err != nil {
 		t.Fatal(err)
 	}
-	addr := waitMirror(t, west, "egress", "ledger-east", westGW.ip)
+	addr := waitMirror(t, west, "egress", "ledger-east", m.westGW.ip)
 	waitListening(t, addr)
 
 	app, err := net.Dial("tcp", addr)

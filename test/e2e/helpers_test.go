@@ -268,3 +268,39 @@ func waitListening(t *testing.T, addr string) {
 		return true
 	})
 }
+
+// linkedMesh is two clusters, each with a controller and a gateway
+// process, west linked to east with `backbone link`.
+type linkedMesh struct {
+	east, west     *testenv.Cluster
+	eastID, westID string // identity directories
+	eastGW, westGW *gatewayProc
+}
+
+// startLinkedMesh starts a linkedMesh whose clusters both have namespaces
+// (as the platform makes them); eastGatewayArgs go to east's gateway.
+func startLinkedMesh(t *testing.T, namespaces []string, eastGatewayArgs ...string) *linkedMesh {
+	t.Helper()
+	clusters := testenv.Start(t, "east", "west")
+	m := &linkedMesh{east: clusters["east"], west: clusters["west"]}
+	for _, c := range clusters {
+		installRBAC(t, c)
+		for _, ns := range namespaces {
+			ensureNamespace(t, c, ns)
+		}
+	}
+	p := newPKI(t, trustDomain)
+	m.eastID, m.westID = p.issue(t, "east"), p.issue(t, "west")
+	m.eastGW = startGateway(t, m.east, 1, m.eastID, eastGatewayArgs...)
+	m.westGW = startGateway(t, m.west, 2, m.westID)
+	registerGateway(t, m.east, m.eastGW)
+	registerGateway(t, m.west, m.westGW)
+	out := run(t, "--kubeconfig", m.east.Kubeconfig, "link", "--cluster-name", "east",
+		"--gateway-address", m.eastGW.inbound, "--create-token")
+	if err := kube.ApplyYAML(context.Background(), m.west.Client, out, "e2e"); err != nil {
+		t.Fatalf("applying backbone link output: %v\n%s", err, out)
+	}
+	startController(t, m.east, m.eastID, 1)
+	startController(t, m.west, m.westID, 2)
+	return m
+}
