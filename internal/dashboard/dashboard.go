@@ -29,7 +29,10 @@ var indexHTML []byte
 // HistoryLength is how many samples of each link the page can plot.
 const HistoryLength = 200
 
-// Sample is one reading of a link.
+// Sample is one reading of a link: its probe status as the source's
+// controller wrote it, stamped with the probe's time. A poll that finds the
+// status unchanged adds nothing, so the history is the link's own and not
+// the page's polling.
 type Sample struct {
 	Time      time.Time `json:"t"`
 	Up        bool      `json:"up"`
@@ -38,8 +41,10 @@ type Sample struct {
 
 // LinkInfo is what the page shows of one link besides the matrix.
 type LinkInfo struct {
-	Source   string   `json:"source"`
-	Target   string   `json:"target"`
+	Source string `json:"source"`
+	Target string `json:"target"`
+	// State is the matrix's: up, dead, stale or unknown.
+	State    string   `json:"state"`
 	Mirrors  int32    `json:"mirrors"`
 	Ready    string   `json:"ready"`
 	Reason   string   `json:"reason,omitempty"`
@@ -161,19 +166,11 @@ func (s *Server) Poll(ctx context.Context) {
 		}
 		for _, l := range r.links {
 			key := name + "->" + l.Spec.TargetClusterName
-			sample := Sample{Time: now}
-			if p := l.Status.Probe; p != nil {
-				sample.Up = p.Alive
-				if p.LatencyP50 != nil {
-					v := float64(p.LatencyP50.Microseconds()) / 1000
-					sample.P50Millis = &v
-				}
+			s.history[key] = addSample(s.history[key], l.Status.Probe)
+			h := s.history[key]
+			if h == nil {
+				h = []Sample{} // the page reads a list
 			}
-			h := append(s.history[key], sample)
-			if len(h) > HistoryLength {
-				h = h[len(h)-HistoryLength:]
-			}
-			s.history[key] = h
 			info := LinkInfo{Source: name, Target: l.Spec.TargetClusterName, Mirrors: l.Status.MirroredServices,
 				History: h, Problems: l.Status.Problems}
 			if c := meta.FindStatusCondition(l.Status.Conditions, v1alpha1.ConditionReady); c != nil {
@@ -201,7 +198,14 @@ func (s *Server) Poll(ctx context.Context) {
 	sort.Slice(egress, func(i, j int) bool {
 		return egress[i].Cluster+"/"+egress[i].Name < egress[j].Cluster+"/"+egress[j].Name
 	})
-	m := linkmatrix.Build(linksBySource, errs)
+	m := linkmatrix.BuildAt(now, linksBySource, errs)
+	for i := range infos {
+		for _, c := range m.Links {
+			if c.Source == infos[i].Source && c.Target == infos[i].Target {
+				infos[i].State = c.State
+			}
+		}
+	}
 	// Clusters that could not be read still get their row.
 	for name := range errs {
 		found := false
@@ -214,6 +218,34 @@ func (s *Server) Poll(ctx context.Context) {
 	}
 	sort.Strings(m.Clusters)
 	s.state = State{Updated: now, Matrix: m, Links: infos, Egress: egress}
+}
+
+// addSample appends the link's probe status to its history when it is a
+// newer reading than the last one kept. A status written within the same
+// second as the last (the API keeps seconds) replaces it.
+func addSample(h []Sample, p *v1alpha1.LinkProbeStatus) []Sample {
+	if p == nil || p.LastProbeTime == nil {
+		return h
+	}
+	sample := Sample{Time: p.LastProbeTime.UTC(), Up: p.Alive}
+	if p.LatencyP50 != nil {
+		v := float64(p.LatencyP50.Microseconds()) / 1000
+		sample.P50Millis = &v
+	}
+	if n := len(h); n > 0 {
+		switch last := h[n-1]; {
+		case sample.Time.Before(last.Time):
+			return h
+		case sample.Time.Equal(last.Time):
+			h[n-1] = sample
+			return h
+		}
+	}
+	h = append(h, sample)
+	if len(h) > HistoryLength {
+		h = h[len(h)-HistoryLength:]
+	}
+	return h
 }
 
 // Handler serves the page and its data.

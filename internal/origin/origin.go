@@ -170,6 +170,12 @@ func (o *Originator) serveHTTPS(ctx context.Context, client net.Conn, t Target, 
 		_ = client.Close()
 		return err
 	}
+	// A protocol switch (websocket) is copied by net/http's proxy, which
+	// closes both connections at either side's end: a target that reset
+	// would reach the caller as a clean end. The switched connection's
+	// body records a failure, and the caller's connection is reset.
+	sw := &switched{}
+	client = &switchedClient{Conn: client, sw: sw}
 	proxy := &httputil.ReverseProxy{
 		Rewrite: func(r *httputil.ProxyRequest) {
 			r.Out.URL.Scheme = "https"
@@ -188,7 +194,7 @@ func (o *Originator) serveHTTPS(ctx context.Context, client net.Conn, t Target, 
 				r.Out.Header.Del("Connection")
 			}
 		},
-		Transport: tr,
+		Transport: switchWatch{tr},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			o.Log.Warn("egress request failed", "target", t.Name, "err", err)
 			status := http.StatusBadGateway
@@ -214,8 +220,16 @@ func (o *Originator) serveHTTPS(ctx context.Context, client net.Conn, t Target, 
 				w.Header().Set("Connection", "close")
 			}
 			rw := &recorder{ResponseWriter: w, status: http.StatusOK}
-			proxy.ServeHTTP(rw, r)
-			o.access(caller, t, r.Method, r.URL.Path, rw.status, body.n, rw.n, start, nil)
+			proxy.ServeHTTP(rw, r.WithContext(context.WithValue(r.Context(), switchedKey{}, sw)))
+			status, in, out := rw.status, body.n, rw.n
+			var err error
+			if sw.body != nil { // the connection switched: its bytes are the body's
+				status, in, out = http.StatusSwitchingProtocols, in+sw.body.in.Load(), out+sw.body.out.Load()
+				if sw.failed.Load() {
+					err = fmt.Errorf("egress target %s: switched connection failed", t.Name)
+				}
+			}
+			o.access(caller, t, r.Method, r.URL.Path, status, in, out, start, err)
 		}),
 		ReadHeaderTimeout: 30 * time.Second,
 		IdleTimeout:       5 * time.Minute,
@@ -230,6 +244,81 @@ func (o *Originator) serveHTTPS(ctx context.Context, client net.Conn, t Target, 
 		return nil
 	}
 	return err
+}
+
+// switched is one caller connection's protocol switch, if it made one.
+type switched struct {
+	body   *switchedBody // set by the transport before the proxy copies
+	failed atomic.Bool   // the target's side failed
+}
+
+type switchedKey struct{}
+
+// switchWatch hands a switched connection's body to the caller
+// connection's switched, which the request's context carries.
+type switchWatch struct{ rt http.RoundTripper }
+
+func (w switchWatch) RoundTrip(r *http.Request) (*http.Response, error) {
+	resp, err := w.rt.RoundTrip(r)
+	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+		return resp, err
+	}
+	sw, _ := r.Context().Value(switchedKey{}).(*switched)
+	rwc, ok := resp.Body.(io.ReadWriteCloser)
+	if sw == nil || !ok {
+		return resp, err
+	}
+	sw.body = &switchedBody{ReadWriteCloser: rwc, failed: &sw.failed}
+	resp.Body = sw.body
+	return resp, nil
+}
+
+// switchedBody is the target's side of a switched connection: it counts
+// the bytes and records a failure (a reset, a read or write error; not
+// a clean end, and not what follows the proxy's own Close).
+type switchedBody struct {
+	io.ReadWriteCloser
+	in, out atomic.Int64
+	closed  atomic.Bool
+	failed  *atomic.Bool
+}
+
+func (b *switchedBody) Read(p []byte) (int, error) {
+	n, err := b.ReadWriteCloser.Read(p)
+	b.out.Add(int64(n))
+	if err != nil && err != io.EOF && !b.closed.Load() {
+		b.failed.Store(true)
+	}
+	return n, err
+}
+
+func (b *switchedBody) Write(p []byte) (int, error) {
+	n, err := b.ReadWriteCloser.Write(p)
+	b.in.Add(int64(n))
+	if err != nil && !b.closed.Load() {
+		b.failed.Store(true)
+	}
+	return n, err
+}
+
+func (b *switchedBody) Close() error {
+	b.closed.Store(true)
+	return b.ReadWriteCloser.Close()
+}
+
+// switchedClient is the caller's connection, which the proxy closes at
+// a switched connection's end: reset when the target's side failed.
+type switchedClient struct {
+	net.Conn
+	sw *switched
+}
+
+func (c *switchedClient) Close() error {
+	if c.sw.failed.Load() {
+		reset(c.Conn)
+		return nil
+	}
+	return c.Conn.Close()
 }
 
 // Probe measures a TLS handshake plus a HEAD of the probe path (a TCP

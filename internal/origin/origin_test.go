@@ -3,6 +3,7 @@ package origin
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -264,6 +265,12 @@ func tcpTarget(l net.Listener) Target {
 // as a local application's connection; served gets Serve's result.
 func serveClient(t *testing.T, ctx context.Context, tg Target) (net.Conn, <-chan error) {
 	t.Helper()
+	return serveClientBy(t, ctx, New(nil), tg)
+}
+
+// serveClientBy is serveClient with the originator o.
+func serveClientBy(t *testing.T, ctx context.Context, o *Originator, tg Target) (net.Conn, <-chan error) {
+	t.Helper()
 	clientL := testenv.ListenNetns(t, 5)
 	served := make(chan error, 1)
 	go func() {
@@ -272,7 +279,7 @@ func serveClient(t *testing.T, ctx context.Context, tg Target) (net.Conn, <-chan
 			served <- err
 			return
 		}
-		served <- New(nil).Serve(ctx, c, tg, "test")
+		served <- o.Serve(ctx, c, tg, "test")
 	}()
 	c, err := net.Dial("tcp", clientL.Addr().String())
 	if err != nil {
@@ -343,5 +350,65 @@ func TestRedirectsAreNotFollowed(t *testing.T) {
 	}
 	if n := elsewhere.Load(); n != 0 {
 		t.Fatalf("the gateway followed the redirect: %d requests reached the other host", n)
+	}
+}
+
+// TestWebsocketTargetEndReachesTheCaller: after a websocket upgrade the
+// originator copies bytes both ways; a target that resets its connection
+// resets the caller's, and one that closes cleanly ends the caller's
+// cleanly (a websocket's own close frame may be lost with a reset, so the
+// caller must be able to tell the two apart).
+func TestWebsocketTargetEndReachesTheCaller(t *testing.T) {
+	testenv.RequireNetns(t)
+	for name, reset := range map[string]bool{"reset": true, "clean close": false} {
+		t.Run(name, func(t *testing.T) {
+			_, tg, o := target(t, func(w http.ResponseWriter, r *http.Request) {
+				if !strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
+					http.Error(w, "websocket only", http.StatusBadRequest)
+					return
+				}
+				c, brw, err := http.NewResponseController(w).Hijack()
+				if err != nil {
+					return
+				}
+				_, _ = brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nhello")
+				_ = brw.Flush()
+				time.Sleep(50 * time.Millisecond) // the bytes cross before the end
+				if reset {
+					_ = c.(*tls.Conn).NetConn().(*net.TCPConn).SetLinger(0)
+					_ = c.(*tls.Conn).NetConn().Close()
+					return
+				}
+				_ = c.Close()
+			})
+			c, served := serveClientBy(t, context.Background(), o, tg)
+			_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+			_, err := io.WriteString(c, "GET /ws HTTP/1.1\r\nHost: credit\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"+
+				"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+			if err != nil {
+				t.Fatal(err)
+			}
+			br := bufio.NewReader(c)
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+				t.Fatalf("upgrade: %v %v", resp, err)
+			}
+			got, err := io.ReadAll(br)
+			if string(got) != "hello" || errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Fatalf("the caller read %q, then %v", got, err)
+			}
+			if reset && err == nil {
+				t.Error("the target reset its websocket; the caller saw a clean end")
+			}
+			if !reset && err != nil {
+				t.Errorf("the target closed its websocket cleanly; the caller saw %v", err)
+			}
+			_ = c.Close()
+			select {
+			case <-served:
+			case <-time.After(10 * time.Second):
+				t.Fatal("Serve did not return")
+			}
+		})
 	}
 }
