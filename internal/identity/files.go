@@ -143,18 +143,10 @@ func (f *Files) current() (*tls.Certificate, *x509.CertPool, ID) {
 
 // verify checks a peer's chain against the current bundle and returns its
 // identity, which must be in our trust domain.
-func (f *Files) verify(rawCerts [][]byte, usage x509.ExtKeyUsage) (ID, error) {
+func (f *Files) verify(certs []*x509.Certificate, usage x509.ExtKeyUsage) (ID, error) {
 	_, roots, self := f.current()
-	if len(rawCerts) == 0 {
+	if len(certs) == 0 {
 		return ID{}, errors.New("peer sent no certificate")
-	}
-	certs := make([]*x509.Certificate, len(rawCerts))
-	for i, raw := range rawCerts {
-		c, err := x509.ParseCertificate(raw)
-		if err != nil {
-			return ID{}, fmt.Errorf("peer certificate: %w", err)
-		}
-		certs[i] = c
 	}
 	inter := x509.NewCertPool()
 	for _, c := range certs[1:] {
@@ -176,7 +168,10 @@ func (f *Files) verify(rawCerts [][]byte, usage x509.ExtKeyUsage) (ID, error) {
 // ServerTLS is the inbound side: TLS 1.3 only, a client certificate
 // required and verified against the current bundle, identity in our trust
 // domain. Go's own chain verification is replaced (not skipped) so the
-// bundle can change at runtime.
+// bundle can change at runtime. The check is VerifyConnection's, which
+// runs on every handshake: Go calls VerifyPeerCertificate only on full
+// ones, and a resumed session would keep admitting a peer whose CA has
+// since left the bundle, for as long as its ticket lives (7 days).
 func (f *Files) ServerTLS(nextProtos ...string) *tls.Config {
 	return &tls.Config{
 		MinVersion: tls.VersionTLS13,
@@ -186,8 +181,8 @@ func (f *Files) ServerTLS(nextProtos ...string) *tls.Config {
 			c, _, _ := f.current()
 			return c, nil
 		},
-		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
-			_, err := f.verify(raw, x509.ExtKeyUsageClientAuth)
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			_, err := f.verify(cs.PeerCertificates, x509.ExtKeyUsageClientAuth)
 			return err
 		},
 	}
@@ -200,15 +195,16 @@ func (f *Files) ClientTLS(expected ID, nextProtos ...string) *tls.Config {
 		MinVersion: tls.VersionTLS13,
 		NextProtos: nextProtos,
 		// The server is authenticated by its SPIFFE ID in
-		// VerifyPeerCertificate below, against our own bundle, not by a
-		// DNS name against the system roots.
-		InsecureSkipVerify: true, //nolint:gosec // verification is done in VerifyPeerCertificate
+		// VerifyConnection below (every handshake, resumed ones too),
+		// against our own bundle, not by a DNS name against the system
+		// roots.
+		InsecureSkipVerify: true, //nolint:gosec // verification is done in VerifyConnection
 		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
 			c, _, _ := f.current()
 			return c, nil
 		},
-		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
-			id, err := f.verify(raw, x509.ExtKeyUsageServerAuth)
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			id, err := f.verify(cs.PeerCertificates, x509.ExtKeyUsageServerAuth)
 			if err != nil {
 				return err
 			}

@@ -73,14 +73,12 @@ func handshake(ctx context.Context, raw net.Conn, cfg *tls.Config) (peer *x509.C
 	if d, ok := ctx.Deadline(); ok {
 		_ = raw.SetDeadline(d)
 	}
-	verify := cfg.VerifyPeerCertificate
-	cfg.VerifyPeerCertificate = func(rawCerts [][]byte, chains [][]*x509.Certificate) error {
-		if len(rawCerts) > 0 {
-			if c, err := x509.ParseCertificate(rawCerts[0]); err == nil {
-				peer = c
-			}
+	verify := cfg.VerifyConnection
+	cfg.VerifyConnection = func(cs tls.ConnectionState) error {
+		if len(cs.PeerCertificates) > 0 {
+			peer = cs.PeerCertificates[0]
 		}
-		return verify(rawCerts, chains)
+		return verify(cs)
 	}
 	tc := tls.Client(raw, cfg)
 	if err := tc.HandshakeContext(ctx); err != nil {
