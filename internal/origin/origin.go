@@ -210,8 +210,21 @@ func (o *Originator) serveHTTPS(ctx context.Context, client net.Conn, t Target, 
 	srv := &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			start := time.Now()
+			// An answer may come before the request's body is all read: a
+			// target that refuses an upload (401, 413) answers at once,
+			// and a caller may wait for that answer before it sends more
+			// (Expect: 100-continue). net/http's server would read the
+			// rest of the body before writing the answer, or wait on the
+			// read in flight: full duplex writes it at once, and the
+			// recorder then ends the connection with the answer, since
+			// the rest of the body can no longer be told from a next
+			// request. The counting body goes on a copy of the request,
+			// so the server's own body stays its own.
+			_ = http.NewResponseController(w).EnableFullDuplex()
+			req := r.WithContext(context.WithValue(r.Context(), switchedKey{}, sw))
 			body := &countingReader{r: r.Body}
-			r.Body = body
+			body.done.Store(r.ContentLength == 0) // none to read
+			req.Body = body
 			// RFC 9112 6.1: a chunked request may have carried a
 			// Content-Length too (net/http drops it unseen); whatever that
 			// length covered beyond the chunked body must never be read as
@@ -219,9 +232,9 @@ func (o *Originator) serveHTTPS(ctx context.Context, client net.Conn, t Target, 
 			if len(r.TransferEncoding) > 0 {
 				w.Header().Set("Connection", "close")
 			}
-			rw := &recorder{ResponseWriter: w, status: http.StatusOK}
-			proxy.ServeHTTP(rw, r.WithContext(context.WithValue(r.Context(), switchedKey{}, sw)))
-			status, in, out := rw.status, body.n, rw.n
+			rw := &recorder{ResponseWriter: w, status: http.StatusOK, body: body}
+			proxy.ServeHTTP(rw, req)
+			status, in, out := rw.status, body.n.Load(), rw.n
 			var err error
 			if sw.body != nil { // the connection switched: its bytes are the body's
 				status, in, out = http.StatusSwitchingProtocols, in+sw.body.in.Load(), out+sw.body.out.Load()
@@ -384,21 +397,30 @@ func (o *Originator) access(caller string, t Target, method, path string, status
 	o.Log.Info("egress access", attrs...)
 }
 
+// countingReader is the caller's request body as the proxy reads it.
 type countingReader struct {
-	r io.ReadCloser
-	n int64
+	r    io.ReadCloser
+	n    atomic.Int64
+	done atomic.Bool // read to its end
 }
 
 func (c *countingReader) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
-	c.n += int64(n)
+	c.n.Add(int64(n))
+	if err == io.EOF {
+		c.done.Store(true)
+	}
 	if err != nil && err != io.EOF {
 		err = callerBodyError{err}
 	}
 	return n, err
 }
 
-func (c *countingReader) Close() error { return c.r.Close() }
+// Close leaves the body to the server, which closes it once the answer
+// is out: the proxy closes it as it returns, and a close would wait for
+// a read in flight, for the caller's next bytes, holding back the
+// answer still buffered.
+func (c *countingReader) Close() error { return nil }
 
 // callerBodyError is a failure to read the caller's request body (a
 // malformed chunk, a caller gone): the caller's fault, not the target's.
@@ -408,6 +430,7 @@ func (e callerBodyError) Unwrap() error { return e.error }
 
 type recorder struct {
 	http.ResponseWriter
+	body   *countingReader
 	status int
 	n      int64
 	wrote  bool
@@ -416,11 +439,23 @@ type recorder struct {
 func (r *recorder) WriteHeader(code int) {
 	if !r.wrote {
 		r.status, r.wrote = code, true
+		r.endEarly(code)
 	}
 	r.ResponseWriter.WriteHeader(code)
 }
 
+// endEarly ends the connection with an answer that came before the
+// request's body was all read (see serveHTTPS).
+func (r *recorder) endEarly(code int) {
+	if code >= 200 && code != http.StatusSwitchingProtocols && r.body != nil && !r.body.done.Load() {
+		r.Header().Set("Connection", "close")
+	}
+}
+
 func (r *recorder) Write(p []byte) (int, error) {
+	if !r.wrote {
+		r.endEarly(http.StatusOK)
+	}
 	r.wrote = true
 	n, err := r.ResponseWriter.Write(p)
 	r.n += int64(n)

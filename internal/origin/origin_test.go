@@ -412,3 +412,51 @@ func TestWebsocketTargetEndReachesTheCaller(t *testing.T) {
 		})
 	}
 }
+
+// TestAnEarlyAnswerIsNotHeldBackByTheUpload: a target that refuses an
+// upload before reading it (401, 413) has its answer passed on at once;
+// the caller, which may wait for it before sending more (Expect:
+// 100-continue, or a client that watches for an early answer), must not
+// be made to send up to 256 KiB more first. net/http's server closes the
+// connection after such an answer instead of draining the body, but only
+// while the request's body is its own.
+func TestAnEarlyAnswerIsNotHeldBackByTheUpload(t *testing.T) {
+	testenv.RequireNetns(t)
+	_, tg, o := target(t, func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "too large", http.StatusRequestEntityTooLarge)
+	})
+	c, _ := serveClientBy(t, context.Background(), o, tg)
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(c, "POST /upload HTTP/1.1\r\nHost: credit\r\nContent-Length: 10000000\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Write(make([]byte, 64<<10)); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatalf("no answer while the caller waits: %v", err)
+	}
+	if resp.StatusCode != http.StatusRequestEntityTooLarge || !resp.Close {
+		t.Errorf("answer %s (closing: %v), want the target's 413 ending the connection: the rest of the body cannot be told from a next request", resp.Status, resp.Close)
+	}
+
+	// Answers to requests read whole keep the connection.
+	c, _ = serveClientBy(t, context.Background(), o, tg)
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	br := bufio.NewReader(c)
+	for _, req := range []string{"GET / HTTP/1.1\r\nHost: credit\r\n\r\n", "POST / HTTP/1.1\r\nHost: credit\r\nContent-Length: 2\r\n\r\nhi"} {
+		if _, err := io.WriteString(c, req); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		if resp.Close {
+			t.Errorf("%q: the answer ends the connection", req)
+		}
+	}
+}
