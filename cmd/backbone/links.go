@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"slices"
 	"strings"
 	"sync"
@@ -44,22 +45,12 @@ probed yet, · a pair without a Link. The source's name is its context name.`,
 				return err
 			}
 			m := readMatrix(cmd.Context(), root.kube, contexts)
-			switch output {
-			case "json":
-				enc := json.NewEncoder(cmd.OutOrStdout())
-				enc.SetIndent("", "  ")
-				return enc.Encode(m)
-			case "yaml":
-				b, err := yaml.Marshal(m)
-				if err != nil {
-					return err
-				}
-				_, err = cmd.OutOrStdout().Write(b)
+			if err := writeMatrix(cmd.OutOrStdout(), m, output); err != nil {
 				return err
 			}
-			if err := linkmatrix.WriteTable(cmd.OutOrStdout(), m); err != nil {
-				return err
-			}
+			// Every format prints what could be read and then fails: a
+			// script piping -o json must not take a partial matrix for a
+			// whole one.
 			if len(m.Errors) > 0 {
 				return fmt.Errorf("could not read %d of %d clusters", len(m.Errors), len(contexts))
 			}
@@ -70,6 +61,23 @@ probed yet, · a pair without a Link. The source's name is its context name.`,
 	cmd.Flags().BoolVar(&allContexts, "all-contexts", false, "read every context of the kubeconfig")
 	cmd.Flags().StringVarP(&output, "output", "o", "", "output format: json or yaml (default: a table)")
 	return cmd
+}
+
+func writeMatrix(w io.Writer, m linkmatrix.Matrix, output string) error {
+	switch output {
+	case "json":
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(m)
+	case "yaml":
+		b, err := yaml.Marshal(m)
+		if err != nil {
+			return err
+		}
+		_, err = w.Write(b)
+		return err
+	}
+	return linkmatrix.WriteTable(w, m)
 }
 
 // readMatrix lists the Links of every context concurrently.

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/yaml"
 
 	"github.com/backbone-mesh/backbone/api/v1alpha1"
 	"github.com/backbone-mesh/backbone/internal/linkmatrix"
@@ -69,5 +70,21 @@ func TestLinksReadsEveryContext(t *testing.T) {
 	out, _, err = run(t, "--kubeconfig", kubeconfig, "links", "--contexts", "east,nowhere")
 	if err == nil || !strings.Contains(out, "nowhere: could not read links") {
 		t.Errorf("an unknown context must fail and be named; err=%v\n%s", err, out)
+	}
+
+	// A script piping -o json|yaml must not mistake a partial matrix for
+	// a whole one: the output is still printed, and the exit is non-zero.
+	for _, format := range []string{"json", "yaml"} {
+		out, _, err = run(t, "--kubeconfig", kubeconfig, "links", "--contexts", "east,nowhere", "-o", format)
+		if err == nil {
+			t.Errorf("-o %s: an unknown context must fail the command\n%s", format, out)
+		}
+		var m linkmatrix.Matrix
+		if err := yaml.Unmarshal([]byte(out), &m); err != nil {
+			t.Fatalf("-o %s: %v\n%s", format, err, out)
+		}
+		if m.Errors["nowhere"] == "" || len(m.Links) == 0 {
+			t.Errorf("-o %s: the matrix must hold east's links and nowhere's error: %+v", format, m)
+		}
 	}
 }

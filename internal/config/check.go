@@ -8,7 +8,6 @@ import (
 	"strings"
 
 	yaml "go.yaml.in/yaml/v3"
-	"k8s.io/apimachinery/pkg/util/validation"
 )
 
 // Load reads and checks every file against the known clusters. Nothing is
@@ -40,7 +39,8 @@ func Load(paths []string, clusters []string) (*Config, error) {
 }
 
 // Check validates the files together: clusters exist, and no two entries
-// claim the same target name in an environment or the same ingress host.
+// claim the same target name in an environment, the same Service in an
+// egress namespace, or the same ingress host.
 func Check(files []*File, clusters []string) (*Config, error) {
 	known := map[string]bool{}
 	for _, c := range clusters {
@@ -93,6 +93,7 @@ func Check(files []*File, clusters []string) (*Config, error) {
 			cfg.Ingress = append(cfg.Ingress, in)
 		}
 	}
+	errs = append(errs, serviceClashes(cfg.Targets, clusters)...)
 	if len(errs) > 0 {
 		return nil, errs.sorted()
 	}
@@ -135,7 +136,7 @@ func ParseClusters(s string) ([]string, error) {
 		if c == "" {
 			continue
 		}
-		if errs := validation.IsDNS1123Label(c); len(errs) > 0 {
+		if errs := clusterNameErrors(c); len(errs) > 0 {
 			return nil, fmt.Errorf("cluster name %q: %s", c, errs[0])
 		}
 		if !seen[c] {
@@ -147,28 +148,56 @@ func ParseClusters(s string) ([]string, error) {
 }
 
 // LoadClusters reads a clusters file: a YAML list of names, or a mapping
-// with a clusters list (which may carry more keys, ignored).
+// with a clusters list (which may carry more keys, ignored). Like a
+// squad's file, an error names the line, and the column where the YAML
+// parser gives one.
 func LoadClusters(path string) ([]string, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}
-	var list []string
-	if err := yaml.Unmarshal(data, &list); err != nil {
-		var m struct {
-			Clusters []string `yaml:"clusters"`
-		}
-		if err2 := yaml.Unmarshal(data, &m); err2 != nil {
-			return nil, fmt.Errorf("%s: %v", path, syntaxError(path, err2).Msg)
-		}
-		list = m.Clusters
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		return nil, syntaxError(path, err)
 	}
-	if len(list) == 0 {
+	at := func(n *yaml.Node, format string, args ...any) error {
+		return fmt.Errorf("%s:%d:%d: %s", path, n.Line, n.Column, fmt.Sprintf(format, args...))
+	}
+	root := &doc
+	if root.Kind == yaml.DocumentNode && len(root.Content) > 0 {
+		root = root.Content[0]
+	}
+	list := root
+	if root.Kind == yaml.MappingNode {
+		list = nil
+		for i := 0; i+1 < len(root.Content); i += 2 {
+			if root.Content[i].Value == "clusters" {
+				list = root.Content[i+1]
+			}
+		}
+		if list == nil {
+			return nil, at(root, "no clusters key (a YAML list of names, or clusters: [...])")
+		}
+		if list.Kind != yaml.SequenceNode {
+			return nil, at(list, "clusters must be a list of names")
+		}
+	}
+	if list.Kind != yaml.SequenceNode || len(list.Content) == 0 {
 		return nil, fmt.Errorf("%s: no clusters listed (a YAML list of names, or clusters: [...])", path)
 	}
-	out, err := ParseClusters(strings.Join(list, ","))
-	if err != nil {
-		return nil, fmt.Errorf("%s: %v", path, err)
+	var out []string
+	seen := map[string]bool{}
+	for _, n := range list.Content {
+		if n.Kind != yaml.ScalarNode || n.Tag == "!!null" {
+			return nil, at(n, "clusters entry must be a name")
+		}
+		if errs := clusterNameErrors(n.Value); len(errs) > 0 {
+			return nil, at(n, "cluster name %q: %s", n.Value, errs[0])
+		}
+		if !seen[n.Value] {
+			seen[n.Value] = true
+			out = append(out, n.Value)
+		}
 	}
 	return out, nil
 }

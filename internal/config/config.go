@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/url"
 	"sort"
 	"strconv"
 	"strings"
@@ -306,6 +307,10 @@ func (p *parser) dnsName(fs map[string]*yaml.Node, key, value string) {
 		p.errorf(fs[key].Line, "%s: %q is not a valid DNS name (RFC 1123): %s", key, value, errs[0])
 		return
 	}
+	if why := ipLiteralError(value); why != "" {
+		p.errorf(fs[key].Line, "%s: %q %s", key, value, why)
+		return
+	}
 	if !strings.Contains(value, ".") {
 		p.errorf(fs[key].Line, "%s: %q is not a fully qualified DNS name", key, value)
 	}
@@ -338,10 +343,18 @@ func (p *parser) target(item *yaml.Node) (Target, bool) {
 		CABundle:    p.str(kind, fs, item, "caBundle", false),
 		ProbePath:   p.str(kind, fs, item, "probePath", false),
 	}
-	p.dnsLabel(fs, "hostName", t.HostName)
+	p.serviceName(fs, "hostName", t.HostName)
 	p.dnsName(fs, "dnsName", t.DNSName)
-	p.dnsLabel(fs, "environment", t.Environment)
+	p.clusterName(fs, "environment", t.Environment)
 	p.squad(fs, t.Squad)
+	// Only once hostName and environment are each valid: the mirror's
+	// name is their sum, and its error would repeat theirs.
+	if len(validation.IsDNS1035Label(t.HostName)) == 0 && len(clusterNameErrors(t.Environment)) == 0 {
+		if errs := validation.IsDNS1035Label(t.MirrorName()); len(errs) > 0 {
+			p.errorf(fs["hostName"].Line, "hostName: target %q in environment %s is mirrored as %q in linked clusters, which is not a valid Service name: %s",
+				t.HostName, t.Environment, t.MirrorName(), errs[0])
+		}
+	}
 	switch t.Protocol {
 	case "":
 		t.Protocol = v1alpha1.EgressProtocolHTTPS
@@ -351,8 +364,8 @@ func (p *parser) target(item *yaml.Node) (Target, bool) {
 	}
 	if t.ProbePath == "" {
 		t.ProbePath = "/"
-	} else if !strings.HasPrefix(t.ProbePath, "/") || strings.ContainsAny(t.ProbePath, " \t\r\n") {
-		p.errorf(fs["probePath"].Line, "probePath: %q must be a path starting with /", t.ProbePath)
+	} else {
+		p.probePath(fs, t.ProbePath)
 	}
 	if t.CABundle != "" {
 		if err := checkCABundle(t.CABundle); err != nil {
@@ -379,17 +392,43 @@ func (p *parser) ingress(item *yaml.Node) (Ingress, bool) {
 		Host:       p.str(kind, fs, item, "host", false),
 		ExposeFrom: p.str(kind, fs, item, "exposeFrom", false),
 	}
-	if in.Service != "" {
-		if errs := validation.IsDNS1035Label(in.Service); len(errs) > 0 {
-			p.errorf(fs["service"].Line, "service: %q is not a valid Service name: %s", in.Service, errs[0])
-		}
-	}
+	p.serviceName(fs, "service", in.Service)
 	p.dnsLabel(fs, "namespace", in.Namespace)
-	p.dnsLabel(fs, "cluster", in.Cluster)
-	p.dnsLabel(fs, "exposeFrom", in.ExposeFrom)
+	p.clusterName(fs, "cluster", in.Cluster)
+	p.clusterName(fs, "exposeFrom", in.ExposeFrom)
 	p.dnsName(fs, "host", in.Host)
 	p.squad(fs, in.Squad)
+	// The name labels what the IngressTarget becomes
+	// (backbone.dev/ingress-target), so it must be a label value.
+	if len(validation.IsDNS1035Label(in.Service)) == 0 && len(validation.IsDNS1123Label(in.Namespace)) == 0 && len(clusterNameErrors(in.Cluster)) == 0 {
+		if errs := validation.IsValidLabelValue(in.Name()); len(errs) > 0 {
+			p.errorf(item.Line, "ingress for %s/%s in %s: service, namespace and cluster make the IngressTarget name %q, which cannot be a label value: %s",
+				in.Namespace, in.Service, in.Cluster, in.Name(), errs[0])
+		}
+	}
 	return in, len(p.errs) == before
+}
+
+// probePath reports a path the probe could not request as written: it
+// requests https://<dnsName><probePath>, so a bad escape fails every
+// probe and a fragment is silently dropped.
+func (p *parser) probePath(fs map[string]*yaml.Node, path string) {
+	line := fs["probePath"].Line
+	if !strings.HasPrefix(path, "/") || strings.ContainsAny(path, " \t\r\n") {
+		p.errorf(line, "probePath: %q must be a path starting with /", path)
+		return
+	}
+	if _, err := url.ParseRequestURI(path); err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		p.errorf(line, "probePath: %q is not a valid request path: %v", path, err)
+		return
+	}
+	if strings.Contains(path, "#") {
+		p.errorf(line, "probePath: %q holds a fragment (#), which is never sent", path)
+	}
 }
 
 func checkCABundle(s string) error {

@@ -10,11 +10,14 @@ import (
 	"errors"
 	"flag"
 	"math/big"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"k8s.io/apimachinery/pkg/util/validation"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files")
@@ -69,7 +72,7 @@ func TestParseErrors(t *testing.T) {
     dnsName: a.example.com
     environment: east
     squad: maxus
-`, `f.yaml:2: hostName: "Resource_A" is not a valid DNS label (RFC 1123)`},
+`, `f.yaml:2: hostName: "Resource_A" is not a valid Service name (RFC 1035 label)`},
 		{"bad dnsName", `targets:
   - hostName: a
     dnsName: a..example.com
@@ -470,6 +473,21 @@ func FuzzParse(f *testing.F) {
 		}
 		if _, err := Render(cfg, clusters, RenderOptions{}); err != nil {
 			t.Fatalf("checked config does not render: %v", err)
+		}
+		// What checks, the cluster accepts: the names render hands it and
+		// the path the probe requests.
+		for _, tg := range cfg.Targets {
+			if errs := validation.IsDNS1035Label(tg.MirrorName()); len(errs) > 0 {
+				t.Fatalf("checked target %+v has mirror %q: %s", tg, tg.MirrorName(), errs[0])
+			}
+			if _, err := url.Parse("https://" + tg.DNSName + tg.ProbePath); err != nil {
+				t.Fatalf("checked target %+v cannot be probed: %v", tg, err)
+			}
+		}
+		for _, in := range cfg.Ingress {
+			if errs := validation.IsValidLabelValue(in.Name()); len(errs) > 0 {
+				t.Fatalf("checked ingress %+v has name %q: %s", in, in.Name(), errs[0])
+			}
 		}
 	})
 }
