@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/backbone-mesh/backbone/internal/gateway"
+	"github.com/backbone-mesh/backbone/internal/install"
 	"github.com/backbone-mesh/backbone/internal/origin"
 )
 
@@ -79,7 +80,9 @@ gracefully.`,
 	f.StringVar(&opts.IdentityDir, "identity-dir", "/var/run/backbone/identity", "directory with tls.crt, tls.key and ca.crt; reloaded when they change")
 	f.StringVar(&opts.InboundAddress, "inbound-address", ":4143", "address of the mTLS tunnel endpoint")
 	f.StringVar(&opts.OutboundBindIP, "outbound-bind-ip", "", "IP the mirrors' listeners bind to (the pod IP; empty: all)")
-	f.StringVar(&opts.AdminAddress, "admin-address", ":9990", "address of /healthz, /readyz and /metrics")
+	// The installed admin port, where the controller's --gateway-admin-port
+	// looks for the egress probes by default.
+	f.StringVar(&opts.AdminAddress, "admin-address", fmt.Sprintf(":%d", install.AdminPort), "address of /healthz, /readyz, /metrics and /egress/probes")
 	f.StringVar(&opts.PprofAddress, "pprof-address", "", "address of net/http/pprof's /debug/pprof/ (empty: off; it exposes the process's memory, keep it on loopback)")
 	f.DurationVar(&opts.DrainTimeout, "drain-timeout", 30*time.Second, "how long streams in flight may take to finish once the listeners closed")
 	f.DurationVar(&opts.ShutdownDelay, "shutdown-delay", 5*time.Second, "how long new connections are still served after SIGTERM, with readiness already false, before the listeners close: the time kube-proxy and load balancers take to drop the endpoint (0: none); the pod's terminationGracePeriodSeconds must exceed it plus --drain-timeout")

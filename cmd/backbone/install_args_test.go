@@ -1,6 +1,8 @@
 package main
 
 import (
+	"net"
+	"strconv"
 	"testing"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -42,5 +44,32 @@ func TestInstalledArgsAreAccepted(t *testing.T) {
 	}
 	if seen != 2 {
 		t.Fatalf("checked %d containers, want the controller's and the gateway's", seen)
+	}
+}
+
+// TestGatewayAdminDefaultIsWhereTheControllerLooks: a gateway started with
+// its defaults serves its egress probes on the port a controller started
+// with its defaults reads them from — the installed admin port.
+func TestGatewayAdminDefaultIsWhereTheControllerLooks(t *testing.T) {
+	root := newRootCmd()
+	defaultOf := func(command, flag string) string {
+		t.Helper()
+		sub, _, err := root.Find([]string{command})
+		if err != nil || sub == root {
+			t.Fatalf("no subcommand %q: %v", command, err)
+		}
+		f := sub.Flags().Lookup(flag)
+		if f == nil {
+			t.Fatalf("backbone %s has no --%s", command, flag)
+		}
+		return f.DefValue
+	}
+	_, gatewayPort, err := net.SplitHostPort(defaultOf("gateway", "admin-address"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	controllerPort := defaultOf("controller", "gateway-admin-port")
+	if want := strconv.Itoa(install.AdminPort); gatewayPort != want || controllerPort != want {
+		t.Errorf("gateway --admin-address port %s, controller --gateway-admin-port %s: want both %s (install.AdminPort)", gatewayPort, controllerPort, want)
 	}
 }

@@ -2,6 +2,7 @@ package install
 
 import (
 	"context"
+	"encoding/json"
 	"strings"
 	"testing"
 	"time"
@@ -11,9 +12,11 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 
 	"github.com/backbone-mesh/backbone/api/v1alpha1"
 	"github.com/backbone-mesh/backbone/internal/targets"
@@ -54,17 +57,8 @@ func TestAdmissionPolicyKeepsRoutingLabelsToTheController(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	as := func(user string, groups ...string) client.Client {
-		cfg := rest.CopyConfig(c.Config)
-		cfg.Impersonate = rest.ImpersonationConfig{UserName: user, Groups: append(groups, "system:authenticated")}
-		cl, err := client.New(cfg, client.Options{Scheme: c.Client.Scheme()})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return cl
-	}
-	alice, gitops := as("alice"), as("gitops")
-	controller := as("system:serviceaccount:backbone-system:"+ControllerName, "system:serviceaccounts", "system:serviceaccounts:backbone-system")
+	alice, gitops := impersonate(t, c, "alice"), impersonate(t, c, "gitops")
+	controller := impersonate(t, c, "system:serviceaccount:backbone-system:"+ControllerName, "system:serviceaccounts", "system:serviceaccounts:backbone-system")
 
 	service := func(name string, labels map[string]string) *corev1.Service {
 		return &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Labels: labels},
@@ -79,27 +73,7 @@ func TestAdmissionPolicyKeepsRoutingLabelsToTheController(t *testing.T) {
 			Ports:       []discoveryv1.EndpointPort{{Name: ptr.To("tcp"), Port: ptr.To(port)}},
 		}
 	}
-	refused := func(err error) bool {
-		return apierrors.IsForbidden(err) && strings.Contains(err.Error(), AdmissionPolicyName)
-	}
-	// The policy takes effect once the API server has read it: until a
-	// forged slice is refused, what got through is deleted and tried again.
-	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(100 * time.Millisecond) {
-		s := mirrorSlice("forged", 20001)
-		err := alice.Create(ctx, s)
-		if refused(err) {
-			break
-		}
-		if err != nil {
-			t.Fatalf("a forged mirror slice: want the policy's refusal, got %v", err)
-		}
-		if err := c.Client.Delete(ctx, s); err != nil {
-			t.Fatal(err)
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("a forged mirror slice is still accepted after 20 s")
-		}
-	}
+	awaitPolicy(t, c, alice, mirrorSlice("forged", 20001))
 
 	// Ordinary writes are the tenant's business.
 	web := service("web", map[string]string{"app": "web"})
@@ -152,5 +126,185 @@ func TestAdmissionPolicyKeepsRoutingLabelsToTheController(t *testing.T) {
 	}
 	if err := c.Client.Create(ctx, mirrorSlice("by-admin", 20004)); err != nil {
 		t.Errorf("system:masters: %v", err)
+	}
+}
+
+// TestAdmissionPolicyLetsTheGarbageCollectorWork writes as the garbage
+// collector does for `kubectl delete --cascade=orphan|foreground|background`
+// on a controller-made Service and EndpointSlice (an egress target's, owned
+// by its EgressTarget) and on a mirror Service itself: it may remove owner
+// references and finalizers and delete, and nothing more.
+func TestAdmissionPolicyLetsTheGarbageCollectorWork(t *testing.T) {
+	ctx := context.Background()
+	c := testenv.Start(t, "east")["east"]
+	v := DefaultValues()
+	v.ClusterName = "east"
+	objs, err := Objects(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := Apply(ctx, c.Client, objs); err != nil {
+		t.Fatal(err)
+	}
+	const ns = "tenant"
+	if err := c.CreateNamespace(ns); err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range []client.Object{
+		&rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: "writer", Namespace: ns}, Rules: []rbacv1.PolicyRule{
+			{APIGroups: []string{""}, Resources: []string{"services"}, Verbs: []string{"*"}},
+			{APIGroups: []string{"discovery.k8s.io"}, Resources: []string{"endpointslices"}, Verbs: []string{"*"}},
+		}},
+		&rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "writer", Namespace: ns},
+			RoleRef:  rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: "writer"},
+			Subjects: []rbacv1.Subject{{Kind: rbacv1.UserKind, Name: "alice"}}},
+	} {
+		if err := c.Client.Create(ctx, o); err != nil {
+			t.Fatal(err)
+		}
+	}
+	alice := impersonate(t, c, "alice")
+	controller := impersonate(t, c, "system:serviceaccount:backbone-system:"+ControllerName, "system:serviceaccounts", "system:serviceaccounts:backbone-system")
+	// kube-controller-manager's garbage collector, with the
+	// --use-service-account-credentials that kubeadm and the managed
+	// clouds set; the API server's bootstrap RBAC grants it its role.
+	gc := impersonate(t, c, GarbageCollectorUser, "system:serviceaccounts", "system:serviceaccounts:kube-system")
+
+	forged := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "forged", Namespace: ns, Labels: map[string]string{v1alpha1.MirroredFromLabel: "west"}},
+		Spec: corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "tcp", Port: 80}}}}
+	awaitPolicy(t, c, alice, forged)
+
+	// An egress target's Service and slice, owned by the EgressTarget as
+	// the controller makes them.
+	et := &v1alpha1.EgressTarget{ObjectMeta: metav1.ObjectMeta{Name: "bank-db", Namespace: ns},
+		Spec: v1alpha1.EgressTargetSpec{HostName: "bank-db", DNSName: "db.bank.example", Environment: "east", Squad: "payments"}}
+	if err := c.Client.Create(ctx, et); err != nil {
+		t.Fatal(err)
+	}
+	owned := func(o client.Object) client.Object {
+		if err := controllerutil.SetControllerReference(et, o, c.Client.Scheme()); err != nil {
+			t.Fatal(err)
+		}
+		if err := controller.Create(ctx, o); err != nil {
+			t.Fatalf("the controller's %T: %v", o, err)
+		}
+		return o
+	}
+	svc := owned(&corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "bank-db", Namespace: ns, Labels: map[string]string{targets.EgressTargetLabel: et.Name}},
+		Spec: corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "tls", Port: 443}}}})
+	slice := owned(&discoveryv1.EndpointSlice{
+		ObjectMeta: metav1.ObjectMeta{Name: "bank-db", Namespace: ns, Labels: map[string]string{
+			discoveryv1.LabelServiceName: "bank-db", discoveryv1.LabelManagedBy: v1alpha1.EndpointSliceManagedBy, targets.EgressTargetLabel: et.Name}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{"10.0.0.9"}}},
+		Ports:       []discoveryv1.EndpointPort{{Name: ptr.To("tls"), Port: ptr.To[int32](20010)}},
+	})
+
+	// The garbage collector's own patches (garbagecollector/patch.go): a
+	// JSON merge patch with the resourceVersion it read.
+	mergePatch := func(o client.Object, metadata map[string]any) error {
+		metadata["resourceVersion"] = o.GetResourceVersion()
+		raw, err := json.Marshal(map[string]any{"metadata": metadata})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return gc.Patch(ctx, o, client.RawPatch(types.MergePatchType, raw))
+	}
+
+	// Its changes beyond owner references and finalizers are refused.
+	if err := mergePatch(svc, map[string]any{"labels": map[string]any{targets.EgressTargetLabel: nil}}); !refused(err) {
+		t.Errorf("the garbage collector's identity stripping a routing label: want refused, got %v", err)
+	}
+	moved := slice.(*discoveryv1.EndpointSlice).DeepCopy()
+	moved.Ports[0].Port = ptr.To[int32](20011)
+	if err := gc.Update(ctx, moved); !refused(err) {
+		t.Errorf("the garbage collector's identity moving a slice's port: want refused, got %v", err)
+	}
+
+	// kubectl delete egresstarget --cascade=orphan: the collector removes
+	// the owner references from the dependents.
+	for _, o := range []client.Object{svc, slice} {
+		if err := mergePatch(o, map[string]any{"uid": o.GetUID(), "ownerReferences": nil}); err != nil {
+			t.Errorf("the garbage collector orphaning %T %s: %v", o, o.GetName(), err)
+			continue
+		}
+		if err := c.Client.Get(ctx, client.ObjectKeyFromObject(o), o); err != nil {
+			t.Fatal(err)
+		}
+		if len(o.GetOwnerReferences()) != 0 || o.GetLabels()[targets.EgressTargetLabel] != et.Name {
+			t.Errorf("orphaned %T: owner references %v, labels %v", o, o.GetOwnerReferences(), o.GetLabels())
+		}
+	}
+
+	// A cascading delete: the collector deletes the dependents.
+	if err := gc.Delete(ctx, slice); err != nil {
+		t.Errorf("the garbage collector deleting a dependent slice: %v", err)
+	}
+
+	// kubectl delete service --cascade=orphan|foreground on a mirror: the
+	// API server adds the finalizer, the collector removes it once done.
+	for _, propagation := range []metav1.DeletionPropagation{metav1.DeletePropagationOrphan, metav1.DeletePropagationForeground} {
+		mirror := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "ledger-" + strings.ToLower(string(propagation)), Namespace: ns, Labels: map[string]string{v1alpha1.MirroredFromLabel: "west"}},
+			Spec: corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "tcp", Port: 80}}}}
+		if err := controller.Create(ctx, mirror); err != nil {
+			t.Fatalf("the controller's mirror: %v", err)
+		}
+		if err := alice.Delete(ctx, mirror, client.PropagationPolicy(propagation)); err != nil {
+			t.Fatalf("deleting a mirror with %s propagation: %v", propagation, err)
+		}
+		if err := c.Client.Get(ctx, client.ObjectKeyFromObject(mirror), mirror); err != nil {
+			t.Fatal(err)
+		}
+		if len(mirror.Finalizers) != 1 {
+			t.Fatalf("a mirror deleted with %s propagation has finalizers %v, want the garbage collector's", propagation, mirror.Finalizers)
+		}
+		if err := mergePatch(mirror, map[string]any{"finalizers": nil}); err != nil {
+			t.Errorf("the garbage collector removing %s from a mirror: %v", mirror.Finalizers[0], err)
+			continue
+		}
+		if err := c.Client.Get(ctx, client.ObjectKeyFromObject(mirror), mirror); !apierrors.IsNotFound(err) {
+			t.Errorf("a mirror deleted with %s propagation, its finalizer removed: want it gone, got %v", propagation, err)
+		}
+	}
+}
+
+// impersonate is a client acting as user, authenticated, in groups.
+func impersonate(t *testing.T, c *testenv.Cluster, user string, groups ...string) client.Client {
+	t.Helper()
+	cfg := rest.CopyConfig(c.Config)
+	cfg.Impersonate = rest.ImpersonationConfig{UserName: user, Groups: append(groups, "system:authenticated")}
+	cl, err := client.New(cfg, client.Options{Scheme: c.Client.Scheme()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cl
+}
+
+// refused tells the policy's refusal from RBAC's and other errors.
+func refused(err error) bool {
+	return apierrors.IsForbidden(err) && strings.Contains(err.Error(), AdmissionPolicyName)
+}
+
+// awaitPolicy returns once the policy refuses tenant's creating forged.
+// The policy takes effect once the API server has read it: until then,
+// what got through is deleted and tried again.
+func awaitPolicy(t *testing.T, c *testenv.Cluster, tenant client.Client, forged client.Object) {
+	t.Helper()
+	ctx := context.Background()
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		o := forged.DeepCopyObject().(client.Object)
+		err := tenant.Create(ctx, o)
+		if refused(err) {
+			return
+		}
+		if err != nil {
+			t.Fatalf("a forged %T: want the policy's refusal, got %v", o, err)
+		}
+		if err := c.Client.Delete(ctx, o); err != nil {
+			t.Fatal(err)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a forged %T is still accepted after 20 s", o)
+		}
 	}
 }

@@ -132,7 +132,8 @@ func TestChartRendersWhatInstallPrints(t *testing.T) {
 			v.CRDs.Install = false
 			v.CreateNamespace = false
 		},
-		"gcp": func(v *Values) { v.Cloud = "gcp" },
+		"gcp":         func(v *Values) { v.Cloud = "gcp" },
+		"one gateway": func(v *Values) { v.Gateway.Replicas = 1 },
 		"a trust bundle from a ConfigMap": func(v *Values) {
 			v.Gateway.IdentitySecret = "identity-from-cert-manager"
 			v.Gateway.TrustBundle = TrustBundleValues{ConfigMap: "backbone-trust-bundle", Key: "bundle.pem"}

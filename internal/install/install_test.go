@@ -3,13 +3,18 @@ package install
 import (
 	"context"
 	"flag"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	authorizationv1 "k8s.io/api/authorization/v1"
+	policyv1 "k8s.io/api/policy/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/backbone-mesh/backbone/internal/testenv"
@@ -116,6 +121,92 @@ func TestValidateRefusesUnusableValues(t *testing.T) {
 		if _, err := Objects(v); err == nil {
 			t.Errorf("%s: want an error", name)
 		}
+	}
+}
+
+// TestValidateNamesAnUnparsableQuantity: a resource quantity that is not
+// one (a typo, a word) is an error naming its key, from `backbone install
+// --set` as from Go, instead of a panic while rendering.
+func TestValidateNamesAnUnparsableQuantity(t *testing.T) {
+	for _, key := range []string{
+		"controller.resources.cpuRequest", "controller.resources.memoryRequest", "controller.resources.memoryLimit",
+		"gateway.resources.cpuRequest", "gateway.resources.memoryRequest", "gateway.resources.memoryLimit",
+	} {
+		for _, value := range []string{"half", "", "-1Gi"} {
+			v := eastAWS(t)
+			if err := v.Set([]string{key + "=" + value}); err != nil {
+				t.Fatal(err)
+			}
+			err := func() (err error) {
+				defer func() {
+					if p := recover(); p != nil {
+						err = fmt.Errorf("panic: %v", p)
+					}
+				}()
+				_, err = Objects(v)
+				return err
+			}()
+			if err == nil || !strings.Contains(err.Error(), key) || strings.HasPrefix(err.Error(), "panic") {
+				t.Errorf("%s=%q: want an error naming %s, got %v", key, value, key, err)
+			}
+		}
+	}
+}
+
+// TestGatewayDisruptionBudgetLetsANodeDrain: the budget keeps a gateway up
+// while another is evicted, but never forbids every eviction — with one
+// replica, minAvailable: 1 would block `kubectl drain` of its node forever.
+func TestGatewayDisruptionBudgetLetsANodeDrain(t *testing.T) {
+	tests := map[string]struct {
+		replicas         int32
+		allowedEvictions int
+	}{
+		"one gateway may be evicted when it is the only one":  {replicas: 1, allowedEvictions: 1},
+		"one of two gateways may be evicted, the other stays": {replicas: 2, allowedEvictions: 1},
+		"two of three gateways may be evicted, as before":     {replicas: 3, allowedEvictions: 2},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			v := eastAWS(t)
+			v.Gateway.Replicas = tc.replicas
+			objs, err := Objects(v)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var pdb *policyv1.PodDisruptionBudget
+			for _, o := range objs {
+				if o.GetKind() == "PodDisruptionBudget" {
+					pdb = &policyv1.PodDisruptionBudget{}
+					if err := runtime.DefaultUnstructuredConverter.FromUnstructured(o.Object, pdb); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			if pdb == nil {
+				t.Fatal("no PodDisruptionBudget rendered")
+			}
+			// What the disruption controller allows with every replica healthy.
+			healthy := int(tc.replicas)
+			var allowed int
+			switch {
+			case pdb.Spec.MinAvailable != nil && pdb.Spec.MaxUnavailable == nil:
+				minAvailable, err := intstr.GetScaledValueFromIntOrPercent(pdb.Spec.MinAvailable, healthy, true)
+				if err != nil {
+					t.Fatal(err)
+				}
+				allowed = healthy - minAvailable
+			case pdb.Spec.MaxUnavailable != nil && pdb.Spec.MinAvailable == nil:
+				allowed, err = intstr.GetScaledValueFromIntOrPercent(pdb.Spec.MaxUnavailable, healthy, true)
+				if err != nil {
+					t.Fatal(err)
+				}
+			default:
+				t.Fatalf("want one of minAvailable and maxUnavailable: %+v", pdb.Spec)
+			}
+			if allowed != tc.allowedEvictions {
+				t.Errorf("%d healthy gateways, budget %+v: %d evictions allowed, want %d", healthy, pdb.Spec, allowed, tc.allowedEvictions)
+			}
+		})
 	}
 }
 

@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"strings"
 
+	"k8s.io/apimachinery/pkg/api/resource"
+
 	"github.com/backbone-mesh/backbone/internal/identity"
 	"github.com/backbone-mesh/backbone/internal/targets"
 )
@@ -195,6 +197,26 @@ func (v Values) Validate() error {
 	}
 	if v.Gateway.TrustBundle.ConfigMap != "" && v.Gateway.TrustBundle.Key == "" {
 		return fmt.Errorf("gateway.trustBundle.key: required with gateway.trustBundle.configMap %q", v.Gateway.TrustBundle.ConfigMap)
+	}
+	if err := v.Controller.Resources.validate("controller.resources"); err != nil {
+		return err
+	}
+	return v.Gateway.Resources.validate("gateway.resources")
+}
+
+// validate parses each quantity as the API server will, so a typo is an
+// error naming its key here rather than a panic while rendering.
+func (r Resources) validate(key string) error {
+	for _, q := range []struct{ name, value string }{
+		{"cpuRequest", r.CPURequest}, {"memoryRequest", r.MemoryRequest}, {"memoryLimit", r.MemoryLimit},
+	} {
+		parsed, err := resource.ParseQuantity(q.value)
+		if err != nil {
+			return fmt.Errorf("%s.%s %q: want a quantity such as 200m or 128Mi: %w", key, q.name, q.value, err)
+		}
+		if parsed.Sign() < 0 {
+			return fmt.Errorf("%s.%s %q: must not be negative", key, q.name, q.value)
+		}
 	}
 	return nil
 }

@@ -146,6 +146,7 @@ func podSpec(v Values, sa string, args []string, res Resources, ports []corev1.C
 		Ports:          append(ports, corev1.ContainerPort{Name: "admin", ContainerPort: AdminPort, Protocol: corev1.ProtocolTCP}),
 		LivenessProbe:  probe("/healthz"),
 		ReadinessProbe: probe("/readyz"),
+		// MustParse: Values.Validate parsed every quantity before rendering.
 		Resources: corev1.ResourceRequirements{
 			Requests: corev1.ResourceList{
 				corev1.ResourceCPU:    resource.MustParse(res.CPURequest),
@@ -174,14 +175,25 @@ func podSpec(v Values, sa string, args []string, res Resources, ports []corev1.C
 	return spec
 }
 
-func gatewayPDB(Values) *policyv1.PodDisruptionBudget {
+// gatewayPDB keeps one gateway up while others are evicted. A single
+// gateway cannot be kept up through a drain — minAvailable: 1 would only
+// block `kubectl drain` of its node, and cluster upgrades, forever — so
+// then the budget lets it go (maxUnavailable: 1), as a platform team
+// expects of a workload that chose one replica. It is rendered rather than
+// left out so the install's object set does not depend on the replicas:
+// `kubectl apply` does not prune, and a budget left behind from two
+// replicas would keep blocking.
+func gatewayPDB(v Values) *policyv1.PodDisruptionBudget {
+	spec := policyv1.PodDisruptionBudgetSpec{Selector: &metav1.LabelSelector{MatchLabels: selectorLabels("gateway")}}
+	if v.Gateway.Replicas == 1 {
+		spec.MaxUnavailable = new(intstr.FromInt32(1))
+	} else {
+		spec.MinAvailable = new(intstr.FromInt32(1))
+	}
 	return &policyv1.PodDisruptionBudget{
 		TypeMeta:   typeMeta("policy/v1", "PodDisruptionBudget"),
 		ObjectMeta: meta(GatewayName, backbonev1alpha1.SystemNamespace, "gateway"),
-		Spec: policyv1.PodDisruptionBudgetSpec{
-			MinAvailable: new(intstr.FromInt32(1)),
-			Selector:     &metav1.LabelSelector{MatchLabels: selectorLabels("gateway")},
-		},
+		Spec:       spec,
 	}
 }
 
