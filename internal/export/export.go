@@ -106,6 +106,8 @@ func Conditions(svc *corev1.Service, key types.NamespacedName, cluster string, g
 	case svc.Labels[v1alpha1.MirroredFromLabel] != "":
 		return invalid(mcsv1beta1.ServiceExportReasonInvalidServiceType, fmt.Sprintf("Service %s is the mirror of a service of cluster %s; mirrors are never exported again, so that exports cannot loop between clusters",
 			key, svc.Labels[v1alpha1.MirroredFromLabel]))
+	case len(svc.Spec.Ports) > 0 && !hasTCPPort(svc):
+		return invalid(mcsv1beta1.ServiceExportReasonInvalidServiceType, fmt.Sprintf("Service %s has no TCP port, and the gateways carry TCP only: no cluster can mirror it", key))
 	}
 	return []metav1.Condition{
 		cond(mcsv1beta1.ServiceExportConditionValid, metav1.ConditionTrue, mcsv1beta1.ServiceExportReasonValid, fmt.Sprintf("Service %s exists", key)),
@@ -113,4 +115,14 @@ func Conditions(svc *corev1.Service, key types.NamespacedName, cluster string, g
 			fmt.Sprintf("linked clusters pull it through their links and mirror it as %s/%s-%s", key.Namespace, key.Name, cluster)),
 		noConflict,
 	}
+}
+
+// hasTCPPort says whether svc has a port the gateways can carry.
+func hasTCPPort(svc *corev1.Service) bool {
+	for _, p := range svc.Spec.Ports {
+		if p.Protocol == "" || p.Protocol == corev1.ProtocolTCP {
+			return true
+		}
+	}
+	return false
 }

@@ -100,6 +100,14 @@ func TestServiceExportStatus(t *testing.T) {
 	export("db-west")
 	expect("db-west", want{metav1.ConditionFalse, metav1.ConditionFalse, string(mcsv1beta1.ServiceExportReasonInvalidServiceType), "mirror of a service of cluster west"})
 
+	// A Service no gateway can carry is not Ready anywhere.
+	if err := c.Client.Create(bg, &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "dns"},
+		Spec: corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "dns", Port: 53, Protocol: corev1.ProtocolUDP}}}}); err != nil {
+		t.Fatal(err)
+	}
+	export("dns")
+	expect("dns", want{metav1.ConditionFalse, metav1.ConditionFalse, string(mcsv1beta1.ServiceExportReasonInvalidServiceType), "no TCP port"})
+
 	// The Service goes: the export says so.
 	if err := c.Client.Delete(bg, &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "cart"}}); err != nil {
 		t.Fatal(err)

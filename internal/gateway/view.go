@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -27,33 +28,42 @@ import (
 // Services it may serve, their endpoints, the mirrors it listens for, the
 // Links to its peers.
 type view struct {
-	cache             cache.Cache
-	hasServiceExports bool
+	cache cache.Cache
+	// hasServiceExports is set once the ServiceExports' informer synced.
+	hasServiceExports atomic.Bool
+	discovery         discovery.DiscoveryInterface
 	rr                atomic.Uint64
 }
+
+// rediscoverEvery is how often a cluster that did not serve ServiceExports
+// is asked again.
+var rediscoverEvery = 30 * time.Second
 
 func newView(cfg *rest.Config) (*view, error) {
 	c, err := cache.New(cfg, cache.Options{Scheme: kube.Scheme})
 	if err != nil {
 		return nil, err
 	}
-	v := &view{cache: c}
 	dc, err := discovery.NewDiscoveryClientForConfig(cfg)
 	if err != nil {
 		return nil, err
 	}
-	// The MCS API is optional: without its CRD only the label exports.
-	if _, err := dc.ServerResourcesForGroupVersion(mcsv1beta1.GroupVersion.String()); err == nil {
-		v.hasServiceExports = true
-	}
-	return v, nil
+	return &view{cache: c, discovery: dc}, nil
 }
 
 // start runs the informers for every kind the gateway reads and waits
-// until they are synced.
+// until they are synced. The MCS API is optional: without it only the
+// label exports, and a cluster that gets it later (its CRD installed
+// after the gateway started) is asked again every rediscoverEvery. A
+// failed discovery fails the start: read as "no MCS API", it would refuse
+// every Service exported by ServiceExport alone, which peers still mirror.
 func (v *view) start(ctx context.Context) error {
+	serves, err := kube.ServesServiceExports(v.discovery)
+	if err != nil {
+		return err
+	}
 	kinds := []client.Object{&corev1.Service{}, &discoveryv1.EndpointSlice{}, &v1alpha1.Link{}, &v1alpha1.EgressTarget{}}
-	if v.hasServiceExports {
+	if serves {
 		kinds = append(kinds, &mcsv1beta1.ServiceExport{})
 	}
 	for _, k := range kinds {
@@ -65,7 +75,34 @@ func (v *view) start(ctx context.Context) error {
 	if !v.cache.WaitForCacheSync(ctx) {
 		return errors.New("the local cluster's caches did not sync")
 	}
+	v.hasServiceExports.Store(serves)
+	if !serves {
+		go v.watchForServiceExports(ctx)
+	}
 	return nil
+}
+
+// watchForServiceExports asks the cluster again until it serves
+// ServiceExports, then watches them too.
+func (v *view) watchForServiceExports(ctx context.Context) {
+	t := time.NewTicker(rediscoverEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if serves, err := kube.ServesServiceExports(v.discovery); err != nil || !serves {
+			continue
+		}
+		// The cache runs: the informer starts and is waited for.
+		if _, err := v.cache.GetInformer(ctx, &mcsv1beta1.ServiceExport{}); err != nil {
+			continue
+		}
+		v.hasServiceExports.Store(true)
+		return
+	}
 }
 
 var (
@@ -80,7 +117,7 @@ func (v *view) exported(ctx context.Context, svc *corev1.Service) bool {
 	if svc.Labels[v1alpha1.ExportedLabel] == "true" {
 		return true
 	}
-	if !v.hasServiceExports {
+	if !v.hasServiceExports.Load() {
 		return false
 	}
 	var se mcsv1beta1.ServiceExport

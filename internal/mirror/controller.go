@@ -32,6 +32,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	"github.com/backbone-mesh/backbone/api/v1alpha1"
+	"github.com/backbone-mesh/backbone/internal/kube"
 	"github.com/backbone-mesh/backbone/internal/linkcreds"
 )
 
@@ -47,6 +48,9 @@ const (
 	ReasonRemoteUnreachable   = "RemoteUnreachable"
 	ReasonCredentialsRejected = "CredentialsRejected"
 	ReasonWaitingForRemote    = "WaitingForRemote"
+	// ReasonDuplicateTarget: another Link mirrors the same cluster; the
+	// older one does the work, this one waits.
+	ReasonDuplicateTarget = "DuplicateTarget"
 )
 
 // Options configure the mirror controller.
@@ -184,6 +188,39 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 		// A restarted controller in the same process (tests) reuses the name.
 		WithOptions(controller.Options{MaxConcurrentReconciles: linkWorkers, SkipNameValidation: ptr.To(true)}).
 		Complete(r)
+}
+
+// seniorLink names another Link, not being deleted, that targets link's
+// cluster and is older (by creation, then name), or returns "".
+func (r *Reconciler) seniorLink(ctx context.Context, link *v1alpha1.Link) (string, error) {
+	others, err := r.sameTarget(ctx, link)
+	if err != nil {
+		return "", err
+	}
+	for _, o := range others {
+		older := o.CreationTimestamp.Before(&link.CreationTimestamp) ||
+			o.CreationTimestamp.Equal(&link.CreationTimestamp) && o.Name < link.Name
+		if older {
+			return o.Name, nil
+		}
+	}
+	return "", nil
+}
+
+// sameTarget lists the other Links, not being deleted, that target
+// link's cluster.
+func (r *Reconciler) sameTarget(ctx context.Context, link *v1alpha1.Link) ([]v1alpha1.Link, error) {
+	var links v1alpha1.LinkList
+	if err := r.client.List(ctx, &links, client.InNamespace(v1alpha1.SystemNamespace)); err != nil {
+		return nil, err
+	}
+	var out []v1alpha1.Link
+	for _, o := range links.Items {
+		if o.Name != link.Name && o.Spec.TargetClusterName == link.Spec.TargetClusterName && o.DeletionTimestamp.IsZero() {
+			out = append(out, o)
+		}
+	}
+	return out, nil
 }
 
 func (r *Reconciler) allLinks(ctx context.Context) []reconcile.Request {
@@ -404,6 +441,21 @@ func (r *Reconciler) serviceOnce(ctx context.Context) bool {
 	return true
 }
 
+// staleCache says whether every write err reports was refused for a
+// cache behind the API server: a conflict, or an object already there.
+func staleCache(err error) bool {
+	var rej rejectedWrites
+	if !errors.As(err, &rej) {
+		return apierrors.IsConflict(err) || apierrors.IsAlreadyExists(err)
+	}
+	for _, e := range rej {
+		if !apierrors.IsConflict(e) && !apierrors.IsAlreadyExists(e) {
+			return false
+		}
+	}
+	return len(rej) > 0
+}
+
 // syncOne mirrors one remote Service of one Link. A Link that is not yet
 // (or no longer) synced with its remote is left to the whole-Link pass.
 func (r *Reconciler) syncOne(ctx context.Context, key serviceKey) error {
@@ -432,10 +484,11 @@ func (r *Reconciler) syncOne(ctx context.Context, key serviceKey) error {
 	release()
 	r.opts.Log.Debug("mirrored one service", "link", key.Link.Name, "service", key.Namespace+"/"+key.Name, "took", time.Since(began))
 	if err != nil {
-		r.opts.Metrics.SyncErrors.WithLabelValues(link.Spec.TargetClusterName).Inc()
-		if !apierrors.IsConflict(err) && !apierrors.IsAlreadyExists(err) {
+		if !staleCache(err) {
 			// A stale cache is retried on its own (the caller requeues the
-			// Service); anything else may concern the whole Link.
+			// Service), and is no sync error; anything else may concern
+			// the whole Link.
+			r.opts.Metrics.SyncErrors.WithLabelValues(link.Spec.TargetClusterName).Inc()
 			r.scheduleLink(key.Link, time.Second)
 		}
 		return err
@@ -557,6 +610,20 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 	st := &status{generation: link.Generation}
 	defer func() { r.writeStatus(ctx, &link, st) }()
 
+	// Two Links to one cluster (a Link renamed by creating the new one
+	// first) would write the same mirrors: the older one mirrors, the
+	// other waits for it to go and then takes its mirrors over as they
+	// are.
+	if senior, err := r.seniorLink(ctx, &link); err != nil {
+		return reconcile.Result{}, err
+	} else if senior != "" {
+		r.stopWatch(req.NamespacedName)
+		st.set(metav1.ConditionFalse, ReasonDuplicateTarget,
+			fmt.Sprintf("Link %s already mirrors cluster %s; this Link takes over when it is deleted", senior, cluster))
+		st.keepSync = true
+		return reconcile.Result{RequeueAfter: 5 * time.Second}, nil
+	}
+
 	w, err := r.watch(ctx, &link)
 	var unstarted remoteStartError
 	if errors.As(err, &unstarted) {
@@ -572,6 +639,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 	}
 	if err != nil {
 		st.set(metav1.ConditionFalse, reasonOf(err), err.Error())
+		r.opts.Metrics.RemoteUp.WithLabelValues(cluster).Set(0) // no credentials to reach it with
 		r.opts.Metrics.SyncErrors.WithLabelValues(cluster).Inc()
 		// Permanent until the Secret changes, which requeues the Link.
 		return reconcile.Result{RequeueAfter: r.opts.Resync}, nil
@@ -663,6 +731,17 @@ func (r *Reconciler) watch(ctx context.Context, link *v1alpha1.Link) (*remoteWat
 	w, ok := r.watches[key]
 	same := ok && r.creds[key] == string(raw)
 	r.mu.Unlock()
+	if same && !w.hasServiceExports && time.Since(w.discovered) >= r.opts.Resync {
+		// A remote that did not serve ServiceExports may serve them now
+		// (the MCS API installed later, or its group not yet registered
+		// on an API server just started): asked again once a resync,
+		// and the watch rebuilt with them when it does.
+		w.discovered = time.Now()
+		if serves, err := kube.ServesServiceExports(w.discovery); err == nil && serves {
+			r.opts.Log.Info("remote cluster serves ServiceExports now; watching them", "link", link.Name)
+			same = false
+		}
+	}
 	if same {
 		return w, nil
 	}

@@ -23,6 +23,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
 
 	"github.com/backbone-mesh/backbone/api/v1alpha1"
@@ -557,5 +558,114 @@ func TestLeaderSwitchRewritesNothing(t *testing.T) {
 	time.Sleep(5 * time.Second) // the new leader's first syncs and resyncs
 	if after := snapshot(t, west); after != before {
 		t.Fatalf("mirrors changed across the leader switch:\nbefore %s\nafter  %s", before, after)
+	}
+}
+
+// TestTwoLinksToOneClusterShareItsMirrors: a Link renamed in git the
+// usual way (the new one created, then the old one deleted) keeps every
+// mirror as it is — no deletion, no new cluster IP. While both exist the
+// newer one waits and says why; when the older goes, the newer takes the
+// mirrors over; deleting the newer one while the older mirrors changes
+// nothing either.
+func TestTwoLinksToOneClusterShareItsMirrors(t *testing.T) {
+	east, west := mirroring(t, "shop", "cart")
+	cart, _ := get(west, "shop", "cart-east", &corev1.Service{})
+
+	second := func(name string) {
+		t.Helper()
+		var old v1alpha1.Link
+		if err := west.Client.Get(bg, client.ObjectKey{Namespace: v1alpha1.SystemNamespace, Name: "east"}, &old); err != nil {
+			t.Fatal(err)
+		}
+		l := &v1alpha1.Link{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: v1alpha1.SystemNamespace}, Spec: old.Spec}
+		if err := west.Client.Create(bg, l); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, name+" waits for the older Link", func() bool {
+			c := linkReady(west, name)
+			return c != nil && c.Reason == mirror.ReasonDuplicateTarget && strings.Contains(c.Message, "Link east")
+		})
+	}
+	unchanged := func(when string) {
+		t.Helper()
+		time.Sleep(2 * time.Second)
+		now, ok := get(west, "shop", "cart-east", &corev1.Service{})
+		if !ok || now.UID != cart.UID || now.Spec.ClusterIP != cart.Spec.ClusterIP {
+			t.Fatalf("%s: cart-east was deleted or recreated (present %v)", when, ok)
+		}
+	}
+	deleteLink := func(name string) {
+		t.Helper()
+		l := &v1alpha1.Link{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: v1alpha1.SystemNamespace}}
+		if err := west.Client.Delete(bg, l); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, name+" is gone", func() bool {
+			_, ok := get(west, v1alpha1.SystemNamespace, name, &v1alpha1.Link{})
+			return !ok
+		})
+	}
+
+	second("east-b")
+	deleteLink("east-b")
+	unchanged("after the newer Link's deletion")
+
+	second("east-c")
+	deleteLink("east")
+	unchanged("after the older Link's deletion")
+	eventually(t, "east-c mirrors", func() bool { c := linkReady(west, "east-c"); return c != nil && c.Reason == mirror.ReasonSynced })
+	if err := east.Client.Create(bg, service("shop", "pay", exported(), 80)); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "a new Service is mirrored by east-c", func() bool {
+		_, ok := get(west, "shop", "pay-east", &discoveryv1.EndpointSlice{})
+		return ok
+	})
+	unchanged("after east-c took over")
+}
+
+// remoteUp reads backbone_remote_api_up for cluster from the controller's
+// registry; -1 when it has no series.
+func remoteUp(t *testing.T, cluster string) float64 {
+	t.Helper()
+	families, err := ctrlmetrics.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() != "backbone_remote_api_up" {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "target_cluster" && l.GetValue() == cluster {
+					return m.GetGauge().GetValue()
+				}
+			}
+		}
+	}
+	return -1
+}
+
+// TestBrokenCredentialsTakeTheRemoteDown: a Link whose Secret no longer
+// parses cannot reach its cluster, and backbone_remote_api_up says so —
+// an alert on it must fire, not keep the last answer's 1.
+func TestBrokenCredentialsTakeTheRemoteDown(t *testing.T) {
+	_, west := mirroring(t, "shop", "cart")
+	eventually(t, "east is up", func() bool { return remoteUp(t, "east") == 1 })
+	var secret corev1.Secret
+	if err := west.Client.Get(bg, client.ObjectKey{Namespace: v1alpha1.SystemNamespace, Name: "backbone-link-east"}, &secret); err != nil {
+		t.Fatal(err)
+	}
+	secret.Data[v1alpha1.KubeconfigKey] = []byte("not: [a kubeconfig")
+	if err := west.Client.Update(bg, &secret); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the Link reports invalid credentials", func() bool {
+		c := linkReady(west, "east")
+		return c != nil && c.Reason == mirror.ReasonInvalidCredentials
+	})
+	if up := remoteUp(t, "east"); up != 0 {
+		t.Errorf("backbone_remote_api_up = %v with credentials that do not parse, want 0", up)
 	}
 }

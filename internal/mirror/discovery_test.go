@@ -1,13 +1,7 @@
 package mirror_test
 
 import (
-	"crypto/tls"
-	"crypto/x509"
-	"encoding/pem"
 	"net/http"
-	"net/http/httptest"
-	"net/http/httputil"
-	"net/url"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -29,9 +23,9 @@ import (
 // and syncs when discovery answers again.
 func TestFailedDiscoveryKeepsServiceExportMirrors(t *testing.T) {
 	east, west := linkedClusters(t, "shop")
-	var failDiscovery atomic.Bool
-	proxy := discoveryProxy(t, east, &failDiscovery)
-	createLink(t, west, "east", linkReaderKubeconfigCA(t, east, proxy.URL, proxyCA(t, proxy)))
+	var failDiscovery atomic.Int32
+	proxy := testenv.DiscoveryProxy(t, east, &failDiscovery)
+	createLink(t, west, "east", linkReaderKubeconfigCA(t, east, proxy.URL, testenv.ProxyCA(proxy)))
 
 	if err := east.Client.Create(bg, service("shop", "payments", nil, 80)); err != nil {
 		t.Fatal(err)
@@ -48,7 +42,7 @@ func TestFailedDiscoveryKeepsServiceExportMirrors(t *testing.T) {
 	stop()
 
 	// A restarted controller finds discovery failing.
-	failDiscovery.Store(true)
+	failDiscovery.Store(http.StatusServiceUnavailable)
 	runController(t, west)
 	eventually(t, "the Link reports the failed discovery, or the mirror is gone", func() bool {
 		if _, ok := get(west, "shop", "payments-east", &corev1.Service{}); !ok {
@@ -65,7 +59,7 @@ func TestFailedDiscoveryKeepsServiceExportMirrors(t *testing.T) {
 		t.Fatalf("while discovery fails the Link reports %+v, want the failure", c)
 	}
 
-	failDiscovery.Store(false)
+	failDiscovery.Store(0)
 	eventually(t, "the Link syncs once discovery answers", func() bool {
 		c := linkReady(west, "east")
 		return c != nil && c.Reason == mirror.ReasonSynced
@@ -75,37 +69,34 @@ func TestFailedDiscoveryKeepsServiceExportMirrors(t *testing.T) {
 	}
 }
 
-// discoveryProxy is an HTTPS reverse proxy in front of c's API server
-// that answers the MCS API group's discovery with 503 while fail is set.
-func discoveryProxy(t *testing.T, c *testenv.Cluster, fail *atomic.Bool) *httptest.Server {
-	t.Helper()
-	target, err := url.Parse(c.Config.Host)
-	if err != nil {
+// TestServiceExportsServedLaterAreMirrored: a remote that did not serve
+// ServiceExports when its watch began (the MCS API installed later, or
+// its group not yet registered on an API server that just started) is
+// asked again, and its ServiceExports are mirrored once it serves them —
+// not only after the controller restarts or the credentials change.
+func TestServiceExportsServedLaterAreMirrored(t *testing.T) {
+	east, west := linkedClusters(t, "shop")
+	var notFound atomic.Int32
+	notFound.Store(http.StatusNotFound)
+	proxy := testenv.DiscoveryProxy(t, east, &notFound)
+	createLink(t, west, "east", linkReaderKubeconfigCA(t, east, proxy.URL, testenv.ProxyCA(proxy)))
+	if err := east.Client.Create(bg, service("shop", "cart", exported(), 80)); err != nil {
 		t.Fatal(err)
 	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(c.Config.CAData) {
-		t.Fatal("the cluster's CA does not parse")
+	if err := east.Client.Create(bg, service("shop", "payments", nil, 80)); err != nil {
+		t.Fatal(err)
 	}
-	rp := &httputil.ReverseProxy{
-		Rewrite:       func(r *httputil.ProxyRequest) { r.SetURL(target) },
-		Transport:     &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}},
-		FlushInterval: -1, // watches stream
+	if err := east.Client.Create(bg, &mcsv1beta1.ServiceExport{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "payments"}}); err != nil {
+		t.Fatal(err)
 	}
-	gv := "/apis/" + mcsv1beta1.GroupVersion.String()
-	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if fail.Load() && r.URL.Path == gv {
-			http.Error(w, "discovery unavailable", http.StatusServiceUnavailable)
-			return
-		}
-		rp.ServeHTTP(w, r)
-	}))
-	t.Cleanup(srv.Close)
-	return srv
-}
-
-// proxyCA is the PEM of the test server's certificate, which signs itself.
-func proxyCA(t *testing.T, srv *httptest.Server) []byte {
-	t.Helper()
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw})
+	runController(t, west)
+	eventually(t, "cart-east, exported by label, is mirrored", func() bool { _, ok := get(west, "shop", "cart-east", &corev1.Service{}); return ok })
+	if _, ok := get(west, "shop", "payments-east", &corev1.Service{}); ok {
+		t.Fatal("payments-east mirrored while the remote did not serve ServiceExports")
+	}
+	notFound.Store(0)
+	eventually(t, "payments-east is mirrored once the remote serves ServiceExports", func() bool {
+		_, ok := get(west, "shop", "payments-east", &corev1.Service{})
+		return ok
+	})
 }

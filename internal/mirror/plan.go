@@ -220,8 +220,9 @@ func Calculate(in Input) *Plan {
 		switch {
 		case !exists:
 			p.CreateServices = append(p.CreateServices, d.svc)
-		case isHeadless(cur) != isHeadless(d.svc):
-			// clusterIP is immutable: replace the mirror.
+		case isHeadless(cur) != isHeadless(d.svc) || !ipv4First(cur):
+			// clusterIP and the first IP family are immutable: replace
+			// the mirror.
 			p.DeleteServices = append(p.DeleteServices, cur)
 			p.CreateServices = append(p.CreateServices, d.svc)
 		default:
@@ -445,9 +446,13 @@ func mirrorService(in Input, rs *corev1.Service, name, hostname string, headless
 	if v, ok := rs.Annotations[v1alpha1.AllowedClustersAnnotation]; ok {
 		annotations[v1alpha1.AllowedClustersAnnotation] = v
 	}
+	// IPv4 whatever the cluster's first family: the mirror's slice holds
+	// the gateway's IPv4 addresses, and kube-proxy would not route an
+	// IPv6 cluster IP (a dual-stack cluster's default) to them.
 	svc := &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: rs.Namespace, Labels: labels, Annotations: annotations},
-		Spec:       corev1.ServiceSpec{Type: corev1.ServiceTypeClusterIP},
+		Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeClusterIP,
+			IPFamilies: []corev1.IPFamily{corev1.IPv4Protocol}, IPFamilyPolicy: ptr.To(corev1.IPFamilyPolicySingleStack)},
 	}
 	if headless {
 		svc.Spec.ClusterIP = corev1.ClusterIPNone
@@ -458,6 +463,13 @@ func mirrorService(in Input, rs *corev1.Service, name, hostname string, headless
 		})
 	}
 	return svc
+}
+
+// ipv4First says whether the Service's first IP family is IPv4 (or
+// not yet set): a mirror made before its family was set explicitly may
+// have the cluster's IPv6 one.
+func ipv4First(svc *corev1.Service) bool {
+	return len(svc.Spec.IPFamilies) == 0 || svc.Spec.IPFamilies[0] == corev1.IPv4Protocol
 }
 
 // updatedService returns cur with the desired labels, annotations and

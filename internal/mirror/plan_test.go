@@ -3,6 +3,7 @@ package mirror
 import (
 	"fmt"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
@@ -291,6 +292,24 @@ func TestCalculate(t *testing.T) {
 				}
 				if *s.slices[key("shop", "cart-east")].Endpoints[0].Conditions.Ready {
 					t.Error("endpoint still ready")
+				}
+			},
+		},
+		"a mirror is IPv4, and one with the cluster's IPv6 cluster IP is replaced": {
+			remote: []RemoteService{{Service: remoteSvc("shop", "cart", httpPort(8080))}},
+			local: []*corev1.Service{{
+				ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "cart-east", ResourceVersion: "3",
+					Labels: map[string]string{v1alpha1.MirroredFromLabel: "east", v1alpha1.ManagedByLabel: v1alpha1.ManagedByValue}},
+				Spec: corev1.ServiceSpec{ClusterIP: "fd00::9", IPFamilies: []corev1.IPFamily{corev1.IPv6Protocol}, Ports: []corev1.ServicePort{httpPort(8080)}},
+			}},
+			check: func(t *testing.T, p *Plan, s *state) {
+				if len(p.DeleteServices) != 1 || len(p.CreateServices) != 1 {
+					t.Fatalf("want the IPv6 mirror replaced: plan %+v", p)
+				}
+				svc := p.CreateServices[0]
+				if !slices.Equal(svc.Spec.IPFamilies, []corev1.IPFamily{corev1.IPv4Protocol}) || svc.Spec.IPFamilyPolicy == nil ||
+					*svc.Spec.IPFamilyPolicy != corev1.IPFamilyPolicySingleStack {
+					t.Errorf("mirror families %v, policy %v; want IPv4 single-stack", svc.Spec.IPFamilies, svc.Spec.IPFamilyPolicy)
 				}
 			},
 		},

@@ -9,7 +9,6 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/selection"
@@ -34,10 +33,14 @@ type remoteWatch struct {
 	cache             cache.Cache
 	live              client.Reader // uncached, for the liveness check
 	hasServiceExports bool
-	cancel            context.CancelFunc
-	synced            chan struct{}
-	syncErr           error
-	once              sync.Once
+	// discovery, and when it last found no ServiceExports (see
+	// Reconciler.watch).
+	discovery  discovery.DiscoveryInterface
+	discovered time.Time
+	cancel     context.CancelFunc
+	synced     chan struct{}
+	syncErr    error
+	once       sync.Once
 }
 
 // startRemoteWatch starts the informers. Until the first complete list,
@@ -59,10 +62,9 @@ func startRemoteWatch(cluster string, cfg *rest.Config, token string, onChange f
 	// failed lookup read as "no" would drop every mirror of a Service
 	// exported by ServiceExport alone. Only the API server's "not found"
 	// means no.
-	if _, err := dc.ServerResourcesForGroupVersion(mcsv1beta1.GroupVersion.String()); err == nil {
-		w.hasServiceExports = true
-	} else if !apierrors.IsNotFound(err) {
-		return nil, fmt.Errorf("discovery of %s: %w", mcsv1beta1.GroupVersion, err)
+	w.discovery, w.discovered = dc, time.Now()
+	if w.hasServiceExports, err = kube.ServesServiceExports(dc); err != nil {
+		return nil, err
 	}
 	// Of the remote cluster's objects the cache holds what mirroring reads:
 	// the EndpointSlices of headless Services (pod hostnames; Kubernetes

@@ -388,6 +388,11 @@ func (r *Reconciler) apply(ctx context.Context, p *Plan) error {
 			return fmt.Errorf("creating namespace %s: %w", ns, err)
 		}
 	}
+	// A Service whose create was refused (a user's Service of that name
+	// appeared after the plan was made) gets no slice: a slice names its
+	// Service, and would give the user's one the gateway's endpoints.
+	var refusedMu sync.Mutex
+	refused := map[types.NamespacedName]bool{}
 	phases := []func() error{
 		func() error {
 			return parallel(ctx, r.opts.Parallelism, p.DeleteServices, func(ctx context.Context, s *corev1.Service) error {
@@ -398,6 +403,9 @@ func (r *Reconciler) apply(ctx context.Context, p *Plan) error {
 		func() error {
 			return parallel(ctx, r.opts.Parallelism, p.CreateServices, func(ctx context.Context, s *corev1.Service) error {
 				if err := r.writeOwn(ctx, s, "Service", "create"); err != nil {
+					refusedMu.Lock()
+					refused[types.NamespacedName{Namespace: s.Namespace, Name: s.Name}] = true
+					refusedMu.Unlock()
 					return fmt.Errorf("creating mirror %s/%s: %w", s.Namespace, s.Name, err)
 				}
 				return nil
@@ -413,6 +421,9 @@ func (r *Reconciler) apply(ctx context.Context, p *Plan) error {
 		},
 		func() error {
 			return parallel(ctx, r.opts.Parallelism, p.CreateSlices, func(ctx context.Context, s *discoveryv1.EndpointSlice) error {
+				if refused[types.NamespacedName{Namespace: s.Namespace, Name: s.Labels[discoveryv1.LabelServiceName]}] {
+					return nil
+				}
 				if err := r.writeOwn(ctx, s, "EndpointSlice", "create"); err != nil {
 					return fmt.Errorf("creating EndpointSlice %s/%s: %w", s.Namespace, s.Name, err)
 				}
@@ -467,6 +478,10 @@ func (r rejectedWrites) Error() string {
 	}
 	return fmt.Sprintf("the API server refused %d mirror writes: %s", len(r), strings.Join(msgs, "; "))
 }
+
+// Unwrap lets errors.Is and apierrors' checks (IsConflict) see each
+// refusal.
+func (r rejectedWrites) Unwrap() []error { return r }
 
 // rejectedForTheObject says whether the API server refused a write for
 // what the object is or where it goes, rather than failing to answer.
@@ -537,6 +552,16 @@ func (r *Reconciler) finalize(ctx context.Context, link *v1alpha1.Link) error {
 	delete(r.passes, types.NamespacedName{Namespace: link.Namespace, Name: link.Name})
 	r.syncMu.Unlock()
 	cluster := link.Spec.TargetClusterName
+	// The mirrors are the cluster's, not the Link's: another Link to the
+	// same cluster keeps them (and takes them over, if this one mirrored).
+	if others, err := r.sameTarget(ctx, link); err != nil {
+		return err
+	} else if len(others) > 0 {
+		if controllerutil.RemoveFinalizer(link, Finalizer) {
+			return r.write("Link", "update", r.client.Update(ctx, link))
+		}
+		return nil
+	}
 	sel := client.MatchingLabels{v1alpha1.MirroredFromLabel: cluster}
 	var svcs corev1.ServiceList
 	if err := r.apiReader.List(ctx, &svcs, sel); err != nil {
