@@ -15,6 +15,7 @@ import (
 	"maps"
 	"slices"
 	"strconv"
+	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -66,6 +67,11 @@ type EgressReconciler struct {
 	client client.Client
 	opts   EgressOptions
 	probes *probeReader
+
+	portMu sync.Mutex
+	// nextPort is where the search for a new gateway port starts: after
+	// the last one handed out (see port).
+	nextPort int32
 }
 
 // SetupEgress registers the EgressTarget reconciler with the manager.
@@ -117,8 +123,17 @@ func (r *EgressReconciler) Reconcile(ctx context.Context, req reconcile.Request)
 	if !et.DeletionTimestamp.IsZero() {
 		return reconcile.Result{}, nil // owner references remove the Service and slice
 	}
+	// A target declared wrong changes nothing, here or in the cluster
+	// that serves it (see invalidSpec).
+	if msg := invalidSpec(&et); msg != "" {
+		return reconcile.Result{}, r.setStatus(ctx, &et, metav1.ConditionFalse, "InvalidSpec", msg, nil, nil)
+	}
 	if et.Spec.Environment != r.opts.ClusterName {
 		// Served by another cluster, which exports it; this one mirrors it.
+		// It may have been served here before its environment changed.
+		if err := r.deleteStale(ctx, &et, ""); err != nil {
+			return reconcile.Result{}, err
+		}
 		return reconcile.Result{}, r.setStatus(ctx, &et, metav1.ConditionFalse, "OtherEnvironment",
 			fmt.Sprintf("served by the gateway of %s; here it is the mirror %s-%s", et.Spec.Environment, et.Spec.HostName, et.Spec.Environment), nil, nil)
 	}
@@ -139,6 +154,11 @@ func (r *EgressReconciler) Reconcile(ctx context.Context, req reconcile.Request)
 		return reconcile.Result{}, err
 	}
 	if err := r.slice(ctx, &et, svc, port, gateways); err != nil {
+		return reconcile.Result{}, err
+	}
+	// After a change of hostName the old Service and slice are still the
+	// target's: gone once the new ones are in place.
+	if err := r.deleteStale(ctx, &et, et.Spec.HostName); err != nil {
 		return reconcile.Result{}, err
 	}
 	if len(gateways) == 0 {
@@ -177,32 +197,6 @@ func TargetOf(et *v1alpha1.EgressTarget) origin.Target {
 		Name: et.Namespace + "/" + et.Name, DNSName: et.Spec.DNSName, Port: port,
 		Protocol: origin.Protocol(et.Spec.Protocol), CABundle: []byte(et.Spec.CABundle), ProbePath: et.Spec.ProbePath, Squad: et.Spec.Squad,
 	}
-}
-
-// port returns the gateway port of the target's Service, allocating the
-// lowest free one in the range; allocations live on the Services.
-func (r *EgressReconciler) port(ctx context.Context, et *v1alpha1.EgressTarget) (int32, error) {
-	var svcs corev1.ServiceList
-	if err := r.client.List(ctx, &svcs, client.HasLabels{EgressTargetLabel}); err != nil {
-		return 0, err
-	}
-	used := map[int32]bool{}
-	for _, s := range svcs.Items {
-		p, err := strconv.Atoi(s.Annotations[EgressPortAnnotation])
-		if err != nil {
-			continue
-		}
-		if s.Namespace == et.Namespace && s.Name == et.Spec.HostName && s.Labels[EgressTargetLabel] == et.Name {
-			return int32(p), nil
-		}
-		used[int32(p)] = true
-	}
-	for p := r.opts.Ports.Low; p <= r.opts.Ports.High; p++ {
-		if !used[p] {
-			return p, nil
-		}
-	}
-	return 0, fmt.Errorf("no free egress gateway port in %d-%d", r.opts.Ports.Low, r.opts.Ports.High)
 }
 
 // servicePort is what callers dial: plain HTTP on 80 for https targets
@@ -284,6 +278,47 @@ func (r *EgressReconciler) slice(ctx context.Context, et *v1alpha1.EgressTarget,
 		return controllerutil.SetControllerReference(et, sl, r.client.Scheme())
 	})
 	return err
+}
+
+// deleteStale removes the Services and EndpointSlices the target controls
+// other than those of hostName (all of them for ""): those of a hostName
+// it had before, or of when its environment was this cluster. They are
+// found by owner reference, not by name: the name they were made under is
+// no longer in the spec.
+func (r *EgressReconciler) deleteStale(ctx context.Context, et *v1alpha1.EgressTarget, hostName string) error {
+	var svcs corev1.ServiceList
+	if err := r.client.List(ctx, &svcs, client.InNamespace(et.Namespace), client.HasLabels{EgressTargetLabel}); err != nil {
+		return err
+	}
+	type staleObject struct {
+		kind string
+		obj  client.Object
+	}
+	var stale []staleObject
+	for i := range svcs.Items {
+		if s := &svcs.Items[i]; metav1.IsControlledBy(s, et) && (hostName == "" || s.Name != hostName) {
+			stale = append(stale, staleObject{"Service", s})
+		}
+	}
+	var sls discoveryv1.EndpointSliceList
+	if err := r.client.List(ctx, &sls, client.InNamespace(et.Namespace),
+		client.MatchingLabels{discoveryv1.LabelManagedBy: v1alpha1.EndpointSliceManagedBy}); err != nil {
+		return err
+	}
+	for i := range sls.Items {
+		if sl := &sls.Items[i]; metav1.IsControlledBy(sl, et) && (hostName == "" || sl.Name != hostName+"-egress") {
+			stale = append(stale, staleObject{"EndpointSlice", sl})
+		}
+	}
+	for _, s := range stale {
+		uid := s.obj.GetUID()
+		if err := r.client.Delete(ctx, s.obj, client.Preconditions{UID: &uid}); client.IgnoreNotFound(err) != nil {
+			return err
+		}
+		r.opts.Log.Info("removed an object the egress target no longer needs", "target", et.Namespace+"/"+et.Name,
+			"kind", s.kind, "name", s.obj.GetName())
+	}
+	return nil
 }
 
 // setStatus writes the Ready condition (and the probe's verdict, alive

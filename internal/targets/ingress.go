@@ -16,10 +16,12 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
@@ -96,6 +98,9 @@ func SetupIngress(mgr ctrl.Manager, opts IngressOptions) error {
 	b := ctrl.NewControllerManagedBy(mgr).
 		Named("ingresstarget").
 		For(&v1alpha1.IngressTarget{}).
+		// A host's claims depend on the specs of the targets on it, not
+		// on their status.
+		Watches(&v1alpha1.IngressTarget{}, handler.EnqueueRequestsFromMapFunc(r.sameHost), builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 		Watches(&networkingv1.Ingress{}, toTarget)
 	if opts.Mode == IngressModeHTTPRoute {
 		if opts.Gateway.Name == "" || opts.Gateway.Namespace == "" {
@@ -150,7 +155,7 @@ func (r *IngressReconciler) Reconcile(ctx context.Context, req reconcile.Request
 		return reconcile.Result{}, client.IgnoreNotFound(err)
 	}
 	if !it.DeletionTimestamp.IsZero() {
-		if err := r.deleteOwned(ctx, &it, IngressModeIngress, IngressModeHTTPRoute); err != nil {
+		if err := r.deleteOwned(ctx, &it, "", IngressModeIngress, IngressModeHTTPRoute); err != nil {
 			return reconcile.Result{}, err
 		}
 		controllerutil.RemoveFinalizer(&it, IngressFinalizer)
@@ -158,7 +163,7 @@ func (r *IngressReconciler) Reconcile(ctx context.Context, req reconcile.Request
 	}
 	if servedFrom(&it) != r.opts.ClusterName {
 		// It may have been served here before exposeFrom changed.
-		if err := r.deleteOwned(ctx, &it, IngressModeIngress, IngressModeHTTPRoute); err != nil {
+		if err := r.deleteOwned(ctx, &it, "", IngressModeIngress, IngressModeHTTPRoute); err != nil {
 			return reconcile.Result{}, err
 		}
 		return reconcile.Result{}, r.setStatus(ctx, &it, metav1.ConditionFalse, "OtherCluster",
@@ -168,6 +173,20 @@ func (r *IngressReconciler) Reconcile(ctx context.Context, req reconcile.Request
 	if host == "" {
 		return reconcile.Result{}, r.setStatus(ctx, &it, metav1.ConditionFalse, "NoHost",
 			"spec.host is empty and the controller has no --ingress-domain for the default <service>.<cluster>.<domain>", "", "")
+	}
+	older, err := r.olderClaim(ctx, &it, host)
+	if err != nil {
+		return reconcile.Result{}, err
+	}
+	if older != nil {
+		// One host, two Ingresses: the ingress controller would serve
+		// either, and cert-manager keep two certificates. The younger
+		// target gives way (and what it served before goes).
+		if err := r.deleteOwned(ctx, &it, "", IngressModeIngress, IngressModeHTTPRoute); err != nil {
+			return reconcile.Result{}, err
+		}
+		return reconcile.Result{}, r.setStatus(ctx, &it, metav1.ConditionFalse, "HostConflict",
+			fmt.Sprintf("host %s is IngressTarget %s/%s's, which claimed it first; give this target another spec.host", host, older.Namespace, older.Name), host, "")
 	}
 	if !controllerutil.ContainsFinalizer(&it, IngressFinalizer) {
 		controllerutil.AddFinalizer(&it, IngressFinalizer)
@@ -180,8 +199,7 @@ func (r *IngressReconciler) Reconcile(ctx context.Context, req reconcile.Request
 		backend = it.Spec.Service + "-" + it.Spec.Cluster // the mirror
 	}
 	var o outcome
-	var err error
-	other := IngressModeHTTPRoute
+	own, other := r.opts.Mode, IngressModeHTTPRoute
 	if r.opts.Mode == IngressModeHTTPRoute {
 		o, err = r.serveRoute(ctx, &it, host, backend)
 		other = IngressModeIngress
@@ -191,10 +209,14 @@ func (r *IngressReconciler) Reconcile(ctx context.Context, req reconcile.Request
 	if err != nil {
 		return reconcile.Result{}, err
 	}
-	// The new object is in place before the old one goes: the host is
-	// never left without either.
+	// The new object is in place before the old ones go — the other
+	// kind's, and this kind's in a namespace the target was in before:
+	// the host is never left without one.
 	if o.written {
-		if err := r.deleteOwned(ctx, &it, other); err != nil {
+		if err := r.deleteOwned(ctx, &it, "", other); err != nil {
+			return reconcile.Result{}, err
+		}
+		if err := r.deleteOwned(ctx, &it, it.Spec.Namespace, own); err != nil {
 			return reconcile.Result{}, err
 		}
 	}
@@ -223,6 +245,12 @@ func (r *IngressReconciler) serveIngress(ctx context.Context, it *v1alpha1.Ingre
 	}); err != nil {
 		if apierrors.IsNotFound(err) || apierrors.IsForbidden(err) {
 			return outcome{status: metav1.ConditionFalse, reason: "IngressFailed", message: err.Error()}, nil
+		}
+		if apierrors.IsInvalid(err) {
+			// Permanent until the target (or the controller's options)
+			// changes, and either brings a new reconcile: reported, not
+			// retried.
+			return outcome{status: metav1.ConditionFalse, reason: "IngressInvalid", message: invalidMessage(it, backend, err)}, nil
 		}
 		return outcome{}, err
 	}
@@ -278,7 +306,7 @@ func IngressFor(it *v1alpha1.IngressTarget, host, backend string, opts IngressOp
 		},
 		Spec: networkingv1.IngressSpec{
 			IngressClassName: ptr.To(opts.ClassName),
-			TLS:              []networkingv1.IngressTLS{{Hosts: []string{host}, SecretName: strings.ReplaceAll(host, ".", "-") + "-tls"}},
+			TLS:              []networkingv1.IngressTLS{{Hosts: []string{host}, SecretName: tlsSecretName(host)}},
 			Rules: []networkingv1.IngressRule{{
 				Host: host,
 				IngressRuleValue: networkingv1.IngressRuleValue{HTTP: &networkingv1.HTTPIngressRuleValue{
@@ -295,32 +323,48 @@ func IngressFor(it *v1alpha1.IngressTarget, host, backend string, opts IngressOp
 	}
 }
 
-// deleteOwned removes the target's objects of the given kinds, if they
-// are backbone's. HTTPRoutes are read from the API server: in ingress mode
-// nothing watches them, and without the Gateway API CRDs there are none.
-func (r *IngressReconciler) deleteOwned(ctx context.Context, it *v1alpha1.IngressTarget, kinds ...IngressMode) error {
-	key := types.NamespacedName{Namespace: it.Spec.Namespace, Name: it.Name}
+// deleteOwned removes the target's objects of the given kinds, in every
+// namespace but keep ("" for all): found by label, not by spec.namespace,
+// which may name another namespace than the one they were made in.
+// HTTPRoutes are read from the API server in ingress mode: then nothing
+// watches them, and without the Gateway API CRDs there are none.
+func (r *IngressReconciler) deleteOwned(ctx context.Context, it *v1alpha1.IngressTarget, keep string, kinds ...IngressMode) error {
+	mine := client.MatchingLabels{IngressTargetLabel: it.Name}
 	for _, kind := range kinds {
-		var obj client.Object
-		var reader client.Reader = r.client
+		var objs []client.Object
 		switch kind {
 		case IngressModeHTTPRoute:
-			obj, reader = &gatewayv1.HTTPRoute{}, r.reader
+			var reader client.Reader = r.reader
+			if r.opts.Mode == IngressModeHTTPRoute {
+				reader = r.client
+			}
+			var list gatewayv1.HTTPRouteList
+			if err := reader.List(ctx, &list, mine); err != nil {
+				if meta.IsNoMatchError(err) {
+					continue
+				}
+				return err
+			}
+			for i := range list.Items {
+				objs = append(objs, &list.Items[i])
+			}
 		default:
-			obj = &networkingv1.Ingress{}
+			var list networkingv1.IngressList
+			if err := r.client.List(ctx, &list, mine); err != nil {
+				return err
+			}
+			for i := range list.Items {
+				objs = append(objs, &list.Items[i])
+			}
 		}
-		if err := reader.Get(ctx, key, obj); err != nil {
-			if apierrors.IsNotFound(err) || meta.IsNoMatchError(err) {
+		for _, obj := range objs {
+			if obj.GetName() != it.Name || (keep != "" && obj.GetNamespace() == keep) {
 				continue
 			}
-			return err
-		}
-		if obj.GetLabels()[IngressTargetLabel] != it.Name {
-			continue // not ours
-		}
-		uid := obj.GetUID()
-		if err := r.client.Delete(ctx, obj, client.Preconditions{UID: &uid}); client.IgnoreNotFound(err) != nil {
-			return err
+			uid := obj.GetUID()
+			if err := r.client.Delete(ctx, obj, client.Preconditions{UID: &uid}); client.IgnoreNotFound(err) != nil {
+				return err
+			}
 		}
 	}
 	return nil

@@ -267,7 +267,7 @@ func TestIngressTargetBecomesAnIngress(t *testing.T) {
 		t.Fatalf("annotations %v, want exactly %v", ing.Annotations, wantAnn)
 	}
 	if *ing.Spec.IngressClassName != "nginx" || ing.Spec.Rules[0].Host != host ||
-		ing.Spec.TLS[0].Hosts[0] != host || ing.Spec.TLS[0].SecretName != "log-collector-platform-bank-example-tls" {
+		ing.Spec.TLS[0].Hosts[0] != host || ing.Spec.TLS[0].SecretName != "log--collector-platform-bank-example-tls" {
 		t.Fatalf("ingress spec %+v", ing.Spec)
 	}
 	if b := ing.Spec.Rules[0].HTTP.Paths[0].Backend.Service; b.Name != "log-collector" || b.Port.Number != 8080 {
