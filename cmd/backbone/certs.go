@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -38,6 +39,9 @@ func newCertsAnchorCmd() *cobra.Command {
   # keep anchor/ca.key offline; distribute anchor/ca.crt as every gateway's ca.crt`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if validity <= 0 {
+				return fmt.Errorf("--validity must be positive, not %s", validity)
+			}
 			if _, err := os.Stat(filepath.Join(out, certs.AnchorKeyFile)); err == nil {
 				return fmt.Errorf("%s already holds a trust anchor; refusing to overwrite it", out)
 			}
@@ -60,9 +64,32 @@ func newCertsAnchorCmd() *cobra.Command {
 	return cmd
 }
 
+// checkValidity refuses a validity the anchor cannot give: not positive,
+// or past the anchor's expiry, which Issue would quietly cap, unless the
+// caller accepts that; even then it is said.
+func checkValidity(cmd *cobra.Command, a *certs.Anchor, validity time.Duration, allowShortened bool) error {
+	if validity <= 0 {
+		return fmt.Errorf("--validity must be positive, not %s", validity)
+	}
+	err := a.CheckValidity(validity)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, certs.ErrShortened) && allowShortened:
+		fmt.Fprintf(cmd.ErrOrStderr(), "warning: %v; issued anyway (--allow-shortened)\n", err)
+		return nil
+	case errors.Is(err, certs.ErrShortened):
+		return fmt.Errorf("--validity: %w; create a new trust anchor and rotate to it (docs/identities.md), ask for less, or pass --allow-shortened to issue it expiring with this anchor", err)
+	}
+	return fmt.Errorf("--ca-dir: %w", err)
+}
+
+const allowShortenedUsage = "issue even if the trust anchor expires before --validity ends: the certificate then expires with the anchor"
+
 func newCertsIssueCmd() *cobra.Command {
 	var caDir, cluster, out, bundle string
 	var validity time.Duration
+	var allowShortened bool
 	cmd := &cobra.Command{
 		Use:   "issue",
 		Short: "Issue a cluster's gateway identity (tls.crt, tls.key, ca.crt)",
@@ -73,6 +100,9 @@ func newCertsIssueCmd() *cobra.Command {
 			a, err := certs.LoadAnchor(caDir)
 			if err != nil {
 				return fmt.Errorf("--ca-dir: %w", err)
+			}
+			if err := checkValidity(cmd, a, validity, allowShortened); err != nil {
+				return err
 			}
 			certPEM, keyPEM, err := a.Issue(cluster, validity)
 			if err != nil {
@@ -97,6 +127,7 @@ func newCertsIssueCmd() *cobra.Command {
 	cmd.Flags().StringVar(&out, "out", "", "directory to write tls.crt, tls.key and ca.crt into")
 	cmd.Flags().StringVar(&bundle, "bundle", "", "trust bundle to write as ca.crt instead of the anchor alone (several roots during a rotation)")
 	cmd.Flags().DurationVar(&validity, "validity", 90*24*time.Hour, "how long the identity is valid")
+	cmd.Flags().BoolVar(&allowShortened, "allow-shortened", false, allowShortenedUsage)
 	for _, f := range []string{"ca-dir", "cluster-name", "out"} {
 		_ = cmd.MarkFlagRequired(f)
 	}
@@ -106,6 +137,7 @@ func newCertsIssueCmd() *cobra.Command {
 func newCertsIssuingCACmd() *cobra.Command {
 	var caDir, name, out string
 	var validity time.Duration
+	var allowShortened bool
 	cmd := &cobra.Command{
 		Use:   "issuing-ca",
 		Short: "Issue a cluster's issuing CA (tls.crt, tls.key) for cert-manager's CA issuer",
@@ -124,6 +156,9 @@ anchor, so cert-manager's ca.crt is the anchor every cluster shares.`,
 			if err != nil {
 				return fmt.Errorf("--ca-dir: %w", err)
 			}
+			if err := checkValidity(cmd, a, validity, allowShortened); err != nil {
+				return err
+			}
 			certPEM, keyPEM, err := a.IssueCA(name, validity)
 			if err != nil {
 				return fmt.Errorf("--name: %w", err)
@@ -138,7 +173,8 @@ anchor, so cert-manager's ca.crt is the anchor every cluster shares.`,
 	cmd.Flags().StringVar(&caDir, "ca-dir", "", "trust anchor directory (from certs trust-anchor)")
 	cmd.Flags().StringVar(&name, "name", "", "the cluster the issuing CA is for (its name in the certificate)")
 	cmd.Flags().StringVar(&out, "out", "", "directory to write tls.crt and tls.key into")
-	cmd.Flags().DurationVar(&validity, "validity", 365*24*time.Hour, "how long the issuing CA is valid (capped at the anchor's expiry)")
+	cmd.Flags().DurationVar(&validity, "validity", 365*24*time.Hour, "how long the issuing CA is valid")
+	cmd.Flags().BoolVar(&allowShortened, "allow-shortened", false, allowShortenedUsage)
 	for _, f := range []string{"ca-dir", "name", "out"} {
 		_ = cmd.MarkFlagRequired(f)
 	}

@@ -23,7 +23,8 @@ func newCheckCmd(root *rootOptions) *cobra.Command {
 		Use:   "check",
 		Short: "Diagnose backbone in a cluster; every failure says what to run",
 		Long: `Checks, in the selected cluster: backbone's CRDs are present and the ones
-this binary carries; the controller and gateway Deployments are ready; the
+this binary carries; the controller and gateway Deployments have replicas,
+all ready and rolled out (as kubectl rollout status judges); the
 gateway Service has an address and an identity, whose certificate does not
 expire within 30 days; each Link's credentials are present, safe (no exec
 plugins or file paths), not expiring within 30 days, and accepted by the

@@ -39,7 +39,10 @@ func markRunning(t *testing.T, c *testenv.Cluster) {
 		if err := c.Client.Get(ctx, client.ObjectKey{Namespace: backbonev1alpha1.SystemNamespace, Name: name}, &d); err != nil {
 			t.Fatal(err)
 		}
-		d.Status.Replicas, d.Status.ReadyReplicas, d.Status.AvailableReplicas = *d.Spec.Replicas, *d.Spec.Replicas, *d.Spec.Replicas
+		// A finished rollout, as kubectl rollout status judges one.
+		n := *d.Spec.Replicas
+		d.Status.Replicas, d.Status.UpdatedReplicas, d.Status.ReadyReplicas, d.Status.AvailableReplicas = n, n, n, n
+		d.Status.ObservedGeneration = d.Generation
 		if err := c.Client.Status().Update(ctx, &d); err != nil {
 			t.Fatal(err)
 		}

@@ -48,6 +48,9 @@ func NewAnchor(trustDomain string, validity time.Duration) (*Anchor, error) {
 	if _, err := identity.New(trustDomain, "x"); err != nil {
 		return nil, err
 	}
+	if err := positive(validity); err != nil {
+		return nil, err
+	}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, err
@@ -82,8 +85,11 @@ func NewAnchor(trustDomain string, validity time.Duration) (*Anchor, error) {
 	return &Anchor{TrustDomain: trustDomain, Cert: cert, Key: key}, nil
 }
 
-// Issue creates the identity of a cluster's gateway, valid for validity
-// (capped at the anchor's own expiry).
+// Issue creates the identity of a cluster's gateway, valid for validity,
+// capped at the anchor's own expiry (CheckValidity tells beforehand). A
+// negative validity, down to the five minutes the certificate is
+// backdated, gives one that has already expired, which tests of expiry
+// handling need; a validity from a person is checked with CheckValidity.
 func (a *Anchor) Issue(cluster string, validity time.Duration) (certPEM, keyPEM []byte, err error) {
 	id, err := identity.New(a.TrustDomain, cluster)
 	if err != nil {
@@ -112,6 +118,9 @@ func (a *Anchor) IssueCA(name string, validity time.Duration) (certPEM, keyPEM [
 	if _, err := identity.New(a.TrustDomain, name); err != nil {
 		return nil, nil, err
 	}
+	if err := positive(validity); err != nil {
+		return nil, nil, err
+	}
 	der, keyPEM, err := a.sign(validity, func(tmpl *x509.Certificate, key *ecdsa.PrivateKey) {
 		skid := sha256.Sum256(elliptic.MarshalCompressed(elliptic.P256(), key.X, key.Y))
 		tmpl.Subject = pkix.Name{CommonName: "backbone issuing CA " + name, Organization: []string{"backbone"}}
@@ -128,20 +137,27 @@ func (a *Anchor) IssueCA(name string, validity time.Duration) (certPEM, keyPEM [
 
 // sign makes a new P-256 key and a certificate for it signed by the
 // anchor, valid from five minutes ago (clock skew) for validity, capped at
-// the anchor's expiry; fill sets the rest of the template.
+// the anchor's expiry; fill sets the rest of the template. An expired
+// anchor signs nothing: the cap would make what it signs expired too, or
+// end before it begins.
 func (a *Anchor) sign(validity time.Duration, fill func(*x509.Certificate, *ecdsa.PrivateKey)) (der, keyPEM []byte, err error) {
+	now := time.Now()
+	if err := a.usable(now); err != nil {
+		return nil, nil, err
+	}
+	tmpl := &x509.Certificate{NotBefore: now.Add(-5 * time.Minute), NotAfter: now.Add(validity)}
+	if tmpl.NotAfter.After(a.Cert.NotAfter) {
+		tmpl.NotAfter = a.Cert.NotAfter
+	}
+	if !tmpl.NotAfter.After(tmpl.NotBefore) {
+		return nil, nil, fmt.Errorf("validity %s: the certificate expires before it is valid", validity)
+	}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, nil, err
 	}
-	sn, err := serial()
-	if err != nil {
+	if tmpl.SerialNumber, err = serial(); err != nil {
 		return nil, nil, err
-	}
-	now := time.Now()
-	tmpl := &x509.Certificate{SerialNumber: sn, NotBefore: now.Add(-5 * time.Minute), NotAfter: now.Add(validity)}
-	if tmpl.NotAfter.After(a.Cert.NotAfter) {
-		tmpl.NotAfter = a.Cert.NotAfter
 	}
 	fill(tmpl, key)
 	if der, err = x509.CreateCertificate(rand.Reader, tmpl, a.Cert, &key.PublicKey, a.Key); err != nil {
@@ -174,7 +190,8 @@ func (a *Anchor) Save(dir string) error {
 	return writeAtomic(filepath.Join(dir, AnchorCertFile), a.CertPEM(), 0o644)
 }
 
-// LoadAnchor reads a trust anchor written by Save.
+// LoadAnchor reads a trust anchor written by Save, refusing one that is
+// not valid now.
 func LoadAnchor(dir string) (*Anchor, error) {
 	certPEM, err := os.ReadFile(filepath.Join(dir, AnchorCertFile))
 	if err != nil {
@@ -206,7 +223,11 @@ func LoadAnchor(dir string) (*Anchor, error) {
 	if !key.PublicKey.Equal(cert.PublicKey) {
 		return nil, errors.New(dir + ": key does not match certificate")
 	}
-	return &Anchor{TrustDomain: cert.URIs[0].Host, Cert: cert, Key: key}, nil
+	a := &Anchor{TrustDomain: cert.URIs[0].Host, Cert: cert, Key: key}
+	if err := a.usable(time.Now()); err != nil {
+		return nil, fmt.Errorf("%s: %w", filepath.Join(dir, AnchorCertFile), err)
+	}
+	return a, nil
 }
 
 // WriteIdentity writes tls.crt, tls.key and ca.crt (the trust bundle) into

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"reflect"
 
-	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -99,30 +98,6 @@ func sameJSON(a, b any) bool {
 	_ = json.Unmarshal(ja, &x)
 	_ = json.Unmarshal(jb, &y)
 	return reflect.DeepEqual(x, y)
-}
-
-func checkDeployments(ctx context.Context, c client.Client, o Options) []Result {
-	var out []Result
-	for _, name := range []string{install.ControllerName, install.GatewayName} {
-		check := "deployment " + name
-		ns := backbonev1alpha1.SystemNamespace
-		var d appsv1.Deployment
-		if err := c.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, &d); err != nil {
-			out = append(out, fail(check, err.Error(), installFix(o)))
-			continue
-		}
-		want := int32(1)
-		if d.Spec.Replicas != nil {
-			want = *d.Spec.Replicas
-		}
-		if d.Status.ReadyReplicas < want {
-			out = append(out, fail(check, fmt.Sprintf("%d/%d replicas ready", d.Status.ReadyReplicas, want),
-				fmt.Sprintf("kubectl -n %s describe deployment %s; kubectl -n %s logs deployment/%s", ns, name, ns, name)))
-			continue
-		}
-		out = append(out, pass(check, fmt.Sprintf("%d/%d replicas ready", d.Status.ReadyReplicas, want)))
-	}
-	return out
 }
 
 func checkGatewayService(ctx context.Context, c client.Client, o Options) Result {

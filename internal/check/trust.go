@@ -7,6 +7,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 
@@ -36,7 +37,9 @@ type trustView struct {
 // both must be in one trust domain. The linked cluster's Secrets cannot be
 // read with a Link's credentials (the link reader may not read Secrets),
 // so this needs a context per cluster; with one context, the link probe's
-// handshake reports the same problem on the Link.
+// handshake reports the same problem on the Link. Contexts whose Secrets
+// hold one cluster's identity fail, naming them: a Secret copied from
+// another cluster, or issued with the wrong --cluster-name.
 func Trust(ctx context.Context, clients map[string]client.Client) []Result {
 	contexts := make([]string, 0, len(clients))
 	for name := range clients {
@@ -45,6 +48,10 @@ func Trust(ctx context.Context, clients map[string]client.Client) []Result {
 	slices.Sort(contexts)
 	var out []Result
 	byCluster := map[string]*trustView{}
+	// Contexts whose Secrets hold one cluster's identity: keyed by that
+	// cluster, one view would hide the other. Which is the real one cannot
+	// be told, so neither is compared.
+	holders := map[string][]*trustView{}
 	for _, name := range contexts {
 		v, err := readTrust(ctx, clients[name])
 		if err != nil {
@@ -58,7 +65,14 @@ func Trust(ctx context.Context, clients map[string]client.Client) []Result {
 			continue
 		}
 		v.context = name
-		byCluster[v.id.Cluster] = v
+		holders[v.id.Cluster] = append(holders[v.id.Cluster], v)
+	}
+	for _, cluster := range slices.Sorted(maps.Keys(holders)) {
+		if vs := holders[cluster]; len(vs) > 1 {
+			out = append(out, sharedIdentity(vs))
+		} else {
+			byCluster[cluster] = vs[0]
+		}
 	}
 	compared := map[[2]string]bool{}
 	for _, name := range contexts {
@@ -80,6 +94,24 @@ func Trust(ctx context.Context, clients map[string]client.Client) []Result {
 		out = append(out, pass("trust anchors", "no Links between the clusters checked"))
 	}
 	return out
+}
+
+// sharedIdentity is the failure of contexts (in order) whose Secrets hold
+// one cluster's identity.
+func sharedIdentity(vs []*trustView) Result {
+	var contexts, ids []string
+	for _, v := range vs {
+		contexts = append(contexts, v.context)
+		if id := v.id.String(); !slices.Contains(ids, id) {
+			ids = append(ids, id)
+		}
+	}
+	cluster := vs[0].id.Cluster
+	return fail("identity of "+cluster,
+		fmt.Sprintf("contexts %s and %s hold one identity in Secret %s, cluster %s's (%s): peers cannot tell these clusters apart, and their trust anchors are not compared",
+			strings.Join(contexts[:len(contexts)-1], ", "), contexts[len(contexts)-1], IdentitySecret, cluster, strings.Join(ids, ", ")),
+		fmt.Sprintf("issue each cluster its own identity (backbone certs issue --cluster-name <its name> ...) and replace Secret %s/%s in every context whose cluster is not %s; kubectl --context <context> -n %s get secret %s -o jsonpath='{.data.tls\\.crt}' | base64 -d | openssl x509 -noout -ext subjectAltName shows whose identity a Secret holds",
+			backbonev1alpha1.SystemNamespace, IdentitySecret, cluster, backbonev1alpha1.SystemNamespace, IdentitySecret))
 }
 
 func viewOf(byCluster map[string]*trustView, context string) *trustView {
