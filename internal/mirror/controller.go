@@ -653,7 +653,15 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 	}
 	r.opts.Metrics.RemoteUp.WithLabelValues(cluster).Set(1)
 	if !w.isSynced() {
-		st.set(metav1.ConditionFalse, ReasonWaitingForRemote, "listing the remote cluster's exported services")
+		// A list that fails for one resource (the link reader's role
+		// lost endpointslices) holds the first sync for good: the
+		// reason is said, not left for the controller's log.
+		if err := w.lastListError(); err != nil {
+			reason, msg := remoteReason(fmt.Errorf("listing the remote cluster's exported services: %w", err), cluster)
+			st.set(metav1.ConditionFalse, reason, msg)
+		} else {
+			st.set(metav1.ConditionFalse, ReasonWaitingForRemote, "listing the remote cluster's exported services")
+		}
 		st.keepSync = true
 		return reconcile.Result{RequeueAfter: time.Second}, nil
 	}

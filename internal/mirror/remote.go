@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -39,8 +40,11 @@ type remoteWatch struct {
 	discovered time.Time
 	cancel     context.CancelFunc
 	synced     chan struct{}
-	syncErr    error
-	once       sync.Once
+	// listErr is the latest error of an informer's list or watch: what
+	// keeps a first list from completing (a 403 on one resource).
+	listErr atomic.Pointer[error]
+	syncErr error
+	once    sync.Once
 }
 
 // startRemoteWatch starts the informers. Until the first complete list,
@@ -81,7 +85,12 @@ func startRemoteWatch(cluster string, cfg *rest.Config, token string, onChange f
 	if !w.hasServiceExports {
 		byObject[&corev1.Service{}] = cache.ByObject{Label: labels.SelectorFromSet(labels.Set{v1alpha1.ExportedLabel: "true"})}
 	}
-	c, err := cache.New(cfg, cache.Options{Scheme: kube.Scheme, DefaultTransform: slimRemote, ByObject: byObject})
+	c, err := cache.New(cfg, cache.Options{Scheme: kube.Scheme, DefaultTransform: slimRemote, ByObject: byObject,
+		DefaultWatchErrorHandler: func(ctx context.Context, r *toolscache.Reflector, err error) {
+			err = fmt.Errorf("%s: %w", r.TypeDescription(), err)
+			w.listErr.Store(&err)
+			toolscache.DefaultWatchErrorHandler(ctx, r, err)
+		}})
 	if err != nil {
 		return nil, err
 	}
@@ -181,6 +190,15 @@ func slimRemote(obj any) (any, error) {
 		o.Endpoints, o.Ports = eps, nil
 	}
 	return obj, nil
+}
+
+// lastListError is the latest list or watch error of the informers, or
+// nil.
+func (w *remoteWatch) lastListError() error {
+	if p := w.listErr.Load(); p != nil {
+		return *p
+	}
+	return nil
 }
 
 // isSynced reports whether every informer has completed its first list.

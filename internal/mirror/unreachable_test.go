@@ -2,12 +2,14 @@ package mirror_test
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -185,4 +187,32 @@ func TestADeletedLinkLeavesNoMirror(t *testing.T) {
 		}
 		t.Fatalf("mirrors outlived their Link: %v", names)
 	}
+}
+
+// TestARemoteThatRefusesOneResourceSaysWhich: a link reader that may list
+// Services but not EndpointSlices (a role tightened by hand) never
+// completes the first list; the Link says which list is refused and
+// why, instead of waiting in silence while the remote answers pings.
+func TestARemoteThatRefusesOneResourceSaysWhich(t *testing.T) {
+	east, west := linkedClusters(t, "shop")
+	createLink(t, west, "east", linkReaderKubeconfig(t, east, east.Config.Host))
+	role := &rbacv1.ClusterRole{}
+	if err := east.Client.Get(bg, client.ObjectKey{Name: "backbone-link-reader"}, role); err != nil {
+		t.Fatal(err)
+	}
+	var kept []rbacv1.PolicyRule
+	for _, r := range role.Rules {
+		if !slices.Contains(r.Resources, "endpointslices") {
+			kept = append(kept, r)
+		}
+	}
+	role.Rules = kept
+	if err := east.Client.Update(bg, role); err != nil {
+		t.Fatal(err)
+	}
+	runController(t, west)
+	eventually(t, "the Link names the refused list", func() bool {
+		c := linkReady(west, "east")
+		return c != nil && c.Reason == mirror.ReasonCredentialsRejected && strings.Contains(c.Message, "EndpointSlice")
+	})
 }
