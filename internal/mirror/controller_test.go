@@ -330,6 +330,31 @@ func TestMirroringFollowsTheRemoteCluster(t *testing.T) {
 			}
 			return n == 2
 		})
+
+		// A pod that stops being ready there stops being ready here, in
+		// the headless mirror (peer discovery) and its own mirror.
+		slice.Endpoints[1].Conditions.Ready = ptr.To(false)
+		if err := east.Client.Update(bg, slice); err != nil {
+			t.Fatal(err)
+		}
+		readiness := func(sliceName, hostname string) (ready, found bool) {
+			sl, ok := get(west, "shop", sliceName, &discoveryv1.EndpointSlice{})
+			if !ok {
+				return false, false
+			}
+			for _, ep := range sl.Endpoints {
+				if hostname == "" || ep.Hostname != nil && *ep.Hostname == hostname {
+					return ep.Conditions.Ready != nil && *ep.Conditions.Ready, true
+				}
+			}
+			return false, false
+		}
+		eventually(t, "db-1 is not ready in db-east and db-1-db-east, db-0 still is", func() bool {
+			h1, ok1 := readiness("db-east", "db-1")
+			p1, ok2 := readiness("db-1-db-east", "")
+			h0, ok3 := readiness("db-east", "db-0")
+			return ok1 && ok2 && ok3 && !h1 && !p1 && h0
+		})
 	})
 
 	t.Run("a ServiceExport exports a Service without the label", func(t *testing.T) {

@@ -28,6 +28,10 @@ type RemoteService struct {
 	Service *corev1.Service
 	// Hostnames of the pods behind a headless Service (StatefulSets).
 	Hostnames []string
+	// NotReady are the hostnames none of whose endpoints is ready in the
+	// linked cluster (a pod starting, failing its probe, or terminating;
+	// the Service's publishNotReadyAddresses makes them ready there).
+	NotReady map[string]bool
 }
 
 // Input is everything Calculate needs.
@@ -206,7 +210,7 @@ func Calculate(in Input) *Plan {
 				}
 			}
 		}
-		addMirror(p, in, rs, "", headless, want)
+		addMirror(p, in, rs, "", headless, true, want)
 	}
 
 	// Creates and updates.
@@ -311,7 +315,7 @@ func nonTCPPorts(s *corev1.Service) []string {
 // addMirror adds the mirror of rs (or of one pod hostname of rs) whose
 // endpoints are the gateway on allocated ports. It returns the mirror's key
 // or false when it cannot exist.
-func addMirror(p *Plan, in Input, rs *corev1.Service, hostname string, headless bool, want map[types.NamespacedName]desired) (types.NamespacedName, bool) {
+func addMirror(p *Plan, in Input, rs *corev1.Service, hostname string, headless, ready bool, want map[types.NamespacedName]desired) (types.NamespacedName, bool) {
 	name := MirrorName(rs.Name, in.Cluster)
 	if hostname != "" {
 		name = hostname + "-" + name
@@ -342,7 +346,7 @@ func addMirror(p *Plan, in Input, rs *corev1.Service, hostname string, headless 
 	for _, addr := range in.GatewayAddresses {
 		slice.Endpoints = append(slice.Endpoints, discoveryv1.Endpoint{
 			Addresses:  []string{addr},
-			Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(in.Alive), Serving: ptr.To(in.Alive), Terminating: ptr.To(false)},
+			Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(in.Alive && ready), Serving: ptr.To(in.Alive && ready), Terminating: ptr.To(false)},
 		})
 	}
 	for _, sp := range svc.Spec.Ports {
@@ -400,7 +404,11 @@ func mirrorHeadless(p *Plan, in Input, r *RemoteService, want map[types.Namespac
 	hostnames := slices.Clone(r.Hostnames)
 	slices.Sort(hostnames)
 	for _, h := range slices.Compact(hostnames) {
-		podKey, ok := addMirror(p, in, rs, h, false, want)
+		// A pod not ready there is not ready here: its per-pod mirror
+		// and its entry in the headless mirror (what peer discovery
+		// reads) say so, as the linked cluster's own DNS does.
+		ready := !r.NotReady[h]
+		podKey, ok := addMirror(p, in, rs, h, false, ready, want)
 		if !ok {
 			continue
 		}
@@ -408,7 +416,7 @@ func mirrorHeadless(p *Plan, in Input, r *RemoteService, want map[types.Namespac
 			slice.Endpoints = append(slice.Endpoints, discoveryv1.Endpoint{
 				Addresses:  []string{cur.Spec.ClusterIP},
 				Hostname:   ptr.To(h),
-				Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(in.Alive), Serving: ptr.To(in.Alive), Terminating: ptr.To(false)},
+				Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(in.Alive && ready), Serving: ptr.To(in.Alive && ready), Terminating: ptr.To(false)},
 			})
 		}
 	}

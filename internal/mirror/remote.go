@@ -184,7 +184,7 @@ func slimRemote(obj any) (any, error) {
 		var eps []discoveryv1.Endpoint
 		for _, ep := range o.Endpoints {
 			if ep.Hostname != nil && *ep.Hostname != "" {
-				eps = append(eps, discoveryv1.Endpoint{Hostname: ep.Hostname})
+				eps = append(eps, discoveryv1.Endpoint{Hostname: ep.Hostname, Conditions: discoveryv1.EndpointConditions{Ready: ep.Conditions.Ready}})
 			}
 		}
 		o.Endpoints, o.Ports = eps, nil
@@ -292,11 +292,26 @@ func (w *remoteWatch) remoteService(ctx context.Context, s *corev1.Service) (Rem
 	if err := w.cache.List(ctx, &slices, client.InNamespace(s.Namespace), client.MatchingLabels{discoveryv1.LabelServiceName: s.Name}, client.UnsafeDisableDeepCopy); err != nil {
 		return r, err
 	}
+	ready := map[string]bool{}
 	for _, sl := range slices.Items {
 		for _, ep := range sl.Endpoints {
 			if ep.Hostname != nil && *ep.Hostname != "" {
-				r.Hostnames = append(r.Hostnames, *ep.Hostname)
+				h := *ep.Hostname
+				if _, seen := ready[h]; !seen {
+					r.Hostnames = append(r.Hostnames, h)
+				}
+				// Unset means ready (the API's rule); a hostname in two
+				// slices (two address families) is ready if either says so.
+				ready[h] = ready[h] || ep.Conditions.Ready == nil || *ep.Conditions.Ready
 			}
+		}
+	}
+	for h, ok := range ready {
+		if !ok {
+			if r.NotReady == nil {
+				r.NotReady = map[string]bool{}
+			}
+			r.NotReady[h] = true
 		}
 	}
 	return r, nil
