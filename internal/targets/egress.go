@@ -225,6 +225,13 @@ func (r *EgressReconciler) service(ctx context.Context, et *v1alpha1.EgressTarge
 	if err != nil && !apierrors.IsNotFound(err) {
 		return nil, err
 	}
+	if err == nil && len(existing.Spec.IPFamilies) > 0 && existing.Spec.IPFamilies[0] != corev1.IPv4Protocol {
+		// Made before its family was set, in a cluster whose first family
+		// is IPv6: the first family cannot change, so it is made anew.
+		if err := r.client.Delete(ctx, &existing, client.Preconditions{UID: &existing.UID}); client.IgnoreNotFound(err) != nil {
+			return nil, err
+		}
+	}
 	_, err = controllerutil.CreateOrUpdate(ctx, r.client, svc, func() error {
 		labels := map[string]string{
 			v1alpha1.ExportedLabel:  "true",
@@ -242,6 +249,11 @@ func (r *EgressReconciler) service(ctx context.Context, et *v1alpha1.EgressTarge
 		svc.Annotations[EgressPortAnnotation] = strconv.Itoa(int(port))
 		svc.Spec.Type = corev1.ServiceTypeClusterIP
 		svc.Spec.Selector = nil
+		// IPv4 whatever the cluster's first family: the slice holds the
+		// gateway's IPv4 addresses, and kube-proxy would not route an IPv6
+		// cluster IP to them.
+		svc.Spec.IPFamilies = []corev1.IPFamily{corev1.IPv4Protocol}
+		svc.Spec.IPFamilyPolicy = ptr.To(corev1.IPFamilyPolicySingleStack)
 		if len(svc.Spec.Ports) != 1 || svc.Spec.Ports[0].Name != want.Name || svc.Spec.Ports[0].Port != want.Port ||
 			!ptr.Equal(svc.Spec.Ports[0].AppProtocol, want.AppProtocol) {
 			svc.Spec.Ports = []corev1.ServicePort{want}

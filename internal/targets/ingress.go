@@ -236,8 +236,12 @@ func (r *IngressReconciler) serveIngress(ctx context.Context, it *v1alpha1.Ingre
 	if err != nil && !apierrors.IsNotFound(err) {
 		return outcome{}, err
 	}
+	secret, err := r.tlsSecretName(ctx, it, host)
+	if err != nil {
+		return outcome{}, err
+	}
 	if _, err := controllerutil.CreateOrUpdate(ctx, r.client, ing, func() error {
-		desired := IngressFor(it, host, backend, r.opts)
+		desired := IngressFor(it, host, backend, secret, r.opts)
 		ing.Labels = desired.Labels
 		ing.Annotations = desired.Annotations
 		ing.Spec = desired.Spec
@@ -290,10 +294,11 @@ func dnsAnnotations(host string) map[string]string {
 	}
 }
 
-// IngressFor is the Ingress of an IngressTarget. Only backbone's own
+// IngressFor is the Ingress of an IngressTarget, its certificate kept in
+// the Secret secretName. Only backbone's own
 // strings go into annotations; no user value reaches a controller-specific
 // (nginx.ingress.kubernetes.io/*) annotation.
-func IngressFor(it *v1alpha1.IngressTarget, host, backend string, opts IngressOptions) *networkingv1.Ingress {
+func IngressFor(it *v1alpha1.IngressTarget, host, backend, secretName string, opts IngressOptions) *networkingv1.Ingress {
 	ann := dnsAnnotations(host)
 	if opts.ClusterIssuer != "" {
 		ann["cert-manager.io/cluster-issuer"] = opts.ClusterIssuer
@@ -306,7 +311,7 @@ func IngressFor(it *v1alpha1.IngressTarget, host, backend string, opts IngressOp
 		},
 		Spec: networkingv1.IngressSpec{
 			IngressClassName: ptr.To(opts.ClassName),
-			TLS:              []networkingv1.IngressTLS{{Hosts: []string{host}, SecretName: tlsSecretName(host)}},
+			TLS:              []networkingv1.IngressTLS{{Hosts: []string{host}, SecretName: secretName}},
 			Rules: []networkingv1.IngressRule{{
 				Host: host,
 				IngressRuleValue: networkingv1.IngressRuleValue{HTTP: &networkingv1.HTTPIngressRuleValue{

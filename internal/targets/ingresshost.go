@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strings"
 
+	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/validation"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -15,17 +16,47 @@ import (
 	"github.com/backbone-mesh/backbone/api/v1alpha1"
 )
 
-// tlsSecretName is the Secret cert-manager keeps a host's certificate in.
-// Two hosts must never share one — the second Ingress would be served
-// with the first host's certificate, and cert-manager would keep reissuing
-// the Secret for each in turn — so the name is the host with every dot
-// turned to a dash and every dash doubled: labels neither begin nor end
-// with a dash, so a single dash is a dot and a run of 2n dashes is n
-// dashes, and no two hosts give one name. A host without dashes keeps the
-// name it always had. A name over 253 characters is cut and ends in a
-// hash of the whole host after a run of three dashes, which no host's
-// readable name holds.
-func tlsSecretName(host string) string {
+// tlsSecretName is the Secret cert-manager keeps a host's certificate in:
+// the host with its dots turned to dashes, as it always was — a new name
+// would make cert-manager order every certificate anew on an upgrade, and
+// serve the ingress controller's default one until each is issued. That
+// name is not one per host (a-b.bank.example and a.b-bank.example share
+// one), and two hosts must never share a Secret: the second would be
+// served the first one's certificate, and cert-manager reissue it for each
+// in turn. So a target whose usual name is taken in its namespace by an
+// older target's other host, or whose usual name is too long, gets
+// distinctSecretName instead.
+func (r *IngressReconciler) tlsSecretName(ctx context.Context, it *v1alpha1.IngressTarget, host string) (string, error) {
+	name := usualSecretName(host)
+	if len(name) > validation.DNS1123SubdomainMaxLength {
+		return distinctSecretName(host), nil
+	}
+	var list v1alpha1.IngressTargetList
+	if err := r.client.List(ctx, &list); err != nil {
+		return "", err
+	}
+	for i := range list.Items {
+		o := &list.Items[i]
+		if o.UID == it.UID || !o.DeletionTimestamp.IsZero() || servedFrom(o) != r.opts.ClusterName ||
+			o.Spec.Namespace != it.Spec.Namespace || !claimsFirst(o, it) {
+			continue
+		}
+		if oh := Host(o, r.opts.Domain); !strings.EqualFold(oh, host) && usualSecretName(oh) == name {
+			return distinctSecretName(host), nil
+		}
+	}
+	return name, nil
+}
+
+// usualSecretName is a host's Secret name: its dots turned to dashes.
+func usualSecretName(host string) string { return strings.ReplaceAll(host, ".", "-") + "-tls" }
+
+// distinctSecretName is a Secret name no other host has: every dot turned
+// to a dash and every dash doubled (labels neither begin nor end with a
+// dash, so a single dash is a dot and a run of 2n dashes is n dashes). A
+// name over 253 characters is cut and ends in a hash of the whole host
+// after a run of three dashes, which no host's readable name holds.
+func distinctSecretName(host string) string {
 	readable := strings.NewReplacer("-", "--", ".", "-").Replace(host)
 	if name := readable + "-tls"; len(name) <= validation.DNS1123SubdomainMaxLength {
 		return name
@@ -44,8 +75,22 @@ func claimsFirst(a, b *v1alpha1.IngressTarget) bool {
 	return a.Namespace+"/"+a.Name < b.Namespace+"/"+b.Name
 }
 
-// olderClaim is the oldest other target served here on host, when it
-// claimed the host before it did.
+// holdsFirst orders two targets' claims on host: one that serves it now
+// (Ready, with the host in its status) before one that does not, then
+// the older.
+func holdsFirst(a, b *v1alpha1.IngressTarget, host string) bool {
+	serving := func(x *v1alpha1.IngressTarget) bool {
+		return strings.EqualFold(x.Status.Host, host) && meta.IsStatusConditionTrue(x.Status.Conditions, v1alpha1.ConditionReady)
+	}
+	if sa, sb := serving(a), serving(b); sa != sb {
+		return sa
+	}
+	return claimsFirst(a, b)
+}
+
+// olderClaim is the other target served here on host that holds it
+// before it does: the one serving the host now (an edit never takes a
+// live host from another target), else the oldest.
 func (r *IngressReconciler) olderClaim(ctx context.Context, it *v1alpha1.IngressTarget, host string) (*v1alpha1.IngressTarget, error) {
 	var list v1alpha1.IngressTargetList
 	if err := r.client.List(ctx, &list); err != nil {
@@ -58,7 +103,7 @@ func (r *IngressReconciler) olderClaim(ctx context.Context, it *v1alpha1.Ingress
 			!strings.EqualFold(Host(o, r.opts.Domain), host) {
 			continue
 		}
-		if claimsFirst(o, it) && (oldest == nil || claimsFirst(o, oldest)) {
+		if holdsFirst(o, it, host) && (oldest == nil || holdsFirst(o, oldest, host)) {
 			oldest = o
 		}
 	}

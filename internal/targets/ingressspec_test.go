@@ -117,6 +117,11 @@ func TestTwoIngressTargetsClaimingOneHost(t *testing.T) {
 	spec := func(service string) v1alpha1.IngressTargetSpec {
 		return v1alpha1.IngressTargetSpec{Service: service, Namespace: "services", Cluster: "platform", Squad: "nasa", Port: 80, Host: "shared.bank.example"}
 	}
+	// The oldest, on another host for now.
+	mikeSpec := spec("mike")
+	mikeSpec.Host = "other.bank.example"
+	mike := createIngressTarget(t, c, "mike", mikeSpec)
+	time.Sleep(1100 * time.Millisecond) // creation timestamps count seconds
 	// By name, alpha would come first: the older must win however the
 	// names sort.
 	older := createIngressTarget(t, c, "zulu", spec("zulu"))
@@ -145,6 +150,25 @@ func TestTwoIngressTargetsClaimingOneHost(t *testing.T) {
 		return cond != nil && cond.Reason == "Serving" &&
 			c.Client.Get(bg, types.NamespacedName{Namespace: "services", Name: "alpha"}, &networkingv1.Ingress{}) == nil
 	})
+
+	// An edit never takes a live host: the oldest target moved onto it
+	// waits, and the one serving it goes on.
+	if err := c.Client.Get(bg, systemKey("mike"), mike); err != nil {
+		t.Fatal(err)
+	}
+	mike.Spec.Host = "shared.bank.example"
+	if err := c.Client.Update(bg, mike); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the edited target reported", func() bool {
+		cond := ingressReady(c, "mike")
+		return cond != nil && cond.Reason == "HostConflict" && strings.Contains(cond.Message, "alpha")
+	})
+	time.Sleep(time.Second)
+	if cond := ingressReady(c, "alpha"); cond == nil || cond.Reason != "Serving" ||
+		c.Client.Get(bg, types.NamespacedName{Namespace: "services", Name: "alpha"}, &networkingv1.Ingress{}) != nil {
+		t.Fatalf("the serving target lost its host to an edit: %+v", cond)
+	}
 }
 
 // TestMovingAnIngressTargetToAnotherNamespaceRemovesItsOldIngress: the

@@ -4,21 +4,18 @@ import (
 	"strings"
 	"testing"
 
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/validation"
 
-	"github.com/backbone-mesh/backbone/api/v1alpha1"
 	"github.com/backbone-mesh/backbone/internal/targets"
 )
 
-func tlsSecretName(host string) string {
-	it := &v1alpha1.IngressTarget{ObjectMeta: metav1.ObjectMeta{Name: "t"}, Spec: v1alpha1.IngressTargetSpec{Namespace: "services", Service: "s", Port: 80}}
-	return targets.IngressFor(it, host, "s", targets.IngressOptions{ClassName: "nginx"}).Spec.TLS[0].SecretName
-}
+func tlsSecretName(host string) string { return targets.DistinctSecretName(host) }
 
 // label is a DNS label of n characters.
 func label(c string, n int) string { return strings.Repeat(c, n) }
 
+// TestTLSSecretNames: the name a target gets when its usual one (dots
+// turned to dashes) is taken is one per host.
 func TestTLSSecretNames(t *testing.T) {
 	long := strings.Join([]string{label("a", 63), label("b", 63), label("c", 63), label("d", 61)}, ".") // 253
 	// forged is a host without dashes whose name, were dots and dashes
@@ -34,7 +31,7 @@ func TestTLSSecretNames(t *testing.T) {
 		hosts []string
 		want  string // of the first host, when it matters
 	}{
-		"keeps a host without dashes as it always was": {
+		"gives a host without dashes its usual name": {
 			hosts: []string{"ledger.platform.bank.example"}, want: "ledger-platform-bank-example-tls",
 		},
 		"tells a dash from a dot": {

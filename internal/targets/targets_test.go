@@ -267,7 +267,7 @@ func TestIngressTargetBecomesAnIngress(t *testing.T) {
 		t.Fatalf("annotations %v, want exactly %v", ing.Annotations, wantAnn)
 	}
 	if *ing.Spec.IngressClassName != "nginx" || ing.Spec.Rules[0].Host != host ||
-		ing.Spec.TLS[0].Hosts[0] != host || ing.Spec.TLS[0].SecretName != "log--collector-platform-bank-example-tls" {
+		ing.Spec.TLS[0].Hosts[0] != host || ing.Spec.TLS[0].SecretName != "log-collector-platform-bank-example-tls" {
 		t.Fatalf("ingress spec %+v", ing.Spec)
 	}
 	if b := ing.Spec.Rules[0].HTTP.Paths[0].Backend.Service; b.Name != "log-collector" || b.Port.Number != 8080 {
@@ -296,6 +296,26 @@ func TestIngressTargetBecomesAnIngress(t *testing.T) {
 	})
 	if err := c.Client.Get(bg, types.NamespacedName{Namespace: "services", Name: "service-b-services-west"}, &networkingv1.Ingress{}); !apierrors.IsNotFound(err) {
 		t.Fatalf("an entry served by another cluster got an Ingress here: %v", err)
+	}
+
+	// Two hosts whose usual Secret names (dots turned to dashes) are one:
+	// the target that claimed it first keeps the usual name, the other
+	// gets a name of its own — never one certificate for both.
+	mk("ab-one", v1alpha1.IngressTargetSpec{Service: "ab", Namespace: "services", Cluster: "platform", Squad: "nasa", Port: 80, Host: "a-b.bank.example"})
+	mk("ab-two", v1alpha1.IngressTargetSpec{Service: "ab", Namespace: "services", Cluster: "platform", Squad: "nasa", Port: 80, Host: "a.b-bank.example"})
+	secrets := map[string]string{}
+	eventually(t, "both hosts' Ingresses", func() bool {
+		for _, name := range []string{"ab-one", "ab-two"} {
+			var ing networkingv1.Ingress
+			if c.Client.Get(bg, types.NamespacedName{Namespace: "services", Name: name}, &ing) != nil {
+				return false
+			}
+			secrets[name] = ing.Spec.TLS[0].SecretName
+		}
+		return true
+	})
+	if secrets["ab-one"] != "a-b-bank-example-tls" || secrets["ab-one"] == secrets["ab-two"] {
+		t.Errorf("secret names %v: want the first target's usual a-b-bank-example-tls and another for the second", secrets)
 	}
 
 	// Deleting the target removes its Ingress (a finalizer: owner

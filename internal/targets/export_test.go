@@ -1,0 +1,4 @@
+package targets
+
+// DistinctSecretName is distinctSecretName, for the external tests.
+var DistinctSecretName = distinctSecretName
