@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/spf13/cobra"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -80,6 +81,9 @@ func writeMatrix(w io.Writer, m linkmatrix.Matrix, output string) error {
 	return linkmatrix.WriteTable(w, m)
 }
 
+// readTimeout bounds each cluster's read in links.
+var readTimeout = 15 * time.Second
+
 // readMatrix lists the Links of every context concurrently.
 func readMatrix(ctx context.Context, flags kube.Flags, contexts []string) linkmatrix.Matrix {
 	var (
@@ -98,7 +102,11 @@ func readMatrix(ctx context.Context, flags kube.Flags, contexts []string) linkma
 			var list v1alpha1.LinkList
 			c, err := f.Client()
 			if err == nil {
-				err = c.List(ctx, &list, client.InNamespace(v1alpha1.SystemNamespace))
+				// An API server that takes the connection and never answers
+				// is reported as that context's error, not a hang.
+				lctx, cancel := context.WithTimeout(ctx, readTimeout)
+				err = c.List(lctx, &list, client.InNamespace(v1alpha1.SystemNamespace))
+				cancel()
 			}
 			mu.Lock()
 			defer mu.Unlock()

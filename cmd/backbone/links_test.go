@@ -3,11 +3,15 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"net"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"sigs.k8s.io/yaml"
 
 	"github.com/backbone-mesh/backbone/api/v1alpha1"
@@ -86,5 +90,49 @@ func TestLinksReadsEveryContext(t *testing.T) {
 		if m.Errors["nowhere"] == "" || len(m.Links) == 0 {
 			t.Errorf("-o %s: the matrix must hold east's links and nowhere's error: %+v", format, m)
 		}
+	}
+
+	// An API server that takes the connection and never answers is that
+	// context's error, not a hang of the whole command.
+	silent, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = silent.Close() }()
+	go func() {
+		for {
+			c, err := silent.Accept()
+			if err != nil {
+				return
+			}
+			defer func() { _ = c.Close() }()
+		}
+	}()
+	cfg, err := clientcmd.LoadFromFile(kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	east := cfg.Contexts["east"]
+	cfg.Clusters["silent"] = &clientcmdapi.Cluster{Server: "https://" + silent.Addr().String(), InsecureSkipTLSVerify: true}
+	cfg.Contexts["silent"] = &clientcmdapi.Context{Cluster: "silent", AuthInfo: east.AuthInfo}
+	withSilent := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := clientcmd.WriteToFile(*cfg, withSilent); err != nil {
+		t.Fatal(err)
+	}
+	old := readTimeout
+	readTimeout = time.Second
+	defer func() { readTimeout = old }()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		out, _, err = run(t, "--kubeconfig", withSilent, "links", "--contexts", "east,silent")
+	}()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("links hangs on an API server that never answers")
+	}
+	if err == nil || !strings.Contains(out, "silent: could not read links") {
+		t.Errorf("a silent API server must fail and be named; err=%v\n%s", err, out)
 	}
 }

@@ -437,6 +437,12 @@ type recorder struct {
 }
 
 func (r *recorder) WriteHeader(code int) {
+	if code >= 100 && code < 200 && code != http.StatusSwitchingProtocols {
+		// An interim answer (100 Continue, 103) passed on: the final
+		// one, and what it says of the connection, is still to come.
+		r.ResponseWriter.WriteHeader(code)
+		return
+	}
 	if !r.wrote {
 		r.status, r.wrote = code, true
 		r.endEarly(code)

@@ -422,28 +422,41 @@ func TestWebsocketTargetEndReachesTheCaller(t *testing.T) {
 // while the request's body is its own.
 func TestAnEarlyAnswerIsNotHeldBackByTheUpload(t *testing.T) {
 	testenv.RequireNetns(t)
+	var interim atomic.Bool
 	_, tg, o := target(t, func(w http.ResponseWriter, r *http.Request) {
+		if interim.Load() {
+			w.WriteHeader(http.StatusContinue) // then refuses after all
+		}
 		http.Error(w, "too large", http.StatusRequestEntityTooLarge)
 	})
-	c, _ := serveClientBy(t, context.Background(), o, tg)
-	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-	if _, err := io.WriteString(c, "POST /upload HTTP/1.1\r\nHost: credit\r\nContent-Length: 10000000\r\n\r\n"); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.Write(make([]byte, 64<<10)); err != nil {
-		t.Fatal(err)
-	}
-	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-	if err != nil {
-		t.Fatalf("no answer while the caller waits: %v", err)
-	}
-	if resp.StatusCode != http.StatusRequestEntityTooLarge || !resp.Close {
-		t.Errorf("answer %s (closing: %v), want the target's 413 ending the connection: the rest of the body cannot be told from a next request", resp.Status, resp.Close)
+	for _, withInterim := range []bool{false, true} {
+		interim.Store(withInterim)
+		c, _ := serveClientBy(t, context.Background(), o, tg)
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.WriteString(c, "POST /upload HTTP/1.1\r\nHost: credit\r\nContent-Length: 10000000\r\n\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Write(make([]byte, 64<<10)); err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		br := bufio.NewReader(c)
+		resp, err := http.ReadResponse(br, nil)
+		for err == nil && resp.StatusCode == http.StatusContinue {
+			resp, err = http.ReadResponse(br, nil)
+		}
+		if err != nil {
+			t.Fatalf("interim answer %v: no answer while the caller waits: %v", withInterim, err)
+		}
+		if resp.StatusCode != http.StatusRequestEntityTooLarge || !resp.Close {
+			t.Errorf("interim answer %v: %s (closing: %v), want the target's 413 ending the connection: the rest of the body cannot be told from a next request",
+				withInterim, resp.Status, resp.Close)
+		}
 	}
 
 	// Answers to requests read whole keep the connection.
-	c, _ = serveClientBy(t, context.Background(), o, tg)
+	interim.Store(false)
+	c, _ := serveClientBy(t, context.Background(), o, tg)
 	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
 	br := bufio.NewReader(c)
 	for _, req := range []string{"GET / HTTP/1.1\r\nHost: credit\r\n\r\n", "POST / HTTP/1.1\r\nHost: credit\r\nContent-Length: 2\r\n\r\nhi"} {

@@ -95,9 +95,9 @@ func egressResetFailsABlockedCaller(t *testing.T, m *linkedMesh) {
 	t.Logf("the caller's write failed after %d MiB: %v", sent>>20, werr)
 }
 
-// egressHalfCloseLetsTheUploadGoOn: a target that answers, ends its side
-// and reads on gets the caller's whole request and its end; the caller
-// gets the whole answer and its end first.
+// egressHalfCloseLetsTheUploadGoOn: a target that reads a hello, answers,
+// ends its side and reads on gets the caller's whole request and its end;
+// the caller gets the whole answer and its end first.
 func egressHalfCloseLetsTheUploadGoOn(t *testing.T, m *linkedMesh) {
 	target := testenv.ListenNetns(t, 16)
 	type result struct {
@@ -113,12 +113,16 @@ func egressHalfCloseLetsTheUploadGoOn(t *testing.T, m *linkedMesh) {
 			}
 			go func() {
 				defer func() { _ = c.Close() }()
+				// The caller's hello tells its connection from
+				// waitListening's, which sends nothing.
+				hello := make([]byte, 5)
+				if _, err := io.ReadFull(c, hello); err != nil || string(hello) != "hello" {
+					return
+				}
 				_, _ = c.Write([]byte("ready"))
 				_ = c.(*net.TCPConn).CloseWrite()
 				n, err := io.Copy(io.Discard, c)
-				if n > 0 || err != nil { // not waitListening's connection
-					got <- result{n, err}
-				}
+				got <- result{n, err}
 			}()
 		}
 	}()
@@ -130,6 +134,9 @@ func egressHalfCloseLetsTheUploadGoOn(t *testing.T, m *linkedMesh) {
 	}
 	defer func() { _ = app.Close() }()
 	_ = app.SetDeadline(time.Now().Add(20 * time.Second))
+	if _, err := app.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
 	answer, err := io.ReadAll(app)
 	if err != nil || string(answer) != "ready" {
 		t.Fatalf("answer %q, %v; want %q and its end", answer, err, "ready")
