@@ -26,6 +26,7 @@ func newLinksCmd(root *rootOptions) *cobra.Command {
 		contexts    []string
 		allContexts bool
 		output      string
+		timeout     time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "links",
@@ -45,7 +46,10 @@ probed yet, · a pair without a Link. The source's name is its context name.`,
 			if err != nil {
 				return err
 			}
-			m := readMatrix(cmd.Context(), root.kube, contexts)
+			if timeout <= 0 {
+				return fmt.Errorf("--request-timeout %s: must be positive", timeout)
+			}
+			m := readMatrix(cmd.Context(), root.kube, contexts, timeout)
 			if err := writeMatrix(cmd.OutOrStdout(), m, output); err != nil {
 				return err
 			}
@@ -61,6 +65,8 @@ probed yet, · a pair without a Link. The source's name is its context name.`,
 	cmd.Flags().StringSliceVar(&contexts, "contexts", nil, "kubeconfig contexts of the clusters to read (comma-separated)")
 	cmd.Flags().BoolVar(&allContexts, "all-contexts", false, "read every context of the kubeconfig")
 	cmd.Flags().StringVarP(&output, "output", "o", "", "output format: json or yaml (default: a table)")
+	cmd.Flags().DurationVar(&timeout, "request-timeout", 30*time.Second,
+		"how long each cluster's read may take (an exec credential plugin that asks for a login counts)")
 	return cmd
 }
 
@@ -81,11 +87,8 @@ func writeMatrix(w io.Writer, m linkmatrix.Matrix, output string) error {
 	return linkmatrix.WriteTable(w, m)
 }
 
-// readTimeout bounds each cluster's read in links.
-var readTimeout = 15 * time.Second
-
 // readMatrix lists the Links of every context concurrently.
-func readMatrix(ctx context.Context, flags kube.Flags, contexts []string) linkmatrix.Matrix {
+func readMatrix(ctx context.Context, flags kube.Flags, contexts []string, timeout time.Duration) linkmatrix.Matrix {
 	var (
 		mu    sync.Mutex
 		wg    sync.WaitGroup
@@ -104,7 +107,7 @@ func readMatrix(ctx context.Context, flags kube.Flags, contexts []string) linkma
 			if err == nil {
 				// An API server that takes the connection and never answers
 				// is reported as that context's error, not a hang.
-				lctx, cancel := context.WithTimeout(ctx, readTimeout)
+				lctx, cancel := context.WithTimeout(ctx, timeout)
 				err = c.List(lctx, &list, client.InNamespace(v1alpha1.SystemNamespace))
 				cancel()
 			}

@@ -119,13 +119,10 @@ func TestLinksReadsEveryContext(t *testing.T) {
 	if err := clientcmd.WriteToFile(*cfg, withSilent); err != nil {
 		t.Fatal(err)
 	}
-	old := readTimeout
-	readTimeout = time.Second
-	defer func() { readTimeout = old }()
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		out, _, err = run(t, "--kubeconfig", withSilent, "links", "--contexts", "east,silent")
+		out, _, err = run(t, "--kubeconfig", withSilent, "links", "--contexts", "east,silent", "--request-timeout", "1s")
 	}()
 	select {
 	case <-done:

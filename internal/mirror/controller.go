@@ -190,21 +190,22 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 		Complete(r)
 }
 
-// seniorLink names another Link, not being deleted, that targets link's
-// cluster and is older (by creation, then name), or returns "".
-func (r *Reconciler) seniorLink(ctx context.Context, link *v1alpha1.Link) (string, error) {
+// seniorLink is another Link, not being deleted, that targets link's
+// cluster and is older (by creation, then name), or nil.
+func (r *Reconciler) seniorLink(ctx context.Context, link *v1alpha1.Link) (*v1alpha1.Link, error) {
 	others, err := r.sameTarget(ctx, link)
 	if err != nil {
-		return "", err
+		return nil, err
 	}
-	for _, o := range others {
+	for i := range others {
+		o := &others[i]
 		older := o.CreationTimestamp.Before(&link.CreationTimestamp) ||
 			o.CreationTimestamp.Equal(&link.CreationTimestamp) && o.Name < link.Name
 		if older {
-			return o.Name, nil
+			return o, nil
 		}
 	}
-	return "", nil
+	return nil, nil
 }
 
 // sameTarget lists the other Links, not being deleted, that target
@@ -616,10 +617,15 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 	// are.
 	if senior, err := r.seniorLink(ctx, &link); err != nil {
 		return reconcile.Result{}, err
-	} else if senior != "" {
+	} else if senior != nil {
 		r.stopWatch(req.NamespacedName)
+		state := "not reconciled yet"
+		if c := meta.FindStatusCondition(senior.Status.Conditions, v1alpha1.ConditionReady); c != nil {
+			state = c.Reason
+		}
 		st.set(metav1.ConditionFalse, ReasonDuplicateTarget,
-			fmt.Sprintf("Link %s already mirrors cluster %s; this Link takes over when it is deleted", senior, cluster))
+			fmt.Sprintf("Link %s already mirrors cluster %s (its state: %s); this Link takes over its mirrors as they are when it is deleted — delete it if this Link replaces it",
+				senior.Name, cluster, state))
 		st.keepSync = true
 		return reconcile.Result{RequeueAfter: 5 * time.Second}, nil
 	}

@@ -42,7 +42,7 @@ type remoteWatch struct {
 	synced     chan struct{}
 	// listErr is the latest error of an informer's list or watch: what
 	// keeps a first list from completing (a 403 on one resource).
-	listErr atomic.Pointer[error]
+	listErr atomic.Pointer[listError]
 	syncErr error
 	once    sync.Once
 }
@@ -87,8 +87,7 @@ func startRemoteWatch(cluster string, cfg *rest.Config, token string, onChange f
 	}
 	c, err := cache.New(cfg, cache.Options{Scheme: kube.Scheme, DefaultTransform: slimRemote, ByObject: byObject,
 		DefaultWatchErrorHandler: func(ctx context.Context, r *toolscache.Reflector, err error) {
-			err = fmt.Errorf("%s: %w", r.TypeDescription(), err)
-			w.listErr.Store(&err)
+			w.listErr.Store(&listError{err: fmt.Errorf("%s: %w", r.TypeDescription(), err), at: time.Now()})
 			toolscache.DefaultWatchErrorHandler(ctx, r, err)
 		}})
 	if err != nil {
@@ -192,11 +191,17 @@ func slimRemote(obj any) (any, error) {
 	return obj, nil
 }
 
-// lastListError is the latest list or watch error of the informers, or
-// nil.
+type listError struct {
+	err error
+	at  time.Time
+}
+
+// lastListError is the latest list or watch error of the informers, when
+// it is recent: a reflector retries within 30 s, so an error that lasts
+// is seen again by then, and one older than a minute was overcome.
 func (w *remoteWatch) lastListError() error {
-	if p := w.listErr.Load(); p != nil {
-		return *p
+	if p := w.listErr.Load(); p != nil && time.Since(p.at) < time.Minute {
+		return p.err
 	}
 	return nil
 }
