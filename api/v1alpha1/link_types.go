@@ -222,6 +222,16 @@ type LinkList struct {
 	Items           []Link `json:"items"`
 }
 
+// Precedes orders two Links to one cluster: the older (then the first by
+// name) is the one that mirrors and is probed; the other waits for it to
+// go (a Link renamed by creating the new one first).
+func (l *Link) Precedes(o *Link) bool {
+	if !l.CreationTimestamp.Equal(&o.CreationTimestamp) {
+		return l.CreationTimestamp.Before(&o.CreationTimestamp)
+	}
+	return l.Name < o.Name
+}
+
 func init() {
 	register(&Link{}, &LinkList{})
 }

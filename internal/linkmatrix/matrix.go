@@ -59,6 +59,33 @@ func millis(d *time.Duration) *float64 {
 	return &v
 }
 
+// probedLinks keeps one Link per target cluster: the one its controller
+// probes (of two, the one that precedes; one being deleted only when it
+// is the last), so a pair has one cell.
+func probedLinks(links []v1alpha1.Link) []v1alpha1.Link {
+	best := map[string]int{}
+	for i := range links {
+		l := &links[i]
+		j, ok := best[l.Spec.TargetClusterName]
+		if !ok {
+			best[l.Spec.TargetClusterName] = i
+			continue
+		}
+		cur := &links[j]
+		curGoing, going := !cur.DeletionTimestamp.IsZero(), !l.DeletionTimestamp.IsZero()
+		if curGoing && !going || curGoing == going && l.Precedes(cur) {
+			best[l.Spec.TargetClusterName] = i
+		}
+	}
+	out := make([]v1alpha1.Link, 0, len(best))
+	for i := range links {
+		if best[links[i].Spec.TargetClusterName] == i {
+			out = append(out, links[i])
+		}
+	}
+	return out
+}
+
 // Build assembles the matrix from each source cluster's Links.
 func Build(linksBySource map[string][]v1alpha1.Link, errs map[string]error) Matrix {
 	return BuildAt(time.Now(), linksBySource, errs)
@@ -70,7 +97,7 @@ func BuildAt(now time.Time, linksBySource map[string][]v1alpha1.Link, errs map[s
 	names := map[string]bool{}
 	for source, links := range linksBySource {
 		names[source] = true
-		for _, l := range links {
+		for _, l := range probedLinks(links) {
 			target := l.Spec.TargetClusterName
 			names[target] = true
 			c := Cell{Source: source, Target: target, State: "unknown"}

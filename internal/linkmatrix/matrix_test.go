@@ -83,3 +83,26 @@ func TestOldStatusIsStale(t *testing.T) {
 		t.Errorf("west -> north probed an hour ago: state %q, shown %q; want stale, STALE", north.State, cellText(&north))
 	}
 }
+
+// TestTwoLinksToOneClusterAreOneCell: of two Links from one cluster to
+// another (a Link renamed by creating the new one first) the matrix shows
+// the one the controller probes — the older — not whichever came last.
+func TestTwoLinksToOneClusterAreOneCell(t *testing.T) {
+	older := link("east", true, 30*time.Millisecond)
+	older.Name, older.CreationTimestamp = "east", metav1.NewTime(time.Now().Add(-time.Hour))
+	newer := v1alpha1.Link{ObjectMeta: metav1.ObjectMeta{Name: "east-b", CreationTimestamp: metav1.NewTime(time.Now())},
+		Spec: v1alpha1.LinkSpec{TargetClusterName: "east"}} // not probed
+	for _, order := range [][]v1alpha1.Link{{older, newer}, {newer, older}} {
+		m := Build(map[string][]v1alpha1.Link{"west": order}, nil)
+		if len(m.Links) != 1 || m.Links[0].State != "up" {
+			t.Errorf("cells %+v, want one: the older Link's, up", m.Links)
+		}
+	}
+	// The older one going: the newer one's cell.
+	going := older
+	going.DeletionTimestamp = &metav1.Time{Time: time.Now()}
+	m := Build(map[string][]v1alpha1.Link{"west": {going, newer}}, nil)
+	if len(m.Links) != 1 || m.Links[0].State != "unknown" {
+		t.Errorf("cells %+v, want the newer Link's, not probed yet", m.Links)
+	}
+}

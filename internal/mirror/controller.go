@@ -191,17 +191,14 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 }
 
 // seniorLink is another Link, not being deleted, that targets link's
-// cluster and is older (by creation, then name), or nil.
+// cluster and precedes it, or nil.
 func (r *Reconciler) seniorLink(ctx context.Context, link *v1alpha1.Link) (*v1alpha1.Link, error) {
 	others, err := r.sameTarget(ctx, link)
 	if err != nil {
 		return nil, err
 	}
 	for i := range others {
-		o := &others[i]
-		older := o.CreationTimestamp.Before(&link.CreationTimestamp) ||
-			o.CreationTimestamp.Equal(&link.CreationTimestamp) && o.Name < link.Name
-		if older {
+		if o := &others[i]; o.Precedes(link) {
 			return o, nil
 		}
 	}
@@ -416,6 +413,16 @@ func (r *Reconciler) runServices(ctx context.Context) error {
 		wg.Go(r.serviceWorker(ctx))
 	}
 	wg.Wait()
+	// The manager stops (or this replica lost the lease): the remote
+	// watches go with it, not on in the background of a process that
+	// starts another manager (a leader again later, or a test).
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for key, w := range r.watches {
+		w.stop()
+		delete(r.watches, key)
+		delete(r.creds, key)
+	}
 	return nil
 }
 

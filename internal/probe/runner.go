@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -137,9 +138,23 @@ func (r *Runner) sync(ctx context.Context) {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	seen := map[types.NamespacedName]bool{}
+	// One loop per target cluster: of two Links to one cluster (a Link
+	// renamed by creating the new one first) the older is probed, as the
+	// mirror controller mirrors through the older only. Two loops would
+	// share the cluster's pool entry and series, each closing the other's
+	// connection and counting every probe twice.
+	senior := map[string]*v1alpha1.Link{}
 	for i := range list.Items {
 		link := &list.Items[i]
+		if !link.DeletionTimestamp.IsZero() {
+			continue
+		}
+		if s, ok := senior[link.Spec.TargetClusterName]; !ok || link.Precedes(s) {
+			senior[link.Spec.TargetClusterName] = link
+		}
+	}
+	seen := map[types.NamespacedName]bool{}
+	for _, link := range senior {
 		key := types.NamespacedName{Namespace: link.Namespace, Name: link.Name}
 		seen[key] = true
 		if lp, ok := r.links[key]; ok {
@@ -149,7 +164,8 @@ func (r *Runner) sync(ctx context.Context) {
 			continue
 		}
 		lctx, cancel := context.WithCancel(ctx)
-		lp := &linkProber{link: link, cancel: cancel, state: NewState(windowSize), since: time.Now(), done: make(chan struct{})}
+		lp := &linkProber{link: link, cancel: cancel, done: make(chan struct{})}
+		lp.state, lp.since = resumedState(link)
 		r.links[key] = lp
 		go func() { defer close(lp.done); r.loop(lctx, key, lp) }()
 	}
@@ -157,17 +173,39 @@ func (r *Runner) sync(ctx context.Context) {
 		if !seen[key] {
 			lp.cancel()
 			delete(r.links, key)
+			target := lp.link.Spec.TargetClusterName
+			if _, probed := senior[target]; probed {
+				continue // another Link's loop probes the cluster now
+			}
 			// Once the loop has stopped: a loop past its last check of
 			// the context would set its series again after the delete.
 			go func() {
 				<-lp.done
-				r.Metrics.forget(r.Cluster, lp.link.Spec.TargetClusterName)
+				r.Metrics.forget(r.Cluster, target)
 				if r.Forget != nil {
 					r.Forget(lp.link)
 				}
 			}()
 		}
 	}
+}
+
+// resumedState is a new loop's state, carried on from the Link's status:
+// a controller that restarts (or takes the lease over) does not declare a
+// dead link alive until it fails threshold probes again, nor move the
+// condition's lastTransitionTime.
+func resumedState(link *v1alpha1.Link) (*State, time.Time) {
+	st, since := NewState(windowSize), time.Now()
+	p := link.Status.Probe
+	if p == nil {
+		return st, since
+	}
+	st.Alive, st.ConsecutiveFailures = p.Alive, p.ConsecutiveFailures
+	if c := meta.FindStatusCondition(link.Status.Conditions, v1alpha1.ConditionGatewayReachable); c != nil && !c.LastTransitionTime.IsZero() &&
+		(c.Status == metav1.ConditionTrue) == p.Alive {
+		since = c.LastTransitionTime.Time
+	}
+	return st, since
 }
 
 func specOf(link *v1alpha1.Link) (period, timeout time.Duration, threshold int32) {
@@ -249,7 +287,12 @@ func (r *Runner) loop(ctx context.Context, key types.NamespacedName, lp *linkPro
 			}
 		}
 		if k != lp.lastSeen || now.Sub(lp.written) >= statusRefresh {
-			if err := r.writeStatus(ctx, key, lp, k.certs); err != nil {
+			// Bounded: an API server that holds the request must not stop
+			// the probing (and freeze backbone_link_up) with it.
+			wctx, wcancel := context.WithTimeout(ctx, max(timeout, 10*time.Second))
+			err := r.writeStatus(wctx, key, lp, k.certs)
+			wcancel()
+			if err != nil {
 				r.Log.Warn("writing link probe status", "link", key.Name, "err", err)
 			} else {
 				lp.lastSeen, lp.written = k, now

@@ -2,6 +2,7 @@ package probe
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"log/slog"
 	"sync"
@@ -146,5 +147,105 @@ func TestADeletedLinksSeriesStayDeleted(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Error("the probe never forgot the deleted Link's gateway")
+	}
+}
+
+// TestOneLoopPerTargetCluster: of two Links to one cluster (a Link renamed
+// by creating the new one first) only the older is probed — two loops
+// would share the cluster's connection and series — and when it goes the
+// other takes over without the cluster's series or connections being
+// forgotten.
+func TestOneLoopPerTargetCluster(t *testing.T) {
+	older, newer := fastLink(3), fastLink(3)
+	older.CreationTimestamp = metav1.NewTime(time.Now().Add(-time.Hour))
+	newer.Name, newer.CreationTimestamp = "east-b", metav1.NewTime(time.Now())
+	var applies atomic.Int64
+	base, c := countingClient(&applies, older, newer)
+	var mu sync.Mutex
+	probed := map[string]int{}
+	forgot := make(chan string, 2)
+	r := &Runner{Client: c, Namespace: v1alpha1.SystemNamespace, Cluster: "west", Metrics: NewMetrics(prometheus.NewRegistry()),
+		Log: slog.New(slog.DiscardHandler), Resync: 20 * time.Millisecond,
+		Probe: func(_ context.Context, l *v1alpha1.Link) (time.Duration, error) {
+			mu.Lock()
+			probed[l.Name]++
+			mu.Unlock()
+			return time.Millisecond, nil
+		},
+		Forget: func(l *v1alpha1.Link) { forgot <- l.Name }}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { _ = r.Start(ctx) }()
+	count := func(name string) int { mu.Lock(); defer mu.Unlock(); return probed[name] }
+	time.Sleep(300 * time.Millisecond)
+	if count("east") == 0 || count("east-b") != 0 {
+		t.Fatalf("probes: %v, want the older Link's only", probed)
+	}
+	if err := base.Delete(ctx, older); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for count("east-b") < 3 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the newer Link is not probed after the older went: %v", probed)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	select {
+	case name := <-forgot:
+		t.Errorf("the cluster's gateway was forgotten with Link %s while Link east-b probes it", name)
+	case <-time.After(200 * time.Millisecond):
+	}
+	if n := testutil.CollectAndCount(r.Metrics.Up); n != 1 {
+		t.Errorf("%d backbone_link_up series, want east's one", n)
+	}
+}
+
+// TestARestartedProbeCarriesTheStatusOn: a controller that restarts (or
+// takes the lease over) goes on from the Link's status: a dead link stays
+// dead until a probe succeeds — not alive until it fails threshold probes
+// again — and its condition keeps its lastTransitionTime.
+func TestARestartedProbeCarriesTheStatusOn(t *testing.T) {
+	l := fastLink(100)
+	died := metav1.NewTime(time.Now().Add(-time.Hour).Truncate(time.Second))
+	l.Status.Probe = &v1alpha1.LinkProbeStatus{Alive: false, ConsecutiveFailures: 7, LastProbeTime: &died}
+	l.Status.Conditions = []metav1.Condition{{Type: v1alpha1.ConditionGatewayReachable, Status: metav1.ConditionFalse,
+		Reason: ReasonGatewayDown, LastTransitionTime: died}}
+	s := runtime.NewScheme()
+	_ = v1alpha1.AddToScheme(s)
+	base := fake.NewClientBuilder().WithScheme(s).WithObjects(l).WithStatusSubresource(l).Build()
+	var mu sync.Mutex
+	var written []byte
+	c := interceptor.NewClient(base, interceptor.Funcs{
+		SubResourceApply: func(_ context.Context, _ client.Client, _ string, obj runtime.ApplyConfiguration, _ ...client.SubResourceApplyOption) error {
+			b, err := json.Marshal(obj)
+			mu.Lock()
+			written = b
+			mu.Unlock()
+			return err
+		},
+	})
+	r := &Runner{Client: c, Namespace: v1alpha1.SystemNamespace, Cluster: "west", Metrics: NewMetrics(prometheus.NewRegistry()),
+		Log: slog.New(slog.DiscardHandler), Resync: time.Hour,
+		Probe: func(context.Context, *v1alpha1.Link) (time.Duration, error) { return 0, errors.New("refused") }}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	_ = r.Start(ctx)
+	if up := testutil.ToFloat64(r.Metrics.Up.WithLabelValues("west", "east")); up != 0 {
+		t.Errorf("backbone_link_up = %v for a link dead before the restart that still fails, want 0", up)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	var st struct {
+		Status struct {
+			Probe      struct{ Alive bool }
+			Conditions []struct{ LastTransitionTime string }
+		}
+	}
+	if err := json.Unmarshal(written, &st); err != nil {
+		t.Fatalf("%v: %s", err, written)
+	}
+	if st.Status.Probe.Alive || len(st.Status.Conditions) != 1 || st.Status.Conditions[0].LastTransitionTime != died.UTC().Format(time.RFC3339) {
+		t.Errorf("status written after the restart: %s; want alive false and the condition's lastTransitionTime kept (%s)", written, died.UTC().Format(time.RFC3339))
 	}
 }
