@@ -73,8 +73,12 @@ func startCluster(name string, bins map[string]string, crdDir, apiIP, dir string
 	}
 	cfg, err := env.Start()
 	if err != nil {
+		// envtest leaves the control plane running when it fails after
+		// starting it (waiting for the default namespace, installing CRDs).
+		_ = env.Stop()
 		return nil, fmt.Errorf("starting cluster %s: %w", name, err)
 	}
+	cfg.Proxy = direct
 	c := &cluster{name: name, env: env, config: cfg}
 	if c.client, err = client.New(cfg, client.Options{Scheme: kube.Scheme}); err != nil {
 		_ = env.Stop()

@@ -82,10 +82,17 @@ func Recover(dir string, w io.Writer) error {
 	}
 	if st != nil && st.Namespace != "" && os.Geteuid() == 0 {
 		if _, err := os.Stat(filepath.Join("/run/netns", st.Namespace)); err == nil {
-			if err := (netnsNetwork{}).Teardown(); err != nil {
+			// The namespace's names are fixed: another sandbox may have
+			// made it anew since.
+			owner, err := releaseNamespace(removeNamespace)
+			switch {
+			case err != nil:
 				return fmt.Errorf("removing the network namespace %s: %w", st.Namespace, err)
+			case owner != nil:
+				fmt.Fprintf(w, "left the network namespace %s: it belongs to the sandbox running from %s (pid %d) now\n", st.Namespace, owner.Dir, owner.PID)
+			default:
+				fmt.Fprintf(w, "removed the network namespace %s\n", st.Namespace)
 			}
-			fmt.Fprintf(w, "removed the network namespace %s\n", st.Namespace)
 		}
 	}
 	for _, sub := range scratchDirs {

@@ -55,7 +55,20 @@ func (netnsNetwork) WorkloadAddress(i int) string {
 func (netnsNetwork) Command(argv []string) []string {
 	return append([]string{"ip", "netns", "exec", netnsName}, argv...)
 }
+
+// Teardown removes the namespace unless another sandbox, still running,
+// owns it now.
 func (netnsNetwork) Teardown() error {
+	owner, err := releaseNamespace(removeNamespace)
+	if owner != nil {
+		return fmt.Errorf("left the network namespace %s to the sandbox running from %s (pid %d)", netnsName, owner.Dir, owner.PID)
+	}
+	return err
+}
+
+// removeNamespace removes the namespace, its veth pair and its /etc
+// files, whoever made them.
+func removeNamespace() error {
 	_ = os.RemoveAll(filepath.Join("/etc/netns", netnsName))
 	_ = run("ip", "link", "del", vethHost)
 	return run("ip", "netns", "del", netnsName)
@@ -81,32 +94,16 @@ func run(argv ...string) error {
 	return nil
 }
 
-// SetupNetwork picks and prepares the network.
-func SetupNetwork() (Network, error) {
+// SetupNetwork picks and prepares the network for the sandbox in dir. The
+// namespace's names are fixed, so it refuses while another sandbox that
+// still runs owns them, and removes only leftovers nobody running owns.
+func SetupNetwork(dir string) (Network, error) {
 	if runtime.GOOS == "linux" && os.Geteuid() == 0 {
 		if _, err := exec.LookPath("ip"); err == nil {
-			n := netnsNetwork{}
-			_ = n.Teardown() // leftovers of a sandbox that was not brought down
-			steps := [][]string{
-				{"ip", "netns", "add", netnsName},
-				{"ip", "link", "add", vethHost, "type", "veth", "peer", "name", vethNetns},
-				{"ip", "link", "set", vethNetns, "netns", netnsName},
-				{"ip", "addr", "add", hostSide + "/24", "dev", vethHost},
-				{"ip", "link", "set", vethHost, "up"},
-				{"ip", "netns", "exec", netnsName, "ip", "link", "set", "lo", "up"},
-				{"ip", "netns", "exec", netnsName, "ip", "link", "set", vethNetns, "up"},
+			if err := claimNamespace(dir, createNamespace); err != nil {
+				return nil, err
 			}
-			for i := 1; i <= maxWorkload; i++ {
-				steps = append(steps, []string{"ip", "netns", "exec", netnsName, "ip", "addr", "add", n.WorkloadAddress(i) + "/24", "dev", vethNetns})
-			}
-			steps = append(steps, []string{"ip", "netns", "exec", netnsName, "ip", "route", "add", "default", "via", hostSide})
-			for _, s := range steps {
-				if err := run(s...); err != nil {
-					_ = n.Teardown()
-					return nil, fmt.Errorf("creating the sandbox network namespace: %w", err)
-				}
-			}
-			return n, nil
+			return netnsNetwork{}, nil
 		}
 	}
 	ip, err := firstNonLoopback()
@@ -114,6 +111,48 @@ func SetupNetwork() (Network, error) {
 		return nil, err
 	}
 	return hostNetwork{ip: ip}, nil
+}
+
+// createNamespace makes the namespace afresh, over what a sandbox that
+// was not brought down left.
+func createNamespace() error {
+	n := netnsNetwork{}
+	_ = removeNamespace()
+	steps := [][]string{
+		{"ip", "netns", "add", netnsName},
+		{"ip", "link", "add", vethHost, "type", "veth", "peer", "name", vethNetns},
+		{"ip", "link", "set", vethNetns, "netns", netnsName},
+		{"ip", "addr", "add", hostSide + "/24", "dev", vethHost},
+		{"ip", "link", "set", vethHost, "up"},
+		{"ip", "netns", "exec", netnsName, "ip", "link", "set", "lo", "up"},
+		{"ip", "netns", "exec", netnsName, "ip", "link", "set", vethNetns, "up"},
+	}
+	for i := 1; i <= maxWorkload; i++ {
+		steps = append(steps, []string{"ip", "netns", "exec", netnsName, "ip", "addr", "add", n.WorkloadAddress(i) + "/24", "dev", vethNetns})
+	}
+	// Keep the default route: kube-apiserver refuses to start without one
+	// (internal/testenv/netns.go gives its namespace one for that reason).
+	// It points at the host side; the sandbox sets up no forwarding or NAT
+	// beyond it.
+	steps = append(steps, []string{"ip", "netns", "exec", netnsName, "ip", "route", "add", "default", "via", hostSide})
+	for _, s := range steps {
+		if err := run(s...); err != nil {
+			_ = removeNamespace()
+			return fmt.Errorf("creating the sandbox network namespace: %w", err)
+		}
+	}
+	return nil
+}
+
+// directAddresses are what the sandbox's processes reach directly, never
+// through the user's proxy: the API servers' and workloads' addresses and
+// the names only the sandbox resolves.
+func directAddresses(n Network) []string {
+	out := []string{n.APIAddress()}
+	if _, ok := n.(netnsNetwork); ok {
+		out = append(out, subnet+"0/24")
+	}
+	return append(out, creditScoreHost, ingressDomain)
 }
 
 func firstNonLoopback() (string, error) {

@@ -207,6 +207,9 @@ func (s *Sandbox) teardown() {
 	}
 	var wg sync.WaitGroup
 	for _, c := range s.clusters {
+		if c == nil {
+			continue // it failed to start, and stopped what it had started
+		}
 		wg.Add(1)
 		go func() { defer wg.Done(); _ = c.env.Stop() }()
 	}

@@ -41,9 +41,16 @@ func MirrorEndpoint(ctx context.Context, c client.Client, ns, svc string) (strin
 	return "", fmt.Errorf("service %s/%s has no ready endpoint yet", ns, svc)
 }
 
+// clientFor is a client of a sandbox cluster, which is reached directly
+// whatever proxy the user set.
 func clientFor(kubeconfig, context string) (client.Client, error) {
 	f := kube.Flags{Kubeconfig: kubeconfig, Context: context}
-	return f.Client()
+	cfg, err := f.RESTConfig()
+	if err != nil {
+		return nil, err
+	}
+	cfg.Proxy = direct
+	return client.New(cfg, client.Options{Scheme: kube.Scheme})
 }
 
 // WaitForMirror waits until the mirror exists with a ready endpoint.
@@ -84,7 +91,7 @@ func Call(ctx context.Context, st *State, cluster, ns, svc, path string, wait ti
 		return "", nil, 0, err
 	}
 	start := time.Now()
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := directClient.Do(req)
 	if err != nil {
 		return "", nil, 0, err
 	}

@@ -34,7 +34,12 @@ func (s *Sandbox) up(ctx context.Context) error {
 	}
 
 	done := s.step("creating the sandbox network")
-	if s.net, err = SetupNetwork(); err != nil {
+	if s.net, err = SetupNetwork(s.opts.Dir); err != nil {
+		return err
+	}
+	// Before the first request to the sandbox's addresses: Go reads the
+	// proxy settings once.
+	if err := bypassProxy(os.Getenv, os.Setenv, directAddresses(s.net)); err != nil {
 		return err
 	}
 	s.state.Network = s.net.Describe()

@@ -1,8 +1,9 @@
 // Package sandbox_test runs the README's quick start end to end: `backbone
-// sandbox up` with three clusters, the calls it suggests, the latency
-// matrix against the delays it injected, recovery after its supervisor is
-// killed, `sandbox down` leaving nothing behind, and the same as a user
-// without root (no network namespace).
+// sandbox up` with three clusters and a proxy set for the outside, the
+// calls it suggests, the latency matrix against the delays it injected, a
+// second sandbox kept off the first one's network, recovery after its
+// supervisor is killed, `sandbox down` leaving nothing behind, and the
+// same as a user without root (no network namespace).
 package sandbox_test
 
 import (
@@ -42,8 +43,16 @@ func TestQuickStart(t *testing.T) {
 	sb := &sandboxRun{bin: backboneBinary(t), dir: filepath.Join(t.TempDir(), "sandbox"), cwd: testenv.RepoRoot()}
 	t.Cleanup(func() { sb.cleanup(t) })
 
+	// A proxy for the outside, as on a corporate laptop (here a closed
+	// port): the sandbox's readiness checks, API traffic and the summary's
+	// calls must not go to it.
+	proxied := *sb
+	proxied.env = os.Environ()
+	for _, k := range []string{"HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"} {
+		proxied.env = append(proxied.env, k+"=http://127.0.0.1:9")
+	}
 	start := time.Now()
-	out, err := sb.run("sandbox", "up", "--dir", sb.dir, "--clusters", "east,west,platform", "--timeout", "5m")
+	out, err := proxied.run("sandbox", "up", "--dir", sb.dir, "--clusters", "east,west,platform", "--timeout", "5m")
 	if err != nil {
 		sb.logTail(t, "controller-west.log")
 		t.Fatal(err)
@@ -128,6 +137,21 @@ func TestQuickStart(t *testing.T) {
 
 		if out, err := sb.run("sandbox", "status", "--dir", sb.dir); err != nil || !strings.Contains(out, "MIRRORS") {
 			t.Fatalf("sandbox status: %v\n%s", err, out)
+		}
+	})
+
+	t.Run("a second sandbox leaves the first one's network alone", func(t *testing.T) {
+		other := &sandboxRun{bin: sb.bin, dir: filepath.Join(t.TempDir(), "other"), cwd: sb.cwd}
+		out, err := other.run("sandbox", "up", "--dir", other.dir, "--clusters", "north,south", "--timeout", "2m")
+		if err == nil || !strings.Contains(err.Error(), "belongs to the sandbox running from "+sb.dir) {
+			t.Fatalf("sandbox up from another directory: %v\n%s", err, out)
+		}
+		if out, err := other.run("sandbox", "down", "--dir", other.dir); err != nil {
+			t.Fatalf("sandbox down of the refused sandbox: %v\n%s", err, out)
+		}
+		got, err := sb.run("sandbox", "curl", "--dir", sb.dir, "west", "demo/hello-east")
+		if err != nil || !strings.Contains(got, "hello from east") {
+			t.Fatalf("a cross-cluster call after another sandbox was refused: %v\n%s", err, got)
 		}
 	})
 
