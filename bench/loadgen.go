@@ -6,7 +6,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -15,15 +14,8 @@ import (
 // latencies holds request latencies for percentiles.
 type latencies []time.Duration
 
-func (l latencies) percentile(q float64) time.Duration {
-	if len(l) == 0 {
-		return 0
-	}
-	s := slices.Clone(l)
-	slices.Sort(s)
-	i := int(q*float64(len(s))+0.999999) - 1
-	return s[max(0, min(i, len(s)-1))]
-}
+// percentile is the q-quantile by nearest rank (nearestRank).
+func (l latencies) percentile(q float64) time.Duration { return nearestRank(l, q) }
 
 // latencySlice is how long each path is measured before the next one's
 // turn: short against the seconds a shared machine's busy spells last.

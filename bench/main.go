@@ -373,12 +373,3 @@ func machine() string {
 	}
 	return fmt.Sprintf("%d CPUs (%s), %s/%s; %s", runtime.NumCPU(), cpu, runtime.GOOS, runtime.GOARCH, strings.Join(versions, "; "))
 }
-
-func median(xs []float64) float64 {
-	if len(xs) == 0 {
-		return 0
-	}
-	s := slices.Clone(xs)
-	slices.Sort(s)
-	return s[len(s)/2]
-}

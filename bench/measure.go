@@ -32,7 +32,10 @@ type result struct {
 	bulkCPU       float64
 	parallelMBps  float64
 	parallelCPU   float64
-	rounds        []round // what the medians are of
+	// bulkFailed and parallelFailed count the rounds whose transfer
+	// failed, left out of the medians above.
+	bulkFailed, parallelFailed int
+	rounds                     []round // what the medians are of
 }
 
 func durMedian(ds []time.Duration) time.Duration {
@@ -51,6 +54,8 @@ type round struct {
 	newConn         []time.Duration
 	one, oneCPU     float64
 	par, parCPU     float64
+	// oneFailed and parFailed: the transfer failed (one and par are 0).
+	oneFailed, parFailed bool
 }
 
 // measureLatency measures every path at each fixed rate, interleaved
@@ -98,10 +103,12 @@ func measureRound(ctx context.Context, p *path, o options, r round) round {
 	var err error
 	r.oneCPU, _ = measureCPU(p.pids, profiled(o, p, "bulk", func() { r.one, err = bulk(p.bulkAddr, o.bulkBytes, 1) }))
 	if err != nil {
+		r.oneFailed = true
 		log.Printf("%s: bulk: %v", p.name, err)
 	}
 	r.parCPU, _ = measureCPU(p.pids, func() { r.par, err = bulk(p.bulkAddr, o.bulkBytes, 64) })
 	if err != nil {
+		r.parFailed = true
 		log.Printf("%s: parallel bulk: %v", p.name, err)
 	}
 	return r
@@ -127,7 +134,18 @@ func combine(name string, rates []int, rounds []round) result {
 			cpu = append(cpu, r.cpuPer100k)
 		}
 		nc = append(nc, r.newConn...)
-		one, oneCPU, par, parCPU = append(one, r.one), append(oneCPU, r.oneCPU), append(par, r.par), append(parCPU, r.parCPU)
+		// A failed transfer has no throughput: it is counted, not taken
+		// for 0 MB/s into the median.
+		if r.oneFailed {
+			res.bulkFailed++
+		} else {
+			one, oneCPU = append(one, r.one), append(oneCPU, r.oneCPU)
+		}
+		if r.parFailed {
+			res.parallelFailed++
+		} else {
+			par, parCPU = append(par, r.par), append(parCPU, r.parCPU)
+		}
 	}
 	res.saturationRPS, res.cpuPer100k = median(rps), median(cpu)
 	if len(nc) > 0 {
@@ -228,6 +246,19 @@ func linkRoundTrips(addr string, n int) ([]time.Duration, error) {
 	return out, nil
 }
 
+// bulkFigure formats a median of the rounds whose bulk transfer
+// completed, saying how many of all rounds failed.
+func bulkFigure(format string, median float64, failed, rounds int) string {
+	switch {
+	case failed == 0:
+		return fmt.Sprintf(format, median)
+	case failed >= rounds:
+		return fmt.Sprintf("– (all %d failed)", rounds)
+	default:
+		return fmt.Sprintf(format+" (%d of %d failed)", median, failed, rounds)
+	}
+}
+
 func ms(d time.Duration) string { return fmt.Sprintf("%.3f", float64(d)/1e6) }
 
 func ratio(a, b float64) string {
@@ -258,12 +289,17 @@ func (r *report) write(path string) error {
 
 func (r *report) writeMirroring(b *strings.Builder) {
 	b.WriteString("\n## Mirroring at scale\n\nTwo fresh clusters per size; n exported Services in east; a `backbone controller` process for west with the link reader's real credentials, reaching east's API server through a proxy that can take it away. " +
-		"First sync: from the controller's start to every mirror Service and EndpointSlice existing. Steady state: 40 s with nothing changing (a resync every 30 s). " +
-		"Requests and writes are the controller's own counters (`rest_client_requests_total`, `backbone_mirror_api_writes_total`); one run per size.\n\n")
-	b.WriteString("| services | first sync | API requests | writes | CPU s | steady requests/min | steady writes/min | steady CPU s/min | peak RSS MiB |\n|---|---|---|---|---|---|---|---|---|\n")
+		"The controller runs with `--leader-elect`, as installed, but without `--identity-dir` (no link probe: east has no gateway). " +
+		"First sync: from the controller's start to every mirror Service and EndpointSlice existing. " +
+		fmt.Sprintf("Steady state, nothing changing: from the end of one whole-Link pass to the end of the %d-th after it (a pass %s after the previous one ended), ", steadyPasses, mirrorResync) +
+		"the window's length given, its counts scaled to a minute. " +
+		"Requests and writes are the controller's own counters: requests every `rest_client_requests_total`; writes `backbone_mirror_api_writes_total` (the mirror controller's writes); " +
+		"all API writes the POST, PUT, PATCH and DELETE requests of `rest_client_requests_total`, status, Events and the leader-election Lease renewals (one every 2 s) included; one run per size.\n\n")
+	b.WriteString("| services | first sync | API requests | writes | CPU s | steady window | steady requests/min | steady writes/min | steady all API writes/min | steady CPU s/min | peak RSS MiB |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, m := range r.mirroring {
-		fmt.Fprintf(b, "| %s | %.1f s | %.0f | %.0f | %.1f | %.1f | %.1f | %.2f | %.0f |\n",
-			m.label(), m.mirrorAll.Seconds(), m.syncReqs, m.syncWrite, m.syncCPU, m.steadyReqsPerMin, m.steadyWritesPerMin, m.steadyCPUPerMin, m.peakRSSMiB)
+		fmt.Fprintf(b, "| %s | %.1f s | %.0f | %.0f | %.1f | %d passes, %.1f s | %.1f | %.1f | %.1f | %.2f | %.0f |\n",
+			m.label(), m.mirrorAll.Seconds(), m.syncReqs, m.syncWrite, m.syncCPU, steadyPasses, m.steadyWindow.Seconds(),
+			m.steadyReqsPerMin, m.steadyWritesPerMin, m.steadyAllWritesPerMin, m.steadyCPUPerMin, m.peakRSSMiB)
 	}
 	b.WriteString("\nSingle-change propagation: updates of existing Services, creations and deletions in turn, each timed from its write to east (the API round trip included) " +
 		"to the mirror's event (Modified with the change, Added, Deleted) reaching a watch on west. Isolated: each change after the previous one was seen. " +
@@ -314,8 +350,12 @@ func (r *report) writePaths(b *strings.Builder) {
 		if res.newConn > 0 {
 			nc = ms(res.newConn) + " ms"
 		}
-		fmt.Fprintf(b, "| %s | %.0f | %.2f | %s | %.0f | %.2f | %.0f | %.2f |\n", res.name, res.saturationRPS, res.cpuPer100k, nc, res.bulkMBps, res.bulkCPU, res.parallelMBps, res.parallelCPU)
+		rounds := len(res.rounds)
+		fmt.Fprintf(b, "| %s | %.0f | %.2f | %s | %s | %s | %s | %s |\n", res.name, res.saturationRPS, res.cpuPer100k, nc,
+			bulkFigure("%.0f", res.bulkMBps, res.bulkFailed, rounds), bulkFigure("%.2f", res.bulkCPU, res.bulkFailed, rounds),
+			bulkFigure("%.0f", res.parallelMBps, res.parallelFailed, rounds), bulkFigure("%.2f", res.parallelCPU, res.parallelFailed, rounds))
 	}
+	b.WriteString("\nBulk figures are medians of the rounds whose transfer completed; a failed transfer is counted beside them, not taken for 0 MB/s.\n")
 	if floor := durMedian(r.linkRT); floor > 0 {
 		fmt.Fprintf(b, "\nThe simulated link itself: one request on a connection already open through the same latency proxy, straight to the backend: median %s ms of %d (the floor of one round trip on this machine).", ms(floor), len(r.linkRT))
 		for _, res := range r.results {
@@ -345,7 +385,11 @@ func (r *report) writePaths(b *strings.Builder) {
 				}
 				return 100000 / x.cpuPer100k
 			}
-			fmt.Fprintf(b, "| %s | %s | %s | %s | %s |\n", res.name, ratio(addedBB, addedPeer), ratio(eff(*bb), eff(res)), ratio(float64(bb.newConn), float64(res.newConn)), ratio(bb.bulkMBps, res.bulkMBps))
+			bulkRatio := "–" // no completed transfer on one side
+			if bb.bulkMBps > 0 && res.bulkMBps > 0 {
+				bulkRatio = ratio(bb.bulkMBps, res.bulkMBps)
+			}
+			fmt.Fprintf(b, "| %s | %s | %s | %s | %s |\n", res.name, ratio(addedBB, addedPeer), ratio(eff(*bb), eff(res)), ratio(float64(bb.newConn), float64(res.newConn)), bulkRatio)
 		}
 		// The same two ratios round by round: each round measured every
 		// path within minutes of the others, so their spread is the

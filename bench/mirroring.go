@@ -40,6 +40,14 @@ import (
 // is <dir>/mirror-<n>/controller.log.
 var controllerLogLevel = "warn"
 
+// mirrorResync is the controller's --resync (its default, the install's):
+// a whole-Link pass this long after the previous one ended.
+const mirrorResync = 30 * time.Second
+
+// steadyPasses is how many whole-Link passes the steady-state window
+// holds.
+const steadyPasses = 2
+
 // mirrorResult is one size of the mirroring measurement.
 // mirrorRun is one size to mirror: n Services with cluster IPs, or n
 // headless ones — whose mirrors need no cluster IP, so the API servers'
@@ -68,13 +76,21 @@ type mirrorResult struct {
 	mirrorAll time.Duration
 	syncCPU   float64 // controller CPU seconds during it
 	syncReqs  float64 // API requests the controller made during it
-	syncWrite float64 // of which writes (mirrors, slices, status)
+	syncWrite float64 // the mirror controller's writes (mirrors, slices, the Link's finalizer)
 	// Propagation of single changes: isolated, sustained, and right
 	// after the remote API server comes back from an outage.
 	props []propagation
-	// Steady state: nothing changes.
-	steadyReqsPerMin, steadyWritesPerMin, steadyCPUPerMin float64
-	peakRSSMiB                                            float64
+	// Steady state: nothing changes. steadyWindow runs from the end of
+	// one whole-Link pass to the end of the steadyPasses-th after it; the
+	// figures are scaled from it to a minute. steadyWritesPerMin are the
+	// mirror controller's writes (backbone_mirror_api_writes_total),
+	// steadyAllWritesPerMin every POST, PUT, PATCH and DELETE the process
+	// sent (rest_client_requests_total): status, Events and Lease renewals
+	// too.
+	steadyWindow                           time.Duration
+	steadyReqsPerMin, steadyWritesPerMin   float64
+	steadyAllWritesPerMin, steadyCPUPerMin float64
+	peakRSSMiB                             float64
 }
 
 // label names the run in the report.
@@ -196,7 +212,10 @@ func mirrorOnce(ctx context.Context, dir, bin string, run mirrorRun, rate int, c
 	}
 
 	admin := net.JoinHostPort(westIP, "9991")
-	cmd := exec.Command(bin, "controller", "--kubeconfig", west.Kubeconfig, "--cluster-name", "west",
+	// With leader election, as the install runs it (its Lease renewals are
+	// part of the steady state), but without --identity-dir: east has no
+	// gateway for the link probe to reach.
+	cmd := exec.Command(bin, "controller", "--kubeconfig", west.Kubeconfig, "--cluster-name", "west", "--leader-elect", "--resync", mirrorResync.String(),
 		"--admin-address", admin, "--gateway-port-range", "20000-39999", "--egress-port-range", "40000-40999", "--log-level", controllerLogLevel)
 	pprofAddr := "127.0.0.1:6060"
 	if heapDir != "" {
@@ -288,29 +307,41 @@ func mirrorOnce(ctx context.Context, dir, bin string, run mirrorRun, rate int, c
 	}
 	log.Printf("  peak RSS so far (single changes): %.0f MiB", peakRSS(cmd.Process.Pid))
 
-	// Steady state: a full resync period (30s) and then some.
+	// Steady state: from the end of a whole-Link pass to the end of the
+	// steadyPasses-th after it, so that the window holds that many passes
+	// and the resync periods between them whatever a pass takes; a fixed
+	// window would hold one pass more or less depending on where it fell.
 	time.Sleep(3 * time.Second)
-	before, err := scrape(admin)
+	m, err = scrape(admin)
 	if err != nil {
 		return res, err
 	}
-	cpu0 := cpuSeconds(pid)
-	const steady = 40 * time.Second
+	before, err := awaitPasses(admin, m.passes+1, mirrorResync+time.Minute)
+	if err != nil {
+		return res, err
+	}
+	windowStart, cpu0 := time.Now(), cpuSeconds(pid)
 	if heapDir != "" {
-		// What the steady state spends its CPU on (a resync pass falls in
-		// any 35 s).
-		go saveProfile(pprofAddr, "profile?seconds=35", filepath.Join(heapDir, "controller-"+run.slug()+"-cpu-steady.pb.gz"))
+		// What the steady state spends its CPU on: the window's passes.
+		go saveProfile(pprofAddr, fmt.Sprintf("profile?seconds=%d", int((steadyPasses*mirrorResync).Seconds())),
+			filepath.Join(heapDir, "controller-"+run.slug()+"-cpu-steady.pb.gz"))
 	}
-	time.Sleep(steady)
-	after, err := scrape(admin)
+	// No pass ends sooner than a resync period after the previous one:
+	// the metrics are read (every passPoll) only near the window's end.
+	time.Sleep(steadyPasses*mirrorResync - 2*time.Second)
+	after, err := awaitPasses(admin, before.passes+steadyPasses, 2*time.Minute)
 	if err != nil {
 		return res, err
 	}
-	perMin := float64(time.Minute) / float64(steady)
+	res.steadyWindow = time.Since(windowStart)
+	cpu := cpuSeconds(pid) - cpu0
+	perMin := float64(time.Minute) / float64(res.steadyWindow)
 	res.steadyReqsPerMin = (after.requests - before.requests) * perMin
 	res.steadyWritesPerMin = (after.writes - before.writes) * perMin
-	res.steadyCPUPerMin = (cpuSeconds(pid) - cpu0) * perMin
-	log.Printf("  steady: %.1f requests/min, %.1f writes/min, %.2f CPU s/min", res.steadyReqsPerMin, res.steadyWritesPerMin, res.steadyCPUPerMin)
+	res.steadyAllWritesPerMin = (after.allWrites - before.allWrites) * perMin
+	res.steadyCPUPerMin = cpu * perMin
+	log.Printf("  steady (%d passes in %s): %.1f requests/min, %.1f mirror writes/min, %.1f API writes/min (Lease renewals included), %.2f CPU s/min",
+		steadyPasses, res.steadyWindow.Round(100*time.Millisecond), res.steadyReqsPerMin, res.steadyWritesPerMin, res.steadyAllWritesPerMin, res.steadyCPUPerMin)
 	log.Printf("  peak RSS so far (steady state): %.0f MiB", peakRSS(cmd.Process.Pid))
 
 	// The remote API server is away (hung connections) for outage; the
@@ -596,14 +627,8 @@ func (p propagation) allAcked() []time.Duration {
 	return all
 }
 
-func pct(ds []time.Duration, p float64) time.Duration {
-	if len(ds) == 0 {
-		return 0
-	}
-	ds = slices.Clone(ds)
-	slices.Sort(ds)
-	return ds[min(len(ds)-1, int(p*float64(len(ds))))]
-}
+// pct is the p-quantile of ds by nearest rank, as the path latencies'.
+func pct(ds []time.Duration, p float64) time.Duration { return nearestRank(ds, p) }
 
 // isolated makes count changes one at a time, each after the previous
 // one was seen.
@@ -636,7 +661,13 @@ func (c *changer) sustained(ctx context.Context, rate int, d time.Duration) (pro
 }
 
 type controllerMetrics struct {
-	requests, writes float64
+	// requests: every API request of the process; writes: the mirror
+	// controller's writes; allWrites: the requests that write (POST, PUT,
+	// PATCH, DELETE), whoever in the process sent them.
+	requests, writes, allWrites float64
+	// passes are the mirror controller's reconciles of a Link: whole-Link
+	// passes, a resync period apart when nothing changes.
+	passes float64
 	// singles are the single changes queued (remote events, and local ones
 	// that are not the controller's own writes).
 	singles float64
@@ -664,21 +695,52 @@ func scrape(admin string) (controllerMetrics, error) {
 		}
 		return t
 	}
-	m.requests = sum("rest_client_requests_total")
-	m.writes = sum("backbone_mirror_api_writes_total")
-	if f, ok := families["workqueue_adds_total"]; ok {
-		for _, mm := range f.GetMetric() {
-			for _, l := range mm.GetLabel() {
-				if l.GetName() == "name" && l.GetValue() == "mirror_service" {
-					m.singles += mm.GetCounter().GetValue()
+	// sumWhere sums the series of name whose label has a value in values.
+	sumWhere := func(name, label string, values ...string) float64 {
+		var t float64
+		if f, ok := families[name]; ok {
+			for _, mm := range f.GetMetric() {
+				for _, l := range mm.GetLabel() {
+					if l.GetName() == label && slices.Contains(values, l.GetValue()) {
+						t += mm.GetCounter().GetValue()
+					}
 				}
 			}
 		}
+		return t
 	}
+	m.requests = sum("rest_client_requests_total")
+	m.writes = sum("backbone_mirror_api_writes_total")
+	m.allWrites = sumWhere("rest_client_requests_total", "method", writeVerbs...)
+	m.passes = sumWhere("controller_runtime_reconcile_total", "controller", "mirror")
+	m.singles = sumWhere("workqueue_adds_total", "name", "mirror_service")
 	if _, ok := families["rest_client_requests_total"]; !ok {
 		return m, errors.New("the controller does not export rest_client_requests_total")
 	}
 	return m, nil
+}
+
+// writeVerbs are the HTTP methods of client-go's requests that write.
+var writeVerbs = []string{http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete}
+
+// passPoll is how often awaitPasses reads the controller's metrics.
+const passPoll = 500 * time.Millisecond
+
+// awaitPasses reads the controller's metrics every passPoll until its
+// whole-Link passes number at least passes, and returns those metrics.
+func awaitPasses(admin string, passes float64, within time.Duration) (controllerMetrics, error) {
+	for deadline := time.Now().Add(within); ; time.Sleep(passPoll) {
+		m, err := scrape(admin)
+		if err != nil {
+			return m, err
+		}
+		if m.passes >= passes {
+			return m, nil
+		}
+		if time.Now().After(deadline) {
+			return m, fmt.Errorf("waiting for whole-Link pass %.0f of the mirror controller: %.0f after %s (a resync every %s)", passes, m.passes, within, mirrorResync)
+		}
+	}
 }
 
 // peakRSS is the process's high-water resident set (VmHWM), in MiB.
