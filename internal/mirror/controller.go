@@ -408,6 +408,9 @@ func (r *Reconciler) runServices(ctx context.Context) error {
 		<-ctx.Done()
 		r.services.ShutDown()
 	}()
+	if err := r.sweepOrphans(ctx); err != nil {
+		r.opts.Log.Warn("sweeping the mirrors of clusters no Link targets", "err", err)
+	}
 	var wg sync.WaitGroup
 	for range serviceWorkers {
 		wg.Go(r.serviceWorker(ctx))
@@ -596,7 +599,10 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 	if err := r.client.Get(ctx, req.NamespacedName, &link); err != nil {
 		if apierrors.IsNotFound(err) {
 			r.stopWatch(req.NamespacedName)
-			return reconcile.Result{}, nil
+			// Gone without its finalizer's cleanup (the finalizer removed
+			// by hand), its mirrors would stay: swept, unless another Link
+			// targets the cluster.
+			return reconcile.Result{}, r.sweepOrphans(ctx)
 		}
 		return reconcile.Result{}, err
 	}

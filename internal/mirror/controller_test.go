@@ -694,3 +694,38 @@ func TestBrokenCredentialsTakeTheRemoteDown(t *testing.T) {
 		t.Errorf("backbone_remote_api_up = %v with credentials that do not parse, want 0", up)
 	}
 }
+
+// TestALinkGoneWithoutItsFinalizerLeavesNoMirror: a Link deleted after its
+// finalizer was removed by hand (here while no controller ran, which
+// would have put it back) never runs its cleanup; its mirrors, which
+// would route to a gateway no Link reaches, are swept anyway.
+func TestALinkGoneWithoutItsFinalizerLeavesNoMirror(t *testing.T) {
+	east, west := linkedClusters(t, "shop")
+	createLink(t, west, "east", linkReaderKubeconfig(t, east, east.Config.Host))
+	stop := runController(t, west)
+	if err := east.Client.Create(bg, service("shop", "cart", exported(), 80)); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "cart-east has its slice", func() bool {
+		_, ok := get(west, "shop", "cart-east", &discoveryv1.EndpointSlice{})
+		return ok
+	})
+	stop()
+	var l v1alpha1.Link
+	if err := west.Client.Get(bg, client.ObjectKey{Namespace: v1alpha1.SystemNamespace, Name: "east"}, &l); err != nil {
+		t.Fatal(err)
+	}
+	l.Finalizers = nil
+	if err := west.Client.Update(bg, &l); err != nil {
+		t.Fatal(err)
+	}
+	if err := west.Client.Delete(bg, &l); err != nil {
+		t.Fatal(err)
+	}
+	runController(t, west)
+	eventually(t, "cart-east and its slice are gone", func() bool {
+		_, svc := get(west, "shop", "cart-east", &corev1.Service{})
+		_, sl := get(west, "shop", "cart-east", &discoveryv1.EndpointSlice{})
+		return !svc && !sl
+	})
+}

@@ -562,6 +562,19 @@ func (r *Reconciler) finalize(ctx context.Context, link *v1alpha1.Link) error {
 		}
 		return nil
 	}
+	if err := r.deleteMirrorsOf(ctx, cluster); err != nil {
+		return err
+	}
+	if controllerutil.RemoveFinalizer(link, Finalizer) {
+		return r.write("Link", "update", r.client.Update(ctx, link))
+	}
+	return nil
+}
+
+// deleteMirrorsOf deletes every mirror of cluster and its slices, read
+// past the cache: what is deleted must include the mirrors written a
+// moment before.
+func (r *Reconciler) deleteMirrorsOf(ctx context.Context, cluster string) error {
 	sel := client.MatchingLabels{v1alpha1.MirroredFromLabel: cluster}
 	var svcs corev1.ServiceList
 	if err := r.apiReader.List(ctx, &svcs, sel); err != nil {
@@ -587,8 +600,38 @@ func (r *Reconciler) finalize(ctx context.Context, link *v1alpha1.Link) error {
 	}
 	r.opts.Metrics.Mirrored.DeleteLabelValues(cluster)
 	r.opts.Metrics.RemoteUp.DeleteLabelValues(cluster)
-	if controllerutil.RemoveFinalizer(link, Finalizer) {
-		return r.write("Link", "update", r.client.Update(ctx, link))
+	return nil
+}
+
+// sweepOrphans deletes the mirrors of clusters no Link targets any more:
+// left by a Link deleted without its finalizer (removed by hand), they
+// would route to a gateway no Link reaches, for good. It runs when this
+// replica starts to lead and after a Link is gone.
+func (r *Reconciler) sweepOrphans(ctx context.Context) error {
+	var links v1alpha1.LinkList
+	if err := r.client.List(ctx, &links, client.InNamespace(v1alpha1.SystemNamespace)); err != nil {
+		return err
+	}
+	linked := map[string]bool{}
+	for _, l := range links.Items {
+		linked[l.Spec.TargetClusterName] = true
+	}
+	var svcs corev1.ServiceList
+	if err := r.client.List(ctx, &svcs, client.HasLabels{v1alpha1.MirroredFromLabel},
+		client.MatchingLabels{v1alpha1.ManagedByLabel: v1alpha1.ManagedByValue}, client.UnsafeDisableDeepCopy); err != nil {
+		return err
+	}
+	orphaned := map[string]bool{}
+	for i := range svcs.Items {
+		if c := svcs.Items[i].Labels[v1alpha1.MirroredFromLabel]; !linked[c] {
+			orphaned[c] = true
+		}
+	}
+	for cluster := range orphaned {
+		r.opts.Log.Info("deleting the mirrors of a cluster no Link targets", "cluster", cluster)
+		if err := r.deleteMirrorsOf(ctx, cluster); err != nil {
+			return err
+		}
 	}
 	return nil
 }
