@@ -29,34 +29,8 @@ import (
 // an extra writer named in the values.
 func TestAdmissionPolicyKeepsRoutingLabelsToTheController(t *testing.T) {
 	ctx := context.Background()
-	c := testenv.Start(t, "east")["east"]
-	v := DefaultValues()
-	v.ClusterName = "east"
-	v.AdmissionPolicy.ExtraWriters = []string{"gitops"}
-	objs, err := Objects(v)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := Apply(ctx, c.Client, objs); err != nil {
-		t.Fatal(err)
-	}
-	const ns = "tenant"
-	if err := c.CreateNamespace(ns); err != nil {
-		t.Fatal(err)
-	}
-	for _, o := range []client.Object{
-		&rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: "writer", Namespace: ns}, Rules: []rbacv1.PolicyRule{
-			{APIGroups: []string{""}, Resources: []string{"services"}, Verbs: []string{"*"}},
-			{APIGroups: []string{"discovery.k8s.io"}, Resources: []string{"endpointslices"}, Verbs: []string{"*"}},
-		}},
-		&rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "writer", Namespace: ns},
-			RoleRef:  rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: "writer"},
-			Subjects: []rbacv1.Subject{{Kind: rbacv1.UserKind, Name: "alice"}, {Kind: rbacv1.UserKind, Name: "gitops"}}},
-	} {
-		if err := c.Client.Create(ctx, o); err != nil {
-			t.Fatal(err)
-		}
-	}
+	c := installedWithTenant(t, []string{"gitops"}, "alice", "gitops")
+	const ns = tenantNamespace
 	alice, gitops := impersonate(t, c, "alice"), impersonate(t, c, "gitops")
 	controller := impersonate(t, c, "system:serviceaccount:backbone-system:"+ControllerName, "system:serviceaccounts", "system:serviceaccounts:backbone-system")
 
@@ -136,33 +110,8 @@ func TestAdmissionPolicyKeepsRoutingLabelsToTheController(t *testing.T) {
 // references and finalizers and delete, and nothing more.
 func TestAdmissionPolicyLetsTheGarbageCollectorWork(t *testing.T) {
 	ctx := context.Background()
-	c := testenv.Start(t, "east")["east"]
-	v := DefaultValues()
-	v.ClusterName = "east"
-	objs, err := Objects(v)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := Apply(ctx, c.Client, objs); err != nil {
-		t.Fatal(err)
-	}
-	const ns = "tenant"
-	if err := c.CreateNamespace(ns); err != nil {
-		t.Fatal(err)
-	}
-	for _, o := range []client.Object{
-		&rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: "writer", Namespace: ns}, Rules: []rbacv1.PolicyRule{
-			{APIGroups: []string{""}, Resources: []string{"services"}, Verbs: []string{"*"}},
-			{APIGroups: []string{"discovery.k8s.io"}, Resources: []string{"endpointslices"}, Verbs: []string{"*"}},
-		}},
-		&rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "writer", Namespace: ns},
-			RoleRef:  rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: "writer"},
-			Subjects: []rbacv1.Subject{{Kind: rbacv1.UserKind, Name: "alice"}}},
-	} {
-		if err := c.Client.Create(ctx, o); err != nil {
-			t.Fatal(err)
-		}
-	}
+	c := installedWithTenant(t, nil, "alice")
+	const ns = tenantNamespace
 	alice := impersonate(t, c, "alice")
 	controller := impersonate(t, c, "system:serviceaccount:backbone-system:"+ControllerName, "system:serviceaccounts", "system:serviceaccounts:backbone-system")
 	// kube-controller-manager's garbage collector, with the
@@ -307,4 +256,48 @@ func awaitPolicy(t *testing.T, c *testenv.Cluster, tenant client.Client, forged 
 			t.Fatalf("a forged %T is still accepted after 20 s", o)
 		}
 	}
+}
+
+// tenantNamespace is where installedWithTenant's writers may write
+// Services and EndpointSlices.
+const tenantNamespace = "tenant"
+
+// installedWithTenant is a cluster with backbone installed (extraWriters
+// in its admission policy) and a namespace whose Services and
+// EndpointSlices writers may write as RBAC allows.
+func installedWithTenant(t *testing.T, extraWriters []string, writers ...string) *testenv.Cluster {
+	t.Helper()
+	ctx := context.Background()
+	c := testenv.Start(t, "east")["east"]
+	v := DefaultValues()
+	v.ClusterName = "east"
+	v.AdmissionPolicy.ExtraWriters = extraWriters
+	objs, err := Objects(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := Apply(ctx, c.Client, objs); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.CreateNamespace(tenantNamespace); err != nil {
+		t.Fatal(err)
+	}
+	var subjects []rbacv1.Subject
+	for _, w := range writers {
+		subjects = append(subjects, rbacv1.Subject{Kind: rbacv1.UserKind, Name: w})
+	}
+	for _, o := range []client.Object{
+		&rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: "writer", Namespace: tenantNamespace}, Rules: []rbacv1.PolicyRule{
+			{APIGroups: []string{""}, Resources: []string{"services"}, Verbs: []string{"*"}},
+			{APIGroups: []string{"discovery.k8s.io"}, Resources: []string{"endpointslices"}, Verbs: []string{"*"}},
+		}},
+		&rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "writer", Namespace: tenantNamespace},
+			RoleRef:  rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: "writer"},
+			Subjects: subjects},
+	} {
+		if err := c.Client.Create(ctx, o); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return c
 }
