@@ -8,7 +8,6 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/backbone-mesh/backbone/api/v1alpha1"
@@ -26,18 +25,7 @@ func TestEgressTargetOutsideBackboneSystem(t *testing.T) {
 	if err := c.CreateNamespace("egress"); err != nil {
 		t.Fatal(err)
 	}
-	gw := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: v1alpha1.SystemNamespace, Name: v1alpha1.GatewayServiceName},
-		Spec: corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "inbound", Port: 4143}}}}
-	if err := c.Client.Create(bg, gw); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Client.Create(bg, &discoveryv1.EndpointSlice{
-		ObjectMeta:  metav1.ObjectMeta{Namespace: gw.Namespace, Name: "gw", Labels: map[string]string{discoveryv1.LabelServiceName: gw.Name}},
-		AddressType: discoveryv1.AddressTypeIPv4,
-		Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{"10.1.0.7"}, Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(true)}}},
-	}); err != nil {
-		t.Fatal(err)
-	}
+	withGateway(t, c)
 	start(t, asController(t, c), controller.Options{})
 
 	for _, key := range []types.NamespacedName{{Namespace: "egress", Name: "resource-a"}, {Namespace: v1alpha1.SystemNamespace, Name: "ledger"}} {
