@@ -249,26 +249,29 @@ func (l *recordingListener) Accept() (net.Conn, error) {
 		return nil, err
 	}
 	pid := -1
-	if ap, perr := netip.ParseAddrPort(c.RemoteAddr().String()); perr == nil {
+	client, cerr := netip.ParseAddrPort(c.RemoteAddr().String())
+	server, serr := netip.ParseAddrPort(c.LocalAddr().String())
+	if cerr == nil && serr == nil {
 		// /proc may be read while the tables change: look again before
 		// giving up (-1: the client closed before it could be found).
 		for try := 0; pid == -1 && try < 5; try++ {
 			if try > 0 {
 				time.Sleep(20 * time.Millisecond)
 			}
-			pid = socketOwner(ap)
+			pid = socketOwner(client, server)
 		}
 	}
 	l.log.add(pid)
 	return c, nil
 }
 
-// socketOwner is the process holding the TCP socket whose local address is
-// local, or -1.
-func socketOwner(local netip.AddrPort) int {
+// socketOwner is the process holding the TCP socket from local to remote,
+// or -1. Both ends count: one local port may serve connections to other
+// destinations at once, or have one in TIME_WAIT (no owner, inode 0).
+func socketOwner(local, remote netip.AddrPort) int {
 	inode := ""
 	for _, table := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
-		if inode = socketInode(table, local); inode != "" {
+		if inode = socketInode(table, local, remote); inode != "" {
 			break
 		}
 	}
@@ -286,8 +289,9 @@ func socketOwner(local netip.AddrPort) int {
 	return -1
 }
 
-// socketInode finds local in a /proc/net/tcp{,6} table.
-func socketInode(table string, local netip.AddrPort) string {
+// socketInode finds the socket from local to remote in a /proc/net/tcp{,6}
+// table, skipping those no process holds (inode 0).
+func socketInode(table string, local, remote netip.AddrPort) string {
 	f, err := os.Open(table)
 	if err != nil {
 		return ""
@@ -300,11 +304,17 @@ func socketInode(table string, local netip.AddrPort) string {
 		if len(fields) < 10 {
 			continue
 		}
-		if ap, ok := procAddr(fields[1]); ok && ap.Addr().Unmap() == local.Addr().Unmap() && ap.Port() == local.Port() {
+		l, lok := procAddr(fields[1])
+		r, rok := procAddr(fields[2])
+		if lok && rok && sameAddrPort(l, local) && sameAddrPort(r, remote) && fields[9] != "0" {
 			return fields[9]
 		}
 	}
 	return ""
+}
+
+func sameAddrPort(a, b netip.AddrPort) bool {
+	return a.Addr().Unmap() == b.Addr().Unmap() && a.Port() == b.Port()
 }
 
 // procAddr parses /proc/net/tcp's "0100007F:1F90": the address as the
