@@ -55,35 +55,33 @@ func h2cBackend(t *testing.T, l net.Listener) {
 // what it read upper-cased and closes: it only answers if half-close
 // crossed the tunnel.
 func upperEchoBackend(l net.Listener) {
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer func() { _ = c.Close() }()
-				b, _ := io.ReadAll(c)
-				_, _ = c.Write([]byte(strings.ToUpper(string(b))))
-			}()
-		}
-	}()
+	serveEach(l, func(c net.Conn) {
+		defer func() { _ = c.Close() }()
+		b, _ := io.ReadAll(c)
+		_, _ = c.Write([]byte(strings.ToUpper(string(b))))
+	})
 }
 
 // sha256Backend reads to EOF and answers with the SHA-256 of what it read.
 func sha256Backend(l net.Listener) {
+	serveEach(l, func(c net.Conn) {
+		defer func() { _ = c.Close() }()
+		h := sha256.New()
+		_, _ = io.Copy(h, c)
+		_, _ = c.Write(h.Sum(nil))
+	})
+}
+
+// serveEach serves every connection l accepts with serve, each in its
+// own goroutine, until l is closed; serve ends the connection itself.
+func serveEach(l net.Listener, serve func(net.Conn)) {
 	go func() {
 		for {
 			c, err := l.Accept()
 			if err != nil {
 				return
 			}
-			go func() {
-				defer func() { _ = c.Close() }()
-				h := sha256.New()
-				_, _ = io.Copy(h, c)
-				_, _ = c.Write(h.Sum(nil))
-			}()
+			go serve(c)
 		}
 	}()
 }

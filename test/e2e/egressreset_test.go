@@ -54,21 +54,13 @@ func egressResetFailsABlockedCaller(t *testing.T, m *linkedMesh) {
 	// The target reads a little, answers more than every window holds,
 	// and resets its connection while its answer is still held up.
 	target := testenv.ListenNetns(t, 15)
-	go func() {
-		for {
-			c, err := target.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				_, _ = io.ReadFull(c, make([]byte, 1<<20))
-				go func() { _, _ = c.Write(make([]byte, 64<<20)) }()
-				time.Sleep(time.Second)
-				_ = c.(*net.TCPConn).SetLinger(0)
-				_ = c.Close()
-			}()
-		}
-	}()
+	serveEach(target, func(c net.Conn) {
+		_, _ = io.ReadFull(c, make([]byte, 1<<20))
+		go func() { _, _ = c.Write(make([]byte, 64<<20)) }()
+		time.Sleep(time.Second)
+		_ = c.(*net.TCPConn).SetLinger(0)
+		_ = c.Close()
+	})
 	addr := tcpEgressTarget(t, m, "ledger", target)
 
 	app, err := net.Dial("tcp", addr)
@@ -105,27 +97,19 @@ func egressHalfCloseLetsTheUploadGoOn(t *testing.T, m *linkedMesh) {
 		err error
 	}
 	got := make(chan result, 1)
-	go func() {
-		for {
-			c, err := target.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer func() { _ = c.Close() }()
-				// The caller's hello tells its connection from
-				// waitListening's, which sends nothing.
-				hello := make([]byte, 5)
-				if _, err := io.ReadFull(c, hello); err != nil || string(hello) != "hello" {
-					return
-				}
-				_, _ = c.Write([]byte("ready"))
-				_ = c.(*net.TCPConn).CloseWrite()
-				n, err := io.Copy(io.Discard, c)
-				got <- result{n, err}
-			}()
+	serveEach(target, func(c net.Conn) {
+		defer func() { _ = c.Close() }()
+		// The caller's hello tells its connection from waitListening's,
+		// which sends nothing.
+		hello := make([]byte, 5)
+		if _, err := io.ReadFull(c, hello); err != nil || string(hello) != "hello" {
+			return
 		}
-	}()
+		_, _ = c.Write([]byte("ready"))
+		_ = c.(*net.TCPConn).CloseWrite()
+		n, err := io.Copy(io.Discard, c)
+		got <- result{n, err}
+	})
 	addr := tcpEgressTarget(t, m, "journal", target)
 
 	app, err := net.Dial("tcp", addr)
