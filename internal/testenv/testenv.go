@@ -115,6 +115,11 @@ type Options struct {
 	// CRDPaths are CRD files or directories installed beside backbone's
 	// CRDs (GatewayAPICRDs, for one).
 	CRDPaths []string
+	// ServiceCIDRs is the API server's --service-cluster-ip-range; its
+	// first family is the cluster's primary one ("fd00:10:96::/112,
+	// 10.96.0.0/16" makes an IPv6-first dual-stack cluster). Empty: the
+	// IPv4 10.96.0.0/16.
+	ServiceCIDRs string
 }
 
 // Start starts one control plane per name, in parallel, installs
@@ -187,7 +192,16 @@ func startCluster(tmp, binDir, name string, opts Options) (*Cluster, error) {
 	}
 	// Room for thousands of Services (scale tests); the default is a /24.
 	api := env.ControlPlane.GetAPIServer()
-	api.Configure().Set("service-cluster-ip-range", "10.96.0.0/16")
+	cidrs := opts.ServiceCIDRs
+	if cidrs == "" {
+		cidrs = "10.96.0.0/16"
+	}
+	api.Configure().Set("service-cluster-ip-range", cidrs)
+	if strings.Contains(strings.SplitN(cidrs, ",", 2)[0], ":") {
+		// The advertised address must be of the primary family (envtest
+		// advertises the IPv4 documentation address 192.0.2.2).
+		api.Configure().Set("advertise-address", "2001:db8::2")
+	}
 	// Certificates and keys in the cluster's temporary directory, so a
 	// restarted API server (RestartAPIServer) reuses them and they go with
 	// the directory: envtest removes only a directory it made, and only
