@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -349,6 +350,69 @@ func TestRenderGolden(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "east", "flux-system.yaml")); err != nil {
 		t.Fatalf("render removed a file it does not own: %v", err)
+	}
+}
+
+// TestRenderRefusesFilesItDidNotWrite: a kustomization.yaml of one's own
+// (the one `flux bootstrap` writes in its cluster directory) is refused,
+// naming it, and nothing is written; a hand-written file under a name
+// render uses, no longer rendered, is kept; --check reports the first.
+func TestRenderRefusesFilesItDidNotWrite(t *testing.T) {
+	cfg, err := Load([]string{"testdata/seed.yaml", "testdata/platform.yaml"}, clusters)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := Render(cfg, clusters, RenderOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	east := filepath.Join(dir, "east")
+	if err := os.MkdirAll(east, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	own := "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources: [flux-system, mine.yaml]\n"
+	kustomization := filepath.Join(east, "kustomization.yaml")
+	if err := os.WriteFile(kustomization, []byte(own), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	mine := filepath.Join(east, "egresstarget-mine.yaml")
+	if err := os.WriteFile(mine, []byte("kind: EgressTarget\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	err = Write(dir, out)
+	if err == nil || !strings.Contains(err.Error(), kustomization) || !strings.Contains(err.Error(), "not written by backbone render") {
+		t.Fatalf("Write over a kustomization.yaml of one's own: %v", err)
+	}
+	if b, _ := os.ReadFile(kustomization); string(b) != own {
+		t.Errorf("the kustomization.yaml was changed:\n%s", b)
+	}
+	if entries, _ := os.ReadDir(east); len(entries) != 2 {
+		t.Errorf("%d files in east after a refused write, want the 2 there before", len(entries))
+	}
+	for _, c := range clusters {
+		if _, err := os.Stat(filepath.Join(dir, c)); c != "east" && err == nil {
+			t.Errorf("%s was written after a refused write", c)
+		}
+	}
+	diffs, err := Diff(dir, out)
+	if err != nil || !slices.Contains(diffs, kustomization+": not written by backbone render") {
+		t.Errorf("diffs %q, %v", diffs, err)
+	}
+
+	// Without the kustomization in the way, render writes its own and
+	// keeps the hand-written file it does not render.
+	if err := os.Remove(kustomization); err != nil {
+		t.Fatal(err)
+	}
+	if err := Write(dir, out); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(mine); err != nil {
+		t.Errorf("a hand-written file was removed: %v", err)
+	}
+	if diffs, _ := Diff(dir, out); len(diffs) != 0 {
+		t.Errorf("diffs after writing: %q", diffs)
 	}
 }
 
