@@ -136,7 +136,9 @@ func (s *inboundServer) serveListener(l net.Listener) error {
 }
 
 func (s *inboundServer) deny(w http.ResponseWriter, caller, reason, msg string, status int) {
-	s.g.metrics.denied.WithLabelValues(reason).Inc()
+	// caller is a verified identity's cluster (one the trust bundle
+	// vouches for) or empty: a bounded label.
+	s.g.metrics.denied.WithLabelValues(caller, reason).Inc()
 	s.g.log.Warn("tunnel refused", "caller", caller, "reason", reason, "detail", msg)
 	http.Error(w, msg, status)
 }

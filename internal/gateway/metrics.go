@@ -119,8 +119,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "backbone_gateway_dial_errors_total", Help: "Failed dials of peer gateways or backends, by reason (connect, tls, identity, backend).",
 		}, []string{"peer_cluster", "reason"}),
 		denied: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "backbone_gateway_denied_total", Help: "Refused inbound requests, by reason.",
-		}, []string{"reason"}),
+			Name: "backbone_gateway_denied_total", Help: "Refused inbound requests, by the caller's verified cluster (empty without one) and reason.",
+		}, []string{"peer_cluster", "reason"}),
 		listeners: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "backbone_gateway_outbound_listeners", Help: "Ports the gateway listens on for mirrored services.",
 		}),

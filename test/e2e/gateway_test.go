@@ -232,7 +232,7 @@ func TestGatewayTunnels(t *testing.T) {
 		body, _ := io.ReadAll(resp.Body)
 		_ = resp.Body.Close()
 		for _, reason := range []string{"not_exported", "not_allowed", "not_found"} {
-			if !regexp.MustCompile(`backbone_gateway_denied_total\{reason="` + reason + `"\} [1-9]`).Match(body) {
+			if !regexp.MustCompile(`backbone_gateway_denied_total\{peer_cluster="west",reason="` + reason + `"\} [1-9]`).Match(body) {
 				t.Errorf("no refusal counted for %s", reason)
 			}
 		}
