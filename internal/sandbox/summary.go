@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"sort"
 	"strings"
 	"time"
@@ -184,13 +185,22 @@ func WriteSummary(ctx context.Context, w io.Writer, dir string, st *State) error
 TRY
   export KUBECONFIG=%[1]s
   kubectl --context %[3]s get svc -A -l %[4]s          # mirrors of the other clusters' services
-  backbone sandbox curl %[3]s demo/hello-%[2]s               # %[3]s -> %[2]s through the gateways (mTLS tunnel)
-  backbone sandbox curl %[3]s %[5]s/credit-score-%[2]s  # egress: %[3]s -> %[2]s's gateway -> external HTTPS
-  backbone links --all-contexts                                # the latency matrix
-  backbone sandbox down
-`, st.Kubeconfig, first, second, v1alpha1.MirroredFromLabel, v1alpha1.SystemNamespace)
+  %[6]s sandbox curl %[3]s demo/hello-%[2]s               # %[3]s -> %[2]s through the gateways (mTLS tunnel)
+  %[6]s sandbox curl %[3]s %[5]s/credit-score-%[2]s  # egress: %[3]s -> %[2]s's gateway -> external HTTPS
+  %[6]s links --all-contexts                                # the latency matrix
+  %[6]s sandbox down
+`, st.Kubeconfig, first, second, v1alpha1.MirroredFromLabel, v1alpha1.SystemNamespace, invokedAs())
 	}
 	return nil
+}
+
+// invokedAs is the backbone command as it was run (bin/backbone from a
+// checkout, where backbone is not on the PATH), for commands to copy.
+func invokedAs() string {
+	if len(os.Args) == 0 || os.Args[0] == "" {
+		return "backbone"
+	}
+	return os.Args[0]
 }
 
 func firstLine(b []byte) string {

@@ -78,11 +78,11 @@ func (s *Sandbox) up(ctx context.Context) error {
 func (s *Sandbox) clusterBinaries(ctx context.Context) (string, error) {
 	done := s.step("locating the kube-apiserver and etcd binaries (built once, then cached)")
 	defer done()
+	if s.opts.RepoRoot == "" {
+		return "", errors.New("no backbone checkout was found: the sandbox runs from one (it installs the checkout's CRDs and builds or reuses its cluster binaries with hack/cluster-binaries.sh); cd into a checkout and run make sandbox")
+	}
 	if dir := os.Getenv("KUBEBUILDER_ASSETS"); dir != "" {
 		return filepath.Abs(dir)
-	}
-	if s.opts.RepoRoot == "" {
-		return "", errors.New("the cluster binaries are not cached and no backbone checkout was found to build them: run the sandbox from a checkout (make sandbox) or set KUBEBUILDER_ASSETS")
 	}
 	cmd := exec.CommandContext(ctx, filepath.Join(s.opts.RepoRoot, "hack", "cluster-binaries.sh"))
 	cmd.Dir = s.opts.RepoRoot

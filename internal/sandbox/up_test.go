@@ -2,6 +2,9 @@ package sandbox
 
 import (
 	"fmt"
+	"io"
+	"os"
+	"strings"
 	"testing"
 )
 
@@ -45,5 +48,28 @@ func TestGatewayPortRanges(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestOutsideACheckoutSaysSo: without a checkout the sandbox has neither
+// the CRDs nor the script that builds or finds the cluster binaries, even
+// with KUBEBUILDER_ASSETS set; it says that, not that nothing is cached.
+func TestOutsideACheckoutSaysSo(t *testing.T) {
+	t.Setenv("KUBEBUILDER_ASSETS", t.TempDir())
+	s := &Sandbox{opts: Options{Progress: io.Discard}}
+	_, err := s.clusterBinaries(t.Context())
+	if err == nil || !strings.Contains(err.Error(), "no backbone checkout was found") || strings.Contains(err.Error(), "not cached") {
+		t.Fatalf("outside a checkout: %v", err)
+	}
+}
+
+// TestTheSummaryNamesTheCommandAsRun: the commands to try are printed as
+// the binary was run (bin/backbone from a checkout, where backbone is not
+// on the PATH).
+func TestTheSummaryNamesTheCommandAsRun(t *testing.T) {
+	defer func(args []string) { os.Args = args }(os.Args)
+	os.Args = []string{"bin/backbone", "sandbox", "up"}
+	if got := invokedAs(); got != "bin/backbone" {
+		t.Errorf("invokedAs() = %q", got)
 	}
 }
