@@ -17,6 +17,7 @@ import (
 	"helm.sh/helm/v4/pkg/chart/v2/lint/support"
 	"helm.sh/helm/v4/pkg/chart/v2/loader"
 	"helm.sh/helm/v4/pkg/engine"
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"sigs.k8s.io/yaml"
 
@@ -124,6 +125,7 @@ func TestChartRendersWhatInstallPrints(t *testing.T) {
 			v.Gateway.InboundPort = 443
 			v.Gateway.ServiceAnnotations = map[string]string{"example.com/team": "network", "service.beta.kubernetes.io/aws-load-balancer-scheme": "internal"}
 			v.Gateway.LoadBalancerSourceRanges = []string{"10.0.0.0/8"}
+			v.Gateway.IPFamilies = []corev1.IPFamily{corev1.IPv6Protocol, corev1.IPv4Protocol}
 			v.AdmissionPolicy.ExtraWriters = []string{"system:serviceaccount:flux-system:kustomize-controller", "ops@bank.example"}
 		},
 		"no admission policy": func(v *Values) { v.AdmissionPolicy.Enabled = false },
@@ -134,6 +136,9 @@ func TestChartRendersWhatInstallPrints(t *testing.T) {
 		},
 		"gcp":         func(v *Values) { v.Cloud = "gcp" },
 		"one gateway": func(v *Values) { v.Gateway.Replicas = 1 },
+		"an IPv4 gateway in any cluster": func(v *Values) {
+			v.Gateway.IPFamilies = []corev1.IPFamily{corev1.IPv4Protocol}
+		},
 		"a trust bundle from a ConfigMap": func(v *Values) {
 			v.Gateway.IdentitySecret = "identity-from-cert-manager"
 			v.Gateway.TrustBundle = TrustBundleValues{ConfigMap: "backbone-trust-bundle", Key: "bundle.pem"}

@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	authorizationv1 "k8s.io/api/authorization/v1"
+	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -81,6 +82,12 @@ func TestSet(t *testing.T) {
 			set:   []string{"gateway.loadBalancerSourceRanges={10.0.0.0/8,192.168.0.0/16}"},
 			check: func(v Values) bool { return len(v.Gateway.LoadBalancerSourceRanges) == 2 },
 		},
+		"braces make a list of IP families": {
+			set: []string{"gateway.ipFamilies={IPv6,IPv4}"},
+			check: func(v Values) bool {
+				return len(v.Gateway.IPFamilies) == 2 && v.Gateway.IPFamilies[0] == corev1.IPv6Protocol
+			},
+		},
 		"an unknown key is an error, not ignored": {set: []string{"gatway.replicas=3"}, wantErr: true},
 		"a bool field refuses a non-bool":         {set: []string{"crds.install=maybe"}, wantErr: true},
 		"an assignment without = is an error":     {set: []string{"gateway.replicas"}, wantErr: true},
@@ -149,6 +156,20 @@ func TestValidateNamesAnUnparsableQuantity(t *testing.T) {
 			if err == nil || !strings.Contains(err.Error(), key) || strings.HasPrefix(err.Error(), "panic") {
 				t.Errorf("%s=%q: want an error naming %s, got %v", key, value, key, err)
 			}
+		}
+	}
+}
+
+// TestValidateRefusesBadIPFamilies: gateway.ipFamilies takes one family or
+// two different ones, each IPv4 or IPv6; anything else names the key.
+func TestValidateRefusesBadIPFamilies(t *testing.T) {
+	for _, set := range []string{"{IPv5}", "{ipv4}", "{IPv4,IPv4}", "{IPv4,IPv6,IPv4}"} {
+		v := eastAWS(t)
+		if err := v.Set([]string{"gateway.ipFamilies=" + set}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := Objects(v); err == nil || !strings.Contains(err.Error(), "gateway.ipFamilies") {
+			t.Errorf("gateway.ipFamilies=%s: want an error naming gateway.ipFamilies, got %v", set, err)
 		}
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 
 	"github.com/backbone-mesh/backbone/internal/identity"
@@ -123,6 +124,11 @@ type GatewayValues struct {
 	ServiceAnnotations map[string]string `json:"serviceAnnotations"`
 	// LoadBalancerSourceRanges restrict who may reach the gateway.
 	LoadBalancerSourceRanges []string `json:"loadBalancerSourceRanges"`
+	// IPFamilies are the gateway Service's IP families (IPv4, IPv6). The
+	// first is the one mirrors and egress targets' Services take; two make
+	// the Service dual-stack where the cluster is. Empty: the cluster's
+	// default family.
+	IPFamilies []corev1.IPFamily `json:"ipFamilies"`
 }
 
 // MetricsValues configure scraping.
@@ -193,6 +199,14 @@ func (v Values) Validate() error {
 	for i, w := range v.AdmissionPolicy.ExtraWriters {
 		if w == "" || strings.ContainsAny(w, "'\\\n") {
 			return fmt.Errorf("admissionPolicy.extraWriters[%d] %q: want a username, without quotes, backslashes or newlines", i, w)
+		}
+	}
+	if f := v.Gateway.IPFamilies; len(f) > 2 || len(f) == 2 && f[0] == f[1] {
+		return fmt.Errorf("gateway.ipFamilies %v: want one family, or two different ones", f)
+	}
+	for i, f := range v.Gateway.IPFamilies {
+		if f != corev1.IPv4Protocol && f != corev1.IPv6Protocol {
+			return fmt.Errorf("gateway.ipFamilies[%d] %q: must be IPv4 or IPv6", i, f)
 		}
 	}
 	if v.Gateway.TrustBundle.ConfigMap != "" && v.Gateway.TrustBundle.Key == "" {

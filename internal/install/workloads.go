@@ -11,6 +11,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/utils/ptr"
 
 	backbonev1alpha1 "github.com/backbone-mesh/backbone/api/v1alpha1"
 	"github.com/backbone-mesh/backbone/internal/identity"
@@ -233,6 +234,13 @@ func gatewayService(v Values) *corev1.Service {
 			}},
 			LoadBalancerSourceRanges: v.Gateway.LoadBalancerSourceRanges,
 		},
+	}
+	if f := v.Gateway.IPFamilies; len(f) > 0 {
+		svc.Spec.IPFamilies = f
+		svc.Spec.IPFamilyPolicy = ptr.To(corev1.IPFamilyPolicySingleStack)
+		if len(f) == 2 {
+			svc.Spec.IPFamilyPolicy = ptr.To(corev1.IPFamilyPolicyPreferDualStack)
+		}
 	}
 	svc.Annotations = annotations
 	return svc
