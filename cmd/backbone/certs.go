@@ -23,7 +23,8 @@ func newCertsCmd(*rootOptions) *cobra.Command {
 is spiffe://<trust-domain>/cluster/<name>, signed by a trust anchor every
 cluster trusts. These commands create both. cert-manager can issue the
 identities instead, from the anchor or, keeping the anchor's key offline,
-from a per-cluster issuing CA (certs issuing-ca; see docs/install.md).`,
+from a per-cluster issuing CA (certs issuing-ca; see docs/identities.md,
+"With cert-manager").`,
 	}
 	cmd.AddCommand(newCertsAnchorCmd(), newCertsIssueCmd(), newCertsIssuingCACmd())
 	return cmd

@@ -24,7 +24,7 @@ the same values (--set takes the chart's keys).
 
 The gateway reads its identity from the Secret gateway.identitySecret
 (tls.crt, tls.key, ca.crt): create it with backbone certs or cert-manager.`,
-		Example: `  backbone install --cluster-name east --trust-domain bank.example --cloud aws | kubectl --context east apply --server-side -f -
+		Example: `  backbone install --cluster-name east --trust-domain bank.example --cloud aws | kubectl --context east apply --server-side --field-manager=backbone-install -f -
 
   # For git, pinned image, ServiceMonitor on:
   backbone install --cluster-name west --cloud azure --image ghcr.io/backbone-mesh/backbone:v0.1.0 \

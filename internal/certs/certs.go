@@ -4,7 +4,7 @@
 // the server and the client side of the gateways' mTLS. An anchor may
 // also sign one level of issuing CAs, one per cluster, so that the anchor's
 // key stays offline while cert-manager in each cluster issues identities
-// (deploy/cert-manager, docs/install.md).
+// (deploy/cert-manager, docs/identities.md).
 package certs
 
 import (

@@ -150,6 +150,22 @@ func TestChartRendersWhatInstallPrints(t *testing.T) {
 			v.ClusterName = "east"
 			mutate(&v)
 			chart, cli := renderChart(t, v), renderInstall(t, v)
+			// helm uninstall keeps the CRDs (and so every Link); the
+			// annotation that says so is Helm's alone.
+			for key, obj := range chart {
+				if obj["kind"] != "CustomResourceDefinition" {
+					continue
+				}
+				meta := obj["metadata"].(map[string]any)
+				annotations, _ := meta["annotations"].(map[string]any)
+				if annotations["helm.sh/resource-policy"] != "keep" {
+					t.Errorf("%s: helm uninstall would delete it, and every object of it", key)
+				}
+				delete(annotations, "helm.sh/resource-policy")
+				if len(annotations) == 0 {
+					delete(meta, "annotations")
+				}
+			}
 			for key, want := range cli {
 				got, ok := chart[key]
 				if !ok {
