@@ -3,6 +3,7 @@ package kube
 import (
 	"context"
 	"fmt"
+	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -25,7 +26,8 @@ func EnsureNamespace(ctx context.Context, c client.Client, name string) error {
 // EndpointSlice (named <service>-<manager>, managed by manager) pointing it
 // at processes on addrs — what a Deployment and the EndpointSlice
 // controller would do in a real cluster, for the sandbox, the bench and
-// tests, which run workloads as local processes. ports maps each Service
+// tests, which run workloads as local processes. The slice is IPv6 when
+// the addresses are (all of one family). ports maps each Service
 // port name to the port the processes listen on. Existing objects are
 // left as they are.
 func RegisterService(ctx context.Context, c client.Client, svc *corev1.Service, addrs []string, ports map[string]int32, manager string) error {
@@ -41,6 +43,9 @@ func RegisterService(ctx context.Context, c client.Client, svc *corev1.Service, 
 			Labels: map[string]string{discoveryv1.LabelServiceName: svc.Name, discoveryv1.LabelManagedBy: manager},
 		},
 		AddressType: discoveryv1.AddressTypeIPv4,
+	}
+	if len(addrs) > 0 && strings.Contains(addrs[0], ":") {
+		slice.AddressType = discoveryv1.AddressTypeIPv6
 	}
 	if svc.Spec.ClusterIP == corev1.ClusterIPNone {
 		slice.Labels[corev1.IsHeadlessService] = "" // as the EndpointSlice controller labels them

@@ -9,6 +9,7 @@ import (
 	"cmp"
 	"fmt"
 	"maps"
+	"net/netip"
 	"slices"
 	"strings"
 
@@ -45,8 +46,8 @@ type Input struct {
 	LocalSlices map[types.NamespacedName]*discoveryv1.EndpointSlice
 	// Namespaces that exist locally.
 	Namespaces map[string]bool
-	// GatewayAddresses are the ready addresses of the local gateway.
-	GatewayAddresses []string
+	// Gateway is the local gateway's IP family and ready addresses.
+	Gateway Gateway
 	// Alive is false when the link probe declared the remote gateway dead:
 	// endpoints are then marked not ready, never removed.
 	Alive               bool
@@ -58,6 +59,9 @@ type Input struct {
 	// Plan.Verified); nil compares every mirror.
 	Verified Verified
 }
+
+// Replacement is a slice made anew.
+type Replacement struct{ Old, New *discoveryv1.EndpointSlice }
 
 // Verified records, for each mirror a plan compared in full and found in
 // sync, the versions it compared: the remote Service's resourceVersion,
@@ -82,6 +86,9 @@ type Plan struct {
 	CreateSlices   []*discoveryv1.EndpointSlice
 	UpdateSlices   []*discoveryv1.EndpointSlice
 	DeleteSlices   []*discoveryv1.EndpointSlice
+	// ReplaceSlices are slices whose address type must change (the
+	// gateway's family did): deleted and made anew.
+	ReplaceSlices []Replacement
 	// Problems are reported on the Link and as Events.
 	Problems []string
 	// Mirrors is how many mirror Services the Link keeps.
@@ -97,7 +104,7 @@ type Plan struct {
 // Empty reports whether the plan changes nothing.
 func (p *Plan) Empty() bool {
 	return len(p.Namespaces)+len(p.CreateServices)+len(p.UpdateServices)+len(p.DeleteServices)+
-		len(p.CreateSlices)+len(p.UpdateSlices)+len(p.DeleteSlices) == 0
+		len(p.CreateSlices)+len(p.UpdateSlices)+len(p.DeleteSlices)+len(p.ReplaceSlices) == 0
 }
 
 // MirrorName is the name of the mirror of service from cluster.
@@ -135,7 +142,9 @@ func shapeOf(in Input) string {
 		}
 	}
 	b.WriteByte('|')
-	b.WriteString(strings.Join(in.GatewayAddresses, ","))
+	b.WriteString(string(in.Gateway.Family))
+	b.WriteByte('|')
+	b.WriteString(strings.Join(in.Gateway.Addresses, ","))
 	if in.Alive {
 		b.WriteString("|alive")
 	}
@@ -224,7 +233,7 @@ func Calculate(in Input) *Plan {
 		switch {
 		case !exists:
 			p.CreateServices = append(p.CreateServices, d.svc)
-		case isHeadless(cur) != isHeadless(d.svc) || !ipv4First(cur):
+		case isHeadless(cur) != isHeadless(d.svc) || in.Gateway.Misfits(cur):
 			// clusterIP and the first IP family are immutable: replace
 			// the mirror.
 			p.DeleteServices = append(p.DeleteServices, cur)
@@ -239,7 +248,10 @@ func Calculate(in Input) *Plan {
 			continue
 		}
 		if sl, ok := in.LocalSlices[key]; ok {
-			if up := updatedSlice(sl, d.slice); up != nil {
+			if sl.AddressType != d.slice.AddressType {
+				// The address type is immutable: the slice is made anew.
+				p.ReplaceSlices = append(p.ReplaceSlices, Replacement{Old: sl, New: d.slice})
+			} else if up := updatedSlice(sl, d.slice); up != nil {
 				p.UpdateSlices = append(p.UpdateSlices, up)
 			} else if inSync && sl.ResourceVersion != "" && isHeadless(cur) == isHeadless(d.svc) {
 				p.Verified[key] = VerifiedAt{Remote: d.remoteRV, Service: cur.ResourceVersion, Slice: sl.ResourceVersion, Shape: shape}
@@ -266,10 +278,14 @@ func Calculate(in Input) *Plan {
 			p.DeleteSlices = append(p.DeleteSlices, in.LocalSlices[key])
 		}
 	}
-	if len(in.GatewayAddresses) == 0 && len(want) > 0 {
+	if len(in.Gateway.Addresses) == 0 && len(want) > 0 {
 		// Every mirror's slice is empty: the Link must not say Synced.
-		p.Problems = append([]string{fmt.Sprintf("the local gateway (Service %s/%s) has no ready IPv4 address: the mirrors have no endpoints (IPv6-only gateways are not supported)",
-			v1alpha1.SystemNamespace, v1alpha1.GatewayServiceName)}, p.Problems...)
+		family := string(in.Gateway.Family)
+		if family == "" {
+			family = "IPv4" // the Service is missing: no family, no slice read
+		}
+		p.Problems = append([]string{fmt.Sprintf("the local gateway (Service %s/%s) has no ready %s address: the mirrors have no endpoints",
+			v1alpha1.SystemNamespace, v1alpha1.GatewayServiceName, family)}, p.Problems...)
 	}
 	if len(p.Problems) > 20 {
 		n := len(p.Problems)
@@ -341,9 +357,9 @@ func addMirror(p *Plan, in Input, rs *corev1.Service, hostname string, headless,
 			// Which remote Service the slice serves, when its Service is gone.
 			Annotations: map[string]string{v1alpha1.RemoteNameAnnotation: rs.Name},
 		},
-		AddressType: discoveryv1.AddressTypeIPv4,
+		AddressType: in.Gateway.AddressType(),
 	}
-	for _, addr := range in.GatewayAddresses {
+	for _, addr := range in.Gateway.Addresses {
 		slice.Endpoints = append(slice.Endpoints, discoveryv1.Endpoint{
 			Addresses:  []string{addr},
 			Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(in.Alive && ready), Serving: ptr.To(in.Alive && ready), Terminating: ptr.To(false)},
@@ -396,7 +412,8 @@ func mirrorHeadless(p *Plan, in Input, r *RemoteService, want map[types.Namespac
 			},
 			Annotations: map[string]string{v1alpha1.RemoteNameAnnotation: rs.Name},
 		},
-		AddressType: discoveryv1.AddressTypeIPv4,
+		// The per-pod mirrors' cluster IPs, of the gateway's family.
+		AddressType: in.Gateway.AddressType(),
 	}
 	for _, sp := range rs.Spec.Ports {
 		slice.Ports = append(slice.Ports, discoveryv1.EndpointPort{Name: ptr.To(sp.Name), Port: ptr.To(sp.Port), Protocol: ptr.To(protocolOf(sp)), AppProtocol: sp.AppProtocol})
@@ -412,7 +429,9 @@ func mirrorHeadless(p *Plan, in Input, r *RemoteService, want map[types.Namespac
 		if !ok {
 			continue
 		}
-		if cur, exists := in.Local[podKey]; exists && cur.Spec.ClusterIP != "" && cur.Spec.ClusterIP != corev1.ClusterIPNone {
+		// A per-pod mirror being made anew in another family has no
+		// cluster IP of the slice's type yet.
+		if cur, exists := in.Local[podKey]; exists && ofType(cur.Spec.ClusterIP, slice.AddressType) {
 			slice.Endpoints = append(slice.Endpoints, discoveryv1.Endpoint{
 				Addresses:  []string{cur.Spec.ClusterIP},
 				Hostname:   ptr.To(h),
@@ -421,6 +440,15 @@ func mirrorHeadless(p *Plan, in Input, r *RemoteService, want map[types.Namespac
 		}
 	}
 	want[key] = desired{svc: mirrorService(in, rs, name, "", true), slice: slice}
+}
+
+// ofType says whether addr is an IP address of the slice address type t.
+func ofType(addr string, t discoveryv1.AddressType) bool {
+	ip, err := netip.ParseAddr(addr)
+	if err != nil {
+		return false // "", None
+	}
+	return ip.Is4() == (t == discoveryv1.AddressTypeIPv4)
 }
 
 func protocolOf(sp corev1.ServicePort) corev1.Protocol {
@@ -454,14 +482,14 @@ func mirrorService(in Input, rs *corev1.Service, name, hostname string, headless
 	if v, ok := rs.Annotations[v1alpha1.AllowedClustersAnnotation]; ok {
 		annotations[v1alpha1.AllowedClustersAnnotation] = v
 	}
-	// IPv4 whatever the cluster's first family: the mirror's slice holds
-	// the gateway's IPv4 addresses, and kube-proxy would not route an
-	// IPv6 cluster IP (a dual-stack cluster's default) to them.
+	// The gateway's family whatever the cluster's first one: the mirror's
+	// slice holds the gateway's addresses, and kube-proxy sends a cluster
+	// IP only to endpoints of its own family.
 	svc := &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: rs.Namespace, Labels: labels, Annotations: annotations},
-		Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeClusterIP,
-			IPFamilies: []corev1.IPFamily{corev1.IPv4Protocol}, IPFamilyPolicy: ptr.To(corev1.IPFamilyPolicySingleStack)},
+		Spec:       corev1.ServiceSpec{Type: corev1.ServiceTypeClusterIP},
 	}
+	svc.Spec.IPFamilies, svc.Spec.IPFamilyPolicy = in.Gateway.ServiceFamilies()
 	if headless {
 		svc.Spec.ClusterIP = corev1.ClusterIPNone
 	}
@@ -471,13 +499,6 @@ func mirrorService(in Input, rs *corev1.Service, name, hostname string, headless
 		})
 	}
 	return svc
-}
-
-// ipv4First says whether the Service's first IP family is IPv4 (or
-// not yet set): a mirror made before its family was set explicitly may
-// have the cluster's IPv6 one.
-func ipv4First(svc *corev1.Service) bool {
-	return len(svc.Spec.IPFamilies) == 0 || svc.Spec.IPFamilies[0] == corev1.IPv4Protocol
 }
 
 // updatedService returns cur with the desired labels, annotations and

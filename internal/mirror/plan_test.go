@@ -84,7 +84,11 @@ func (s *state) apply(p *Plan) {
 		c.ResourceVersion = fmt.Sprint(s.rv)
 		s.local[key(c.Namespace, c.Name)] = c
 	}
-	for _, sl := range append(p.CreateSlices, p.UpdateSlices...) {
+	news := append(p.CreateSlices, p.UpdateSlices...)
+	for _, rp := range p.ReplaceSlices {
+		news = append(news, rp.New)
+	}
+	for _, sl := range news {
 		c := sl.DeepCopy()
 		s.rv++
 		c.ResourceVersion = fmt.Sprint(s.rv)
@@ -98,7 +102,7 @@ func (s *state) apply(p *Plan) {
 func (s *state) input(remote []RemoteService, mutate func(*Input)) Input {
 	in := Input{
 		Cluster: "east", Remote: remote, Local: s.local, LocalSlices: s.slices,
-		Namespaces: s.ns, GatewayAddresses: []string{"10.213.0.2"}, Alive: true,
+		Namespaces: s.ns, Gateway: Gateway{Family: corev1.IPv4Protocol, Addresses: []string{"10.213.0.2"}}, Alive: true,
 		Ports: NewAllocator(PortRange{20000, 20010}, s.ports),
 	}
 	if mutate != nil {
@@ -254,7 +258,7 @@ func TestCalculate(t *testing.T) {
 		},
 		"no ready gateway address is a problem, not Synced": {
 			remote: []RemoteService{{Service: remoteSvc("shop", "cart", httpPort(8080))}},
-			mutate: func(in *Input) { in.GatewayAddresses = nil },
+			mutate: func(in *Input) { in.Gateway.Addresses = nil },
 			check: func(t *testing.T, p *Plan, s *state) {
 				if len(p.Problems) != 1 || !strings.Contains(p.Problems[0], "no ready IPv4 address") {
 					t.Errorf("problems %q", p.Problems)
@@ -295,7 +299,7 @@ func TestCalculate(t *testing.T) {
 				}
 			},
 		},
-		"a mirror is IPv4, and one with the cluster's IPv6 cluster IP is replaced": {
+		"a mirror takes the gateway's family, and one of another is replaced with its slice": {
 			remote: []RemoteService{{Service: remoteSvc("shop", "cart", httpPort(8080))}},
 			local: []*corev1.Service{{
 				ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "cart-east", ResourceVersion: "3",
@@ -310,6 +314,58 @@ func TestCalculate(t *testing.T) {
 				if !slices.Equal(svc.Spec.IPFamilies, []corev1.IPFamily{corev1.IPv4Protocol}) || svc.Spec.IPFamilyPolicy == nil ||
 					*svc.Spec.IPFamilyPolicy != corev1.IPFamilyPolicySingleStack {
 					t.Errorf("mirror families %v, policy %v; want IPv4 single-stack", svc.Spec.IPFamilies, svc.Spec.IPFamilyPolicy)
+				}
+				// The gateway moves to IPv6: the mirror and its slice (whose
+				// address type cannot change) are made anew.
+				in := s.input([]RemoteService{{Service: remoteSvc("shop", "cart", httpPort(8080))}}, func(in *Input) {
+					in.Gateway = Gateway{Family: corev1.IPv6Protocol, Addresses: []string{"fd00:213::2"}}
+				})
+				p = Calculate(in)
+				if len(p.DeleteServices) != 1 || len(p.CreateServices) != 1 || len(p.ReplaceSlices) != 1 || len(p.UpdateSlices)+len(p.CreateSlices)+len(p.DeleteSlices) != 0 {
+					t.Fatalf("want the mirror and its slice replaced: plan %+v", p)
+				}
+				if f := p.CreateServices[0].Spec.IPFamilies; !slices.Equal(f, []corev1.IPFamily{corev1.IPv6Protocol}) {
+					t.Errorf("mirror families %v, want IPv6", f)
+				}
+				rp := p.ReplaceSlices[0]
+				if rp.Old.AddressType != discoveryv1.AddressTypeIPv4 || rp.New.AddressType != discoveryv1.AddressTypeIPv6 ||
+					len(rp.New.Endpoints) != 1 || rp.New.Endpoints[0].Addresses[0] != "fd00:213::2" {
+					t.Errorf("replacement %+v -> %+v", rp.Old, rp.New)
+				}
+			},
+		},
+		"in an IPv6 gateway's cluster a mirror and its slice are IPv6": {
+			remote: []RemoteService{{Service: remoteSvc("shop", "cart", httpPort(8080))}},
+			mutate: func(in *Input) { in.Gateway = Gateway{Family: corev1.IPv6Protocol, Addresses: []string{"fd00:213::2"}} },
+			check: func(t *testing.T, p *Plan, s *state) {
+				if len(p.CreateServices) != 1 || len(p.CreateSlices) != 1 {
+					t.Fatalf("plan %+v", p)
+				}
+				if f := p.CreateServices[0].Spec.IPFamilies; !slices.Equal(f, []corev1.IPFamily{corev1.IPv6Protocol}) {
+					t.Errorf("mirror families %v, want IPv6", f)
+				}
+				if sl := p.CreateSlices[0]; sl.AddressType != discoveryv1.AddressTypeIPv6 || sl.Endpoints[0].Addresses[0] != "fd00:213::2" {
+					t.Errorf("slice %s %v", sl.AddressType, sl.Endpoints)
+				}
+			},
+		},
+		"while the gateway's family is unknown a mirror keeps its own": {
+			remote: []RemoteService{{Service: remoteSvc("shop", "cart", httpPort(8080))}, {Service: remoteSvc("shop", "pay", httpPort(8080))}},
+			local: []*corev1.Service{{
+				ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "cart-east", ResourceVersion: "3",
+					Labels: map[string]string{v1alpha1.MirroredFromLabel: "east", v1alpha1.ManagedByLabel: v1alpha1.ManagedByValue}},
+				Spec: corev1.ServiceSpec{ClusterIP: "fd00::9", IPFamilies: []corev1.IPFamily{corev1.IPv6Protocol}, Ports: []corev1.ServicePort{httpPort(8080)}},
+			}},
+			mutate: func(in *Input) { in.Gateway = Gateway{} },
+			check: func(t *testing.T, p *Plan, s *state) {
+				if len(p.DeleteServices) != 0 || len(p.CreateServices) != 1 {
+					t.Fatalf("want pay created and cart kept: plan %+v", p)
+				}
+				if svc := p.CreateServices[0]; svc.Spec.IPFamilies != nil || svc.Spec.IPFamilyPolicy != nil {
+					t.Errorf("a new mirror asks for %v %v, want the cluster's default", svc.Spec.IPFamilies, svc.Spec.IPFamilyPolicy)
+				}
+				if len(p.Problems) != 1 || !strings.Contains(p.Problems[0], "no ready IPv4 address") {
+					t.Errorf("problems %q", p.Problems)
 				}
 			},
 		},
@@ -554,7 +610,7 @@ func TestVerifiedMirrorsAreKeptUntilSomethingMoves(t *testing.T) {
 	})
 	t.Run("the gateway moved", func(t *testing.T) {
 		s, v := setup()
-		p := same(t, s, remote("7", nil), v, func(in *Input) { in.GatewayAddresses = []string{"10.213.0.9"} })
+		p := same(t, s, remote("7", nil), v, func(in *Input) { in.Gateway.Addresses = []string{"10.213.0.9"} })
 		if len(p.UpdateSlices) != 3 {
 			t.Fatalf("%d slices updated, want all three", len(p.UpdateSlices))
 		}

@@ -17,6 +17,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 
@@ -182,7 +183,7 @@ func (r *Reconciler) syncService(ctx context.Context, link *v1alpha1.Link, w *re
 		err := r.client.List(ctx, &holders, client.MatchingFields{gatewayPortIndex: strconv.Itoa(int(port))}, client.UnsafeDisableDeepCopy)
 		return len(holders.Items) > 0, err
 	}, r.nextPort)
-	if in.GatewayAddresses, err = GatewayAddresses(ctx, r.client); err != nil {
+	if in.Gateway, err = LocalGateway(ctx, r.client); err != nil {
 		return needNothing, err
 	}
 	plan := Calculate(in)
@@ -271,7 +272,7 @@ func (r *Reconciler) readSlices(ctx context.Context, in *Input, mine func(*disco
 		return err
 	}
 	in.Ports = NewAllocator(r.opts.Ports, existing)
-	in.GatewayAddresses, err = GatewayAddresses(ctx, r.client)
+	in.Gateway, err = LocalGateway(ctx, r.client)
 	return err
 }
 
@@ -322,29 +323,86 @@ func addAllocations(m map[string]int32, sl *discoveryv1.EndpointSlice) {
 	}
 }
 
-// GatewayAddresses are the ready IPv4 endpoints of the local gateway
-// Service, sorted: what every mirror's (and egress target's) EndpointSlice
-// points at.
-func GatewayAddresses(ctx context.Context, c client.Reader) ([]string, error) {
+// Gateway is how the local gateway is reached.
+type Gateway struct {
+	// Family is the first IP family of the gateway Service, which every
+	// mirror and egress Service takes: kube-proxy sends a cluster IP only
+	// to endpoints of its own family. Empty while the Service is missing.
+	Family corev1.IPFamily
+	// Addresses are the gateway's ready endpoints of that family, sorted.
+	Addresses []string
+}
+
+// AddressType is the EndpointSlice address type of the gateway's family
+// (IPv4 while it is unknown).
+func (g Gateway) AddressType() discoveryv1.AddressType {
+	if g.Family == corev1.IPv6Protocol {
+		return discoveryv1.AddressTypeIPv6
+	}
+	return discoveryv1.AddressTypeIPv4
+}
+
+// ServiceFamilies are the IP families a Service pointing at the gateway
+// asks for: the gateway's, single-stack; none (the cluster's default)
+// while the gateway's is unknown.
+func (g Gateway) ServiceFamilies() ([]corev1.IPFamily, *corev1.IPFamilyPolicy) {
+	if g.Family == "" {
+		return nil, nil
+	}
+	return []corev1.IPFamily{g.Family}, ptr.To(corev1.IPFamilyPolicySingleStack)
+}
+
+// Misfits says whether svc, a Service pointing at the gateway, has
+// another first IP family than the gateway's and must be made anew (a
+// Service's first family cannot change). Nothing misfits while the
+// gateway's family is unknown.
+func (g Gateway) Misfits(svc *corev1.Service) bool {
+	return g.Family != "" && len(svc.Spec.IPFamilies) > 0 && svc.Spec.IPFamilies[0] != g.Family
+}
+
+// LocalGateway reads the local gateway's family — its Service's first
+// IP family; without a Service, that of its endpoints (IPv4 first) — and
+// its ready endpoints of that family: what every mirror's (and egress
+// target's) EndpointSlice points at.
+func LocalGateway(ctx context.Context, c client.Reader) (Gateway, error) {
+	var g Gateway
+	var svc corev1.Service
+	switch err := c.Get(ctx, types.NamespacedName{Namespace: v1alpha1.SystemNamespace, Name: v1alpha1.GatewayServiceName}, &svc); {
+	case err == nil:
+		if len(svc.Spec.IPFamilies) > 0 {
+			g.Family = svc.Spec.IPFamilies[0]
+		}
+	case !apierrors.IsNotFound(err):
+		return g, err
+	}
 	var list discoveryv1.EndpointSliceList
 	if err := c.List(ctx, &list, client.InNamespace(v1alpha1.SystemNamespace), client.MatchingLabels{discoveryv1.LabelServiceName: v1alpha1.GatewayServiceName}); err != nil {
-		return nil, err
+		return g, err
 	}
-	seen := map[string]bool{}
+	ready := map[discoveryv1.AddressType]map[string]bool{}
 	for _, sl := range list.Items {
-		if sl.AddressType != discoveryv1.AddressTypeIPv4 {
-			continue
+		if ready[sl.AddressType] == nil {
+			ready[sl.AddressType] = map[string]bool{}
 		}
 		for _, ep := range sl.Endpoints {
 			if ep.Conditions.Ready != nil && !*ep.Conditions.Ready {
 				continue
 			}
 			for _, a := range ep.Addresses {
-				seen[a] = true
+				ready[sl.AddressType][a] = true
 			}
 		}
 	}
-	return slices.Sorted(maps.Keys(seen)), nil
+	if g.Family == "" {
+		switch {
+		case ready[discoveryv1.AddressTypeIPv4] != nil:
+			g.Family = corev1.IPv4Protocol
+		case ready[discoveryv1.AddressTypeIPv6] != nil:
+			g.Family = corev1.IPv6Protocol
+		}
+	}
+	g.Addresses = slices.Sorted(maps.Keys(ready[g.AddressType()]))
+	return g, nil
 }
 
 func (r *Reconciler) write(kind, verb string, err error) error {
@@ -426,6 +484,21 @@ func (r *Reconciler) apply(ctx context.Context, p *Plan) error {
 				}
 				if err := r.writeOwn(ctx, s, "EndpointSlice", "create"); err != nil {
 					return fmt.Errorf("creating EndpointSlice %s/%s: %w", s.Namespace, s.Name, err)
+				}
+				return nil
+			})
+		},
+		func() error {
+			return parallel(ctx, r.opts.Parallelism, p.ReplaceSlices, func(ctx context.Context, rp Replacement) error {
+				if refused[types.NamespacedName{Namespace: rp.New.Namespace, Name: rp.New.Labels[discoveryv1.LabelServiceName]}] {
+					return nil
+				}
+				old := rp.Old.DeepCopy() // the plan may hold the cache's own object
+				if err := r.write("EndpointSlice", "delete", client.IgnoreNotFound(r.client.Delete(ctx, old, client.Preconditions{UID: &old.UID}))); err != nil {
+					return fmt.Errorf("replacing EndpointSlice %s/%s: %w", old.Namespace, old.Name, err)
+				}
+				if err := r.writeOwn(ctx, rp.New, "EndpointSlice", "create"); err != nil {
+					return fmt.Errorf("replacing EndpointSlice %s/%s: %w", rp.New.Namespace, rp.New.Name, err)
 				}
 				return nil
 			})

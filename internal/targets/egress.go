@@ -141,7 +141,11 @@ func (r *EgressReconciler) Reconcile(ctx context.Context, req reconcile.Request)
 	if err != nil {
 		return reconcile.Result{}, r.setStatus(ctx, &et, metav1.ConditionFalse, "NoGatewayPort", err.Error(), nil, nil)
 	}
-	svc, err := r.service(ctx, &et, port)
+	gw, err := mirror.LocalGateway(ctx, r.client)
+	if err != nil {
+		return reconcile.Result{}, err
+	}
+	svc, err := r.service(ctx, &et, port, gw)
 	var conflict *conflictError
 	if errors.As(err, &conflict) {
 		return reconcile.Result{}, r.setStatus(ctx, &et, metav1.ConditionFalse, "ServiceConflict", conflict.msg, nil, nil)
@@ -149,11 +153,8 @@ func (r *EgressReconciler) Reconcile(ctx context.Context, req reconcile.Request)
 	if err != nil {
 		return reconcile.Result{}, err
 	}
-	gateways, err := mirror.GatewayAddresses(ctx, r.client)
-	if err != nil {
-		return reconcile.Result{}, err
-	}
-	if err := r.slice(ctx, &et, svc, port, gateways); err != nil {
+	gateways := gw.Addresses
+	if err := r.slice(ctx, &et, svc, port, gw); err != nil {
 		return reconcile.Result{}, err
 	}
 	// After a change of hostName the old Service and slice are still the
@@ -214,7 +215,7 @@ func servicePort(et *v1alpha1.EgressTarget) corev1.ServicePort {
 	}
 }
 
-func (r *EgressReconciler) service(ctx context.Context, et *v1alpha1.EgressTarget, port int32) (*corev1.Service, error) {
+func (r *EgressReconciler) service(ctx context.Context, et *v1alpha1.EgressTarget, port int32, gw mirror.Gateway) (*corev1.Service, error) {
 	want := servicePort(et)
 	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: et.Namespace, Name: et.Spec.HostName}}
 	var existing corev1.Service
@@ -225,9 +226,10 @@ func (r *EgressReconciler) service(ctx context.Context, et *v1alpha1.EgressTarge
 	if err != nil && !apierrors.IsNotFound(err) {
 		return nil, err
 	}
-	if err == nil && len(existing.Spec.IPFamilies) > 0 && existing.Spec.IPFamilies[0] != corev1.IPv4Protocol {
-		// Made before its family was set, in a cluster whose first family
-		// is IPv6: the first family cannot change, so it is made anew.
+	if err == nil && gw.Misfits(&existing) {
+		// Of another family than the gateway's (made before its family was
+		// set, or before the gateway's changed): the first family cannot
+		// change, so it is made anew.
 		if err := r.client.Delete(ctx, &existing, client.Preconditions{UID: &existing.UID}); client.IgnoreNotFound(err) != nil {
 			return nil, err
 		}
@@ -249,11 +251,14 @@ func (r *EgressReconciler) service(ctx context.Context, et *v1alpha1.EgressTarge
 		svc.Annotations[EgressPortAnnotation] = strconv.Itoa(int(port))
 		svc.Spec.Type = corev1.ServiceTypeClusterIP
 		svc.Spec.Selector = nil
-		// IPv4 whatever the cluster's first family: the slice holds the
-		// gateway's IPv4 addresses, and kube-proxy would not route an IPv6
-		// cluster IP to them.
-		svc.Spec.IPFamilies = []corev1.IPFamily{corev1.IPv4Protocol}
-		svc.Spec.IPFamilyPolicy = ptr.To(corev1.IPFamilyPolicySingleStack)
+		// The gateway's family whatever the cluster's first one: the slice
+		// holds the gateway's addresses, and kube-proxy sends a cluster IP
+		// only to endpoints of its own family. Unknown (no gateway
+		// Service yet): the cluster's default, and an existing Service's
+		// families stay.
+		if families, policy := gw.ServiceFamilies(); families != nil {
+			svc.Spec.IPFamilies, svc.Spec.IPFamilyPolicy = families, policy
+		}
 		if len(svc.Spec.Ports) != 1 || svc.Spec.Ports[0].Name != want.Name || svc.Spec.Ports[0].Port != want.Port ||
 			!ptr.Equal(svc.Spec.Ports[0].AppProtocol, want.AppProtocol) {
 			svc.Spec.Ports = []corev1.ServicePort{want}
@@ -263,9 +268,20 @@ func (r *EgressReconciler) service(ctx context.Context, et *v1alpha1.EgressTarge
 	return svc, err
 }
 
-func (r *EgressReconciler) slice(ctx context.Context, et *v1alpha1.EgressTarget, svc *corev1.Service, port int32, gateways []string) error {
+func (r *EgressReconciler) slice(ctx context.Context, et *v1alpha1.EgressTarget, svc *corev1.Service, port int32, gw mirror.Gateway) error {
 	sp := servicePort(et)
 	sl := &discoveryv1.EndpointSlice{ObjectMeta: metav1.ObjectMeta{Namespace: et.Namespace, Name: et.Spec.HostName + "-egress"}}
+	var existing discoveryv1.EndpointSlice
+	switch err := r.client.Get(ctx, client.ObjectKeyFromObject(sl), &existing); {
+	case err == nil && existing.AddressType != gw.AddressType() && metav1.IsControlledBy(&existing, et):
+		// The address type is immutable: a slice of the gateway's former
+		// family is made anew.
+		if err := r.client.Delete(ctx, &existing, client.Preconditions{UID: &existing.UID}); client.IgnoreNotFound(err) != nil {
+			return err
+		}
+	case err != nil && !apierrors.IsNotFound(err):
+		return err
+	}
 	_, err := controllerutil.CreateOrUpdate(ctx, r.client, sl, func() error {
 		if sl.Labels == nil {
 			sl.Labels = map[string]string{}
@@ -273,9 +289,9 @@ func (r *EgressReconciler) slice(ctx context.Context, et *v1alpha1.EgressTarget,
 		sl.Labels[discoveryv1.LabelServiceName] = svc.Name
 		sl.Labels[discoveryv1.LabelManagedBy] = v1alpha1.EndpointSliceManagedBy
 		sl.Labels[v1alpha1.ManagedByLabel] = v1alpha1.ManagedByValue
-		sl.AddressType = discoveryv1.AddressTypeIPv4
+		sl.AddressType = gw.AddressType()
 		want := []discoveryv1.Endpoint{}
-		for _, a := range gateways {
+		for _, a := range gw.Addresses {
 			want = append(want, discoveryv1.Endpoint{Addresses: []string{a}, Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(true)}})
 		}
 		if !slices.EqualFunc(sl.Endpoints, want, func(a, b discoveryv1.Endpoint) bool {

@@ -154,7 +154,12 @@ type gatewayProc struct {
 
 func startGateway(t *testing.T, c *testenv.Cluster, ipIndex int, identityDir string, extra ...string) *gatewayProc {
 	t.Helper()
-	ip := testenv.NetnsAddr(ipIndex)
+	return startGatewayAt(t, c, testenv.NetnsAddr(ipIndex), identityDir, extra...)
+}
+
+// startGatewayAt is startGateway on any address of the namespace.
+func startGatewayAt(t *testing.T, c *testenv.Cluster, ip, identityDir string, extra ...string) *gatewayProc {
+	t.Helper()
 	g := &gatewayProc{identityDir: identityDir, ip: ip, inbound: net.JoinHostPort(ip, "4143"), admin: net.JoinHostPort(ip, "9990"), pprof: net.JoinHostPort(ip, "6060")}
 	args := append([]string{"gateway", "--kubeconfig", c.Kubeconfig, "--cluster-name", c.Name,
 		"--identity-dir", identityDir, "--inbound-address", g.inbound, "--outbound-bind-ip", ip,

@@ -233,7 +233,13 @@ func registerGateway(t *testing.T, c *testenv.Cluster, g *gatewayProc) {
 
 func startController(t *testing.T, c *testenv.Cluster, identityDir string, ipIndex int, extra ...string) *process {
 	t.Helper()
-	ip := testenv.NetnsAddr(ipIndex)
+	return startControllerAt(t, c, identityDir, testenv.NetnsAddr(ipIndex), extra...)
+}
+
+// startControllerAt is startController with its admin port on any address
+// of the namespace.
+func startControllerAt(t *testing.T, c *testenv.Cluster, identityDir, ip string, extra ...string) *process {
+	t.Helper()
 	// The gateways' admin port (startGateway's) is where the controller
 	// reads their egress probes.
 	args := append([]string{"controller", "--kubeconfig", c.Kubeconfig, "--cluster-name", c.Name,
