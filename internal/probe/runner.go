@@ -58,9 +58,16 @@ type Runner struct {
 	// Forget, when set, is called with a deleted Link once its probe
 	// loop has stopped: the probe's connections to its gateway go.
 	Forget func(link *v1alpha1.Link)
+	// StatusWriteTimeout bounds each write of a Link's status (default
+	// 10s). Status is written beside the probe loop, never in it: a slow
+	// API server delays the status, not the probes.
+	StatusWriteTimeout time.Duration
 
 	mu    sync.Mutex
 	links map[types.NamespacedName]*linkProber
+	// running counts the goroutines Start started, which it waits for:
+	// the probe loops, the status writers and the Forget calls.
+	running sync.WaitGroup
 }
 
 type linkProber struct {
@@ -69,9 +76,10 @@ type linkProber struct {
 	cancel   context.CancelFunc
 	done     chan struct{} // closed when the loop has stopped
 	state    *State
-	written  time.Time
-	lastSeen probeStatusKey
-	since    time.Time // last transition of GatewayReachable
+	status   *statusWriter
+	offered  time.Time      // when the loop last offered the status
+	lastSeen probeStatusKey // what it offered then
+	since    time.Time      // last transition of GatewayReachable
 
 	inspected time.Time         // latest handshake attempt
 	local     *x509.Certificate // this cluster's identity then
@@ -94,7 +102,8 @@ type probeStatusKey struct {
 // NeedLeaderElection makes the manager run the prober on the leader only.
 func (r *Runner) NeedLeaderElection() bool { return true }
 
-// Start runs until ctx ends.
+// Start runs until ctx ends, and returns once every probe loop and status
+// write it started has stopped.
 func (r *Runner) Start(ctx context.Context) error {
 	if r.Resync == 0 {
 		r.Resync = time.Second
@@ -105,16 +114,20 @@ func (r *Runner) Start(ctx context.Context) error {
 	if r.ExpiryWarning == 0 {
 		r.ExpiryWarning = DefaultExpiryWarning
 	}
+	if r.StatusWriteTimeout == 0 {
+		r.StatusWriteTimeout = defaultStatusWriteTimeout
+	}
 	if r.Log == nil {
 		r.Log = slog.Default()
 	}
 	r.links = map[types.NamespacedName]*linkProber{}
 	defer func() {
 		r.mu.Lock()
-		defer r.mu.Unlock()
 		for _, lp := range r.links {
 			lp.cancel()
 		}
+		r.mu.Unlock()
+		r.running.Wait()
 	}()
 	tick := time.NewTicker(r.Resync)
 	defer tick.Stop()
@@ -164,10 +177,12 @@ func (r *Runner) sync(ctx context.Context) {
 			continue
 		}
 		lctx, cancel := context.WithCancel(ctx)
-		lp := &linkProber{link: link, cancel: cancel, done: make(chan struct{})}
+		lp := &linkProber{link: link, cancel: cancel, done: make(chan struct{}), status: newStatusWriter()}
 		lp.state, lp.since = resumedState(link)
 		r.links[key] = lp
-		go func() { defer close(lp.done); r.loop(lctx, key, lp) }()
+		r.running.Add(2)
+		go func() { defer r.running.Done(); defer close(lp.done); r.loop(lctx, key, lp) }()
+		go func() { defer r.running.Done(); lp.status.run(lctx, r.Client, r.StatusWriteTimeout, r.Log) }()
 	}
 	for key, lp := range r.links {
 		if !seen[key] {
@@ -179,7 +194,9 @@ func (r *Runner) sync(ctx context.Context) {
 			}
 			// Once the loop has stopped: a loop past its last check of
 			// the context would set its series again after the delete.
+			r.running.Add(1)
 			go func() {
+				defer r.running.Done()
 				<-lp.done
 				r.Metrics.forget(r.Cluster, target)
 				if r.Forget != nil {
@@ -281,22 +298,16 @@ func (r *Runner) loop(ctx context.Context, key types.NamespacedName, lp *linkPro
 			k.certs = judgeCertificates(lp.local, lp.handshake, target, link.Spec.GatewayIdentity, now, r.ExpiryWarning)
 			if k.certs.status != lp.certState || lp.certSince.IsZero() {
 				lp.certSince, lp.certState = now, k.certs.status
-				if !lp.written.IsZero() {
+				if !lp.offered.IsZero() {
 					r.Log.Info("link certificates changed", "target_cluster", target, "reason", k.certs.reason, "message", k.certs.message)
 				}
 			}
 		}
-		if k != lp.lastSeen || now.Sub(lp.written) >= statusRefresh {
-			// Bounded: an API server that holds the request must not stop
-			// the probing (and freeze backbone_link_up) with it.
-			wctx, wcancel := context.WithTimeout(ctx, max(timeout, 10*time.Second))
-			err := r.writeStatus(wctx, key, lp, k.certs)
-			wcancel()
-			if err != nil {
-				r.Log.Warn("writing link probe status", "link", key.Name, "err", err)
-			} else {
-				lp.lastSeen, lp.written = k, now
-			}
+		// The Link's statusWriter writes it; the loop goes on probing
+		// whatever the API server does with the write.
+		if k != lp.lastSeen || now.Sub(lp.offered) >= statusRefresh || lp.status.behind() {
+			lp.status.offer(r.desiredStatus(key, lp, k.certs))
+			lp.lastSeen, lp.offered = k, now
 		}
 
 		// Probes start every period (jittered) whatever a failing one's

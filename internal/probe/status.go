@@ -1,13 +1,11 @@
 package probe
 
 import (
-	"context"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/backbone-mesh/backbone/api/v1alpha1"
 )
@@ -26,7 +24,9 @@ const (
 	ReasonGatewayDown    = "GatewayUnreachable"
 )
 
-func (r *Runner) writeStatus(ctx context.Context, key types.NamespacedName, lp *linkProber, certs certVerdict) error {
+// desiredStatus is the Link's status as the probe loop knows it now, for
+// the Link's statusWriter: a copy that the loop does not touch again.
+func (r *Runner) desiredStatus(key types.NamespacedName, lp *linkProber, certs certVerdict) *unstructured.Unstructured {
 	lp.mu.Lock()
 	generation := lp.link.Generation
 	lp.mu.Unlock()
@@ -95,12 +95,10 @@ func (r *Runner) writeStatus(ctx context.Context, key types.NamespacedName, lp *
 		}
 		status["certificates"] = c
 	}
-	u := &unstructured.Unstructured{Object: map[string]any{
+	return &unstructured.Unstructured{Object: map[string]any{
 		"apiVersion": v1alpha1.GroupVersion.String(),
 		"kind":       "Link",
 		"metadata":   map[string]any{"name": key.Name, "namespace": key.Namespace},
 		"status":     status,
 	}}
-	return r.Client.Status().Apply(ctx, client.ApplyConfigurationFromUnstructured(u),
-		client.FieldOwner(FieldOwner), client.ForceOwnership)
 }
