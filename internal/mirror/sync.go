@@ -440,9 +440,19 @@ func (r *Reconciler) writeOwn(ctx context.Context, o client.Object, kind, verb s
 // its gateway's addresses or readiness. Any other error (the API server
 // away) stops the plan; the Link is retried either way.
 func (r *Reconciler) apply(ctx context.Context, p *Plan) error {
+	// A namespace the API server refuses (the controller installed
+	// without controller.createNamespaces may not create any) fails the
+	// mirrors that go there, not the Link's others.
+	var nsRejected []error
 	for _, ns := range p.Namespaces {
 		err := r.client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns, Labels: map[string]string{v1alpha1.ManagedByLabel: v1alpha1.ManagedByValue}}})
-		if err := r.write("Namespace", "create", ignoreExists(err)); err != nil {
+		err = r.write("Namespace", "create", ignoreExists(err))
+		switch {
+		case apierrors.IsForbidden(err):
+			nsRejected = append(nsRejected, fmt.Errorf("creating namespace %s (spec.createNamespaces needs the controller installed with controller.createNamespaces=true): %w", ns, err))
+		case err != nil && rejectedForTheObject(err):
+			nsRejected = append(nsRejected, fmt.Errorf("creating namespace %s: %w", ns, err))
+		case err != nil:
 			return fmt.Errorf("creating namespace %s: %w", ns, err)
 		}
 	}
@@ -518,7 +528,7 @@ func (r *Reconciler) apply(ctx context.Context, p *Plan) error {
 			})
 		},
 	}
-	var rejected []error
+	rejected := nsRejected
 	for _, phase := range phases {
 		err := phase()
 		var rej rejectedWrites
