@@ -86,6 +86,9 @@ type Reconciler struct {
 	creds    map[types.NamespacedName]string // what each watch was built from
 	later    map[types.NamespacedName]bool   // a whole-Link pass is scheduled
 	counting map[types.NamespacedName]bool   // a count refresh is scheduled
+	// watchesStopped is set once the manager stopped and took the watches
+	// with it: a watch started meanwhile is stopped, not kept.
+	watchesStopped bool
 
 	// services carries single changes (one remote Service of one Link) to
 	// the worker that mirrors just that Service.
@@ -421,6 +424,7 @@ func (r *Reconciler) runServices(ctx context.Context) error {
 	// starts another manager (a leader again later, or a test).
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.watchesStopped = true
 	for key, w := range r.watches {
 		w.stop()
 		delete(r.watches, key)
@@ -785,6 +789,12 @@ func (r *Reconciler) watch(ctx context.Context, link *v1alpha1.Link) (*remoteWat
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.watchesStopped || ctx.Err() != nil {
+		// The manager stopped while the watch was starting (its discovery
+		// answered late): it would run on in the background for good.
+		nw.stop()
+		return nil, fmt.Errorf("the remote watch of %s started after the manager stopped", link.Name)
+	}
 	r.watches[key], r.creds[key] = nw, string(raw)
 	return nw, nil
 }

@@ -85,7 +85,15 @@ func startRemoteWatch(cluster string, cfg *rest.Config, token string, onChange f
 	if !w.hasServiceExports {
 		byObject[&corev1.Service{}] = cache.ByObject{Label: labels.SelectorFromSet(labels.Set{v1alpha1.ExportedLabel: "true"})}
 	}
-	c, err := cache.New(cfg, cache.Options{Scheme: kube.Scheme, DefaultTransform: slimRemote, ByObject: byObject,
+	// The informers' watches run for as long as the API server keeps them
+	// (it ends each after 5-10 minutes with a bookmark to resume from);
+	// the client's 15 s timeout would cut every watch mid-stream, with no
+	// bookmark, so that a quiet remote is resumed from its first list's
+	// version until that is compacted away and every object listed again.
+	// A dead connection is found by HTTP/2's health checks instead.
+	watchCfg := rest.CopyConfig(cfg)
+	watchCfg.Timeout = 0
+	c, err := cache.New(watchCfg, cache.Options{Scheme: kube.Scheme, DefaultTransform: slimRemote, ByObject: byObject,
 		DefaultWatchErrorHandler: func(ctx context.Context, r *toolscache.Reflector, err error) {
 			w.listErr.Store(&listError{err: fmt.Errorf("%s: %w", r.TypeDescription(), err), at: time.Now()})
 			toolscache.DefaultWatchErrorHandler(ctx, r, err)
