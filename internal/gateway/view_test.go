@@ -10,6 +10,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/discovery"
@@ -36,13 +37,26 @@ func TestTheViewFollowsTheMCSAPI(t *testing.T) {
 	var discoveryFails atomic.Int32
 	proxy := testenv.DiscoveryProxy(t, c, &discoveryFails)
 
+	// The proxy passes the admin's identity on: its 503 is the only
+	// failure, where a rejected request (401, 403) would also fail the
+	// start with an error naming discovery.
 	discoveryFails.Store(http.StatusServiceUnavailable)
 	v, err := newView(c.ThroughProxy(proxy))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := v.start(ctx); err == nil || !strings.Contains(err.Error(), "discovery") {
-		t.Fatalf("start with a failing discovery: %v, want its error", err)
+	if err := v.start(ctx); !apierrors.IsServiceUnavailable(err) || !strings.Contains(err.Error(), "discovery") {
+		t.Fatalf("start with a failing discovery: %v, want the discovery's 503", err)
+	}
+	discoveryFails.Store(0)
+	if v, err = newView(c.ThroughProxy(proxy)); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.start(ctx); err != nil {
+		t.Fatalf("start through the proxy once discovery answers: %v", err)
+	}
+	if !v.hasServiceExports.Load() {
+		t.Fatal("ServiceExports not watched in a cluster that serves them")
 	}
 
 	// A cluster without the MCS API, which gets it later.
