@@ -1,6 +1,7 @@
 package config
 
 import (
+	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -413,6 +414,79 @@ func TestRenderRefusesFilesItDidNotWrite(t *testing.T) {
 	}
 	if diffs, _ := Diff(dir, out); len(diffs) != 0 {
 		t.Errorf("diffs after writing: %q", diffs)
+	}
+}
+
+// TestRenderOwnsOnlyRegularFilesItWrote: a file render wrote, checked out
+// with CRLF line endings, is still render's (rewritten, and the same to
+// --check); a symbolic link or a directory under a name render writes is
+// refused, naming what it is, and a dangling link's target is not made.
+func TestRenderOwnsOnlyRegularFilesItWrote(t *testing.T) {
+	cfg, err := Load([]string{"testdata/seed.yaml", "testdata/platform.yaml"}, clusters)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := Render(cfg, clusters, RenderOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if err := Write(dir, out); err != nil {
+		t.Fatal(err)
+	}
+	kustomization := filepath.Join(dir, "east", "kustomization.yaml")
+	crlf := bytes.ReplaceAll(out["east"]["kustomization.yaml"], []byte("\n"), []byte("\r\n"))
+	if err := os.WriteFile(kustomization, crlf, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if diffs, err := Diff(dir, out); err != nil || len(diffs) != 0 {
+		t.Errorf("a CRLF checkout of the render: diffs %q, %v", diffs, err)
+	}
+	if err := Write(dir, out); err != nil {
+		t.Errorf("writing over a CRLF checkout of the render: %v", err)
+	}
+
+	// A dangling link where the kustomization goes.
+	outside := filepath.Join(t.TempDir(), "elsewhere.yaml")
+	if err := os.Remove(kustomization); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(outside, kustomization); err != nil {
+		t.Fatal(err)
+	}
+	if err := Write(dir, out); err == nil || !strings.Contains(err.Error(), kustomization+" (a symbolic link)") {
+		t.Errorf("Write over a symbolic link: %v", err)
+	}
+	if _, err := os.Stat(outside); err == nil {
+		t.Error("Write made the link's target")
+	}
+	// A directory where a target's file goes.
+	if err := os.Remove(kustomization); err != nil {
+		t.Fatal(err)
+	}
+	var name string
+	for n := range out["east"] {
+		if n != "kustomization.yaml" {
+			name = n
+			break
+		}
+	}
+	target := filepath.Join(dir, "east", name)
+	if err := os.Remove(target); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(target, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := Write(dir, out); err == nil || !strings.Contains(err.Error(), target+" (a directory)") {
+		t.Errorf("Write over a directory: %v", err)
+	}
+	diffs, err := Diff(dir, out)
+	if err != nil || !slices.Contains(diffs, target+" (a directory): not written by backbone render") {
+		t.Errorf("diffs %q, %v", diffs, err)
+	}
+	if entries, _ := os.ReadDir(filepath.Join(dir, "east")); slices.ContainsFunc(entries, func(e os.DirEntry) bool { return strings.HasPrefix(e.Name(), ".") }) {
+		t.Error("a temporary file was left behind")
 	}
 }
 

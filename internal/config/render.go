@@ -135,19 +135,22 @@ func object(kind, namespace, name, squad string, spec any) ([]byte, error) {
 
 // Write writes out under dir/<cluster>/, removing files render wrote before
 // that are no longer wanted; other files in those directories are kept.
-// A file render would write that it did not write before (no header) is
-// refused, naming it, and nothing is written.
+// Anything in the way of a file render would write that it did not write
+// before (a file without its header, a directory, a symbolic link) is
+// refused, naming it, and nothing is written. Each file is written whole
+// or not at all (a temporary file renamed over it), so an interrupted
+// render leaves no half file for Flux to apply or for the next render to
+// refuse.
 func Write(dir string, out Output) error {
 	var foreign []string
 	for _, c := range sortedClusters(out) {
 		for _, name := range sortedNames(out[c]) {
 			path := filepath.Join(dir, c, name)
-			switch gen, err := generated(path); {
-			case os.IsNotExist(err):
+			switch o, err := ownerOf(path); {
 			case err != nil:
 				return err
-			case !gen:
-				foreign = append(foreign, path)
+			case o != absent && o != rendered:
+				foreign = append(foreign, path+o.String())
 			}
 		}
 	}
@@ -164,11 +167,11 @@ func Write(dir string, out Output) error {
 			return err
 		}
 		for _, e := range entries {
-			if _, keep := files[e.Name()]; keep || e.IsDir() || !ownedName(e.Name()) {
+			if _, keep := files[e.Name()]; keep || !ownedName(e.Name()) {
 				continue
 			}
 			path := filepath.Join(cdir, e.Name())
-			if gen, err := generated(path); err != nil || !gen {
+			if o, err := ownerOf(path); err != nil || o != rendered {
 				continue // not render's: kept
 			}
 			if err := os.Remove(path); err != nil {
@@ -180,7 +183,7 @@ func Write(dir string, out Output) error {
 			if cur, err := os.ReadFile(path); err == nil && bytes.Equal(cur, b) {
 				continue
 			}
-			if err := os.WriteFile(path, b, 0o644); err != nil {
+			if err := writeWhole(path, b); err != nil {
 				return err
 			}
 		}
@@ -188,16 +191,82 @@ func Write(dir string, out Output) error {
 	return nil
 }
 
-// generated reports whether the file at path starts with render's header.
-func generated(path string) (bool, error) {
+// writeWhole writes b to path through a temporary file in its directory
+// renamed over it.
+func writeWhole(path string, b []byte) error {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(b)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Chmod(f.Name(), 0o644)
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), path)
+	}
+	if err != nil {
+		_ = os.Remove(f.Name())
+	}
+	return err
+}
+
+// owner is who a path in a cluster's directory belongs to.
+type owner int
+
+const (
+	absent   owner = iota
+	rendered       // a regular file starting with render's header
+	foreignFile
+	foreignDir
+	foreignLink
+	foreignOther
+)
+
+func (o owner) String() string {
+	switch o {
+	case foreignDir:
+		return " (a directory)"
+	case foreignLink:
+		return " (a symbolic link)"
+	case foreignOther:
+		return " (not a regular file)"
+	}
+	return ""
+}
+
+// ownerOf says whether path is absent, a file render wrote (its header,
+// with either line ending: a checkout may turn it into CRLF), or
+// something else, which render leaves alone.
+func ownerOf(path string) (owner, error) {
+	fi, err := os.Lstat(path)
+	switch {
+	case os.IsNotExist(err):
+		return absent, nil
+	case err != nil:
+		return absent, err
+	case fi.IsDir():
+		return foreignDir, nil
+	case fi.Mode()&os.ModeSymlink != 0:
+		return foreignLink, nil
+	case !fi.Mode().IsRegular():
+		return foreignOther, nil
+	}
 	f, err := os.Open(path)
 	if err != nil {
-		return false, err
+		return absent, err
 	}
 	defer f.Close()
-	b := make([]byte, len(header))
+	b := make([]byte, len(header)+1)
 	n, _ := io.ReadFull(f, b)
-	return string(b[:n]) == header, nil
+	line := strings.TrimSuffix(header, "\n")
+	if rest := string(b[:n]); strings.HasPrefix(rest, line+"\n") || strings.HasPrefix(rest, line+"\r\n") {
+		return rendered, nil
+	}
+	return foreignFile, nil
 }
 
 func sortedClusters(out Output) []string {
@@ -227,15 +296,25 @@ func Diff(dir string, out Output) ([]string, error) {
 		cdir := filepath.Join(dir, c)
 		for _, name := range sortedNames(files) {
 			path := filepath.Join(cdir, name)
+			o, err := ownerOf(path)
+			if err != nil {
+				return nil, err
+			}
+			switch o {
+			case absent:
+				diffs = append(diffs, path+": missing")
+				continue
+			case rendered:
+			default:
+				diffs = append(diffs, path+o.String()+": not written by backbone render")
+				continue
+			}
 			cur, err := os.ReadFile(path)
 			switch {
-			case os.IsNotExist(err):
-				diffs = append(diffs, path+": missing")
 			case err != nil:
 				return nil, err
-			case !bytes.HasPrefix(cur, []byte(header)):
-				diffs = append(diffs, path+": not written by backbone render")
-			case !bytes.Equal(cur, files[name]):
+			case !bytes.Equal(bytes.ReplaceAll(cur, []byte("\r\n"), []byte("\n")), files[name]):
+				// A checkout with CRLF line endings holds the same file.
 				diffs = append(diffs, path+": differs")
 			}
 		}
@@ -244,11 +323,11 @@ func Diff(dir string, out Output) ([]string, error) {
 			return nil, err
 		}
 		for _, e := range entries {
-			if _, want := files[e.Name()]; want || e.IsDir() || !ownedName(e.Name()) {
+			if _, want := files[e.Name()]; want || !ownedName(e.Name()) {
 				continue
 			}
 			path := filepath.Join(cdir, e.Name())
-			if gen, err := generated(path); err == nil && gen {
+			if o, err := ownerOf(path); err == nil && o == rendered {
 				diffs = append(diffs, path+": no longer rendered")
 			}
 		}
