@@ -26,13 +26,24 @@ func EnsureNamespace(ctx context.Context, c client.Client, name string) error {
 // EndpointSlice (named <service>-<manager>, managed by manager) pointing it
 // at processes on addrs — what a Deployment and the EndpointSlice
 // controller would do in a real cluster, for the sandbox, the bench and
-// tests, which run workloads as local processes. The slice is IPv6 when
-// the addresses are (all of one family). ports maps each Service
+// tests, which run workloads as local processes. The Service (unless it
+// names its families) and the slice are IPv6 when the addresses are (all
+// of one family). ports maps each Service
 // port name to the port the processes listen on. Existing objects are
 // left as they are.
 func RegisterService(ctx context.Context, c client.Client, svc *corev1.Service, addrs []string, ports map[string]int32, manager string) error {
 	if err := EnsureNamespace(ctx, c, svc.Namespace); err != nil {
 		return err
+	}
+	family := corev1.IPv4Protocol
+	if len(addrs) > 0 && strings.Contains(addrs[0], ":") {
+		family = corev1.IPv6Protocol
+	}
+	if len(svc.Spec.IPFamilies) == 0 && len(addrs) > 0 {
+		// Of the processes' family, whatever the cluster's first: a
+		// gateway Service's family is the one its mirrors take.
+		svc.Spec.IPFamilies = []corev1.IPFamily{family}
+		svc.Spec.IPFamilyPolicy = ptr.To(corev1.IPFamilyPolicySingleStack)
 	}
 	if err := c.Create(ctx, svc); err != nil && !apierrors.IsAlreadyExists(err) {
 		return fmt.Errorf("creating Service %s/%s: %w", svc.Namespace, svc.Name, err)
@@ -44,7 +55,7 @@ func RegisterService(ctx context.Context, c client.Client, svc *corev1.Service, 
 		},
 		AddressType: discoveryv1.AddressTypeIPv4,
 	}
-	if len(addrs) > 0 && strings.Contains(addrs[0], ":") {
+	if family == corev1.IPv6Protocol {
 		slice.AddressType = discoveryv1.AddressTypeIPv6
 	}
 	if svc.Spec.ClusterIP == corev1.ClusterIPNone {

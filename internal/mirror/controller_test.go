@@ -155,9 +155,16 @@ func mirroring(t *testing.T, ns, first string) (east, west *testenv.Cluster) {
 	return east, west
 }
 
-// registerGateway gives the cluster a gateway endpoint, which every
-// mirror's EndpointSlice copies.
+// registerGateway gives the cluster an IPv4 gateway Service with one
+// endpoint at ip, which every mirror's EndpointSlice copies.
 func registerGateway(t *testing.T, c *testenv.Cluster, ip string) {
+	t.Helper()
+	c.ReplaceGateway(t, corev1.IPv4Protocol, ip)
+}
+
+// registerGatewayEndpoint gives the gateway Service an install made one
+// endpoint at ip, as the EndpointSlice controller would.
+func registerGatewayEndpoint(t *testing.T, c *testenv.Cluster, ip string) {
 	t.Helper()
 	slice := &discoveryv1.EndpointSlice{
 		ObjectMeta:  metav1.ObjectMeta{Name: "backbone-gateway-1", Namespace: v1alpha1.SystemNamespace, Labels: map[string]string{discoveryv1.LabelServiceName: v1alpha1.GatewayServiceName}},

@@ -145,6 +145,8 @@ func shapeOf(in Input) string {
 	b.WriteString(string(in.Gateway.Family))
 	b.WriteByte('|')
 	b.WriteString(strings.Join(in.Gateway.Addresses, ","))
+	b.WriteByte('|')
+	b.WriteString(strings.Join(in.Gateway.other, ","))
 	if in.Alive {
 		b.WriteString("|alive")
 	}
@@ -278,14 +280,17 @@ func Calculate(in Input) *Plan {
 			p.DeleteSlices = append(p.DeleteSlices, in.LocalSlices[key])
 		}
 	}
-	if len(in.Gateway.Addresses) == 0 && len(want) > 0 {
+	switch {
+	case len(want) == 0:
+	case in.Gateway.Family == "":
+		// Mirrors keep their family and slices; new ones take the
+		// cluster's default. The Link must not say Synced.
+		p.Problems = append([]string{fmt.Sprintf("the local gateway Service %s/%s does not exist: mirrors keep their IP family, new ones take the cluster's default",
+			v1alpha1.SystemNamespace, v1alpha1.GatewayServiceName)}, p.Problems...)
+	case len(in.Gateway.Addresses) == 0:
 		// Every mirror's slice is empty: the Link must not say Synced.
-		family := string(in.Gateway.Family)
-		if family == "" {
-			family = "IPv4" // the Service is missing: no family, no slice read
-		}
 		p.Problems = append([]string{fmt.Sprintf("the local gateway (Service %s/%s) has no ready %s address: the mirrors have no endpoints",
-			v1alpha1.SystemNamespace, v1alpha1.GatewayServiceName, family)}, p.Problems...)
+			v1alpha1.SystemNamespace, v1alpha1.GatewayServiceName, in.Gateway.Family)}, p.Problems...)
 	}
 	if len(p.Problems) > 20 {
 		n := len(p.Problems)
@@ -357,9 +362,10 @@ func addMirror(p *Plan, in Input, rs *corev1.Service, hostname string, headless,
 			// Which remote Service the slice serves, when its Service is gone.
 			Annotations: map[string]string{v1alpha1.RemoteNameAnnotation: rs.Name},
 		},
-		AddressType: in.Gateway.AddressType(),
 	}
-	for _, addr := range in.Gateway.Addresses {
+	var gatewayAddrs []string
+	slice.AddressType, gatewayAddrs = in.Gateway.SliceFor(in.LocalSlices[key])
+	for _, addr := range gatewayAddrs {
 		slice.Endpoints = append(slice.Endpoints, discoveryv1.Endpoint{
 			Addresses:  []string{addr},
 			Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(in.Alive && ready), Serving: ptr.To(in.Alive && ready), Terminating: ptr.To(false)},
@@ -412,9 +418,9 @@ func mirrorHeadless(p *Plan, in Input, r *RemoteService, want map[types.Namespac
 			},
 			Annotations: map[string]string{v1alpha1.RemoteNameAnnotation: rs.Name},
 		},
-		// The per-pod mirrors' cluster IPs, of the gateway's family.
-		AddressType: in.Gateway.AddressType(),
 	}
+	// The per-pod mirrors' cluster IPs, of the gateway's family.
+	slice.AddressType, _ = in.Gateway.SliceFor(in.LocalSlices[key])
 	for _, sp := range rs.Spec.Ports {
 		slice.Ports = append(slice.Ports, discoveryv1.EndpointPort{Name: ptr.To(sp.Name), Port: ptr.To(sp.Port), Protocol: ptr.To(protocolOf(sp)), AppProtocol: sp.AppProtocol})
 	}

@@ -113,12 +113,14 @@ func (s *state) input(remote []RemoteService, mutate func(*Input)) Input {
 
 func TestCalculate(t *testing.T) {
 	tests := map[string]struct {
-		before    []RemoteService // synced first, then
-		remote    []RemoteService
-		local     []*corev1.Service // extra local Services
-		mutate    func(*Input)
-		check     func(t *testing.T, p *Plan, s *state)
-		wantEmpty bool
+		before []RemoteService // synced first, then
+		// beforeMutate adjusts the input of the passes of before.
+		beforeMutate func(*Input)
+		remote       []RemoteService
+		local        []*corev1.Service // extra local Services
+		mutate       func(*Input)
+		check        func(t *testing.T, p *Plan, s *state)
+		wantEmpty    bool
 	}{
 		"a new export gets a mirror Service and EndpointSlice on an allocated gateway port": {
 			remote: []RemoteService{{Service: remoteSvc("shop", "cart", httpPort(8080))}},
@@ -364,8 +366,24 @@ func TestCalculate(t *testing.T) {
 				if svc := p.CreateServices[0]; svc.Spec.IPFamilies != nil || svc.Spec.IPFamilyPolicy != nil {
 					t.Errorf("a new mirror asks for %v %v, want the cluster's default", svc.Spec.IPFamilies, svc.Spec.IPFamilyPolicy)
 				}
-				if len(p.Problems) != 1 || !strings.Contains(p.Problems[0], "no ready IPv4 address") {
+				if len(p.Problems) != 1 || !strings.Contains(p.Problems[0], "backbone-gateway does not exist") {
 					t.Errorf("problems %q", p.Problems)
+				}
+			},
+		},
+		"while the gateway's family is unknown an IPv6 slice stays IPv6": {
+			// The gateway Service of an IPv6 cluster made anew: gone for a
+			// moment, its slices going one at a time.
+			before: []RemoteService{{Service: remoteSvc("shop", "cart", httpPort(8080))}},
+			remote: []RemoteService{{Service: remoteSvc("shop", "cart", httpPort(8080))}},
+			beforeMutate: func(in *Input) {
+				in.Gateway = Gateway{Family: corev1.IPv6Protocol, Addresses: []string{"fd00:213::2"}}
+			},
+			mutate:    func(in *Input) { in.Gateway = Gateway{other: []string{"fd00:213::2"}} },
+			wantEmpty: true,
+			check: func(t *testing.T, p *Plan, s *state) {
+				if sl := s.slices[key("shop", "cart-east")]; sl.AddressType != discoveryv1.AddressTypeIPv6 || sl.Endpoints[0].Addresses[0] != "fd00:213::2" {
+					t.Errorf("slice %s %v", sl.AddressType, sl.Endpoints)
 				}
 			},
 		},
@@ -399,8 +417,8 @@ func TestCalculate(t *testing.T) {
 				s.local[key(l.Namespace, l.Name)] = l
 			}
 			if tc.before != nil {
-				s.apply(Calculate(s.input(tc.before, nil)))
-				s.apply(Calculate(s.input(tc.before, nil))) // second pass: per-pod ClusterIPs
+				s.apply(Calculate(s.input(tc.before, tc.beforeMutate)))
+				s.apply(Calculate(s.input(tc.before, tc.beforeMutate))) // second pass: per-pod ClusterIPs
 			}
 			// Calculate reads the caches' own objects in place: it must
 			// leave every input as it found it.

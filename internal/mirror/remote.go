@@ -18,6 +18,7 @@ import (
 	toolscache "k8s.io/client-go/tools/cache"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/client/apiutil"
 	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
 
 	"github.com/backbone-mesh/backbone/api/v1alpha1"
@@ -90,10 +91,20 @@ func startRemoteWatch(cluster string, cfg *rest.Config, token string, onChange f
 	// the client's 15 s timeout would cut every watch mid-stream, with no
 	// bookmark, so that a quiet remote is resumed from its first list's
 	// version until that is compacted away and every object listed again.
-	// A dead connection is found by HTTP/2's health checks instead.
+	// A dead connection is found by HTTP/2's health checks instead. The
+	// REST mapper's discovery, which a Link's reconcile waits for when the
+	// watch starts, keeps the timeout, and the live client with it.
+	httpClient, err := rest.HTTPClientFor(cfg)
+	if err != nil {
+		return nil, err
+	}
+	mapper, err := apiutil.NewDynamicRESTMapper(cfg, httpClient)
+	if err != nil {
+		return nil, err
+	}
 	watchCfg := rest.CopyConfig(cfg)
 	watchCfg.Timeout = 0
-	c, err := cache.New(watchCfg, cache.Options{Scheme: kube.Scheme, DefaultTransform: slimRemote, ByObject: byObject,
+	c, err := cache.New(watchCfg, cache.Options{Scheme: kube.Scheme, Mapper: mapper, DefaultTransform: slimRemote, ByObject: byObject,
 		DefaultWatchErrorHandler: func(ctx context.Context, r *toolscache.Reflector, err error) {
 			w.listErr.Store(&listError{err: fmt.Errorf("%s: %w", r.TypeDescription(), err), at: time.Now()})
 			toolscache.DefaultWatchErrorHandler(ctx, r, err)
@@ -102,7 +113,7 @@ func startRemoteWatch(cluster string, cfg *rest.Config, token string, onChange f
 		return nil, err
 	}
 	w.cache = c
-	if w.live, err = client.New(cfg, client.Options{Scheme: kube.Scheme}); err != nil {
+	if w.live, err = client.New(cfg, client.Options{Scheme: kube.Scheme, HTTPClient: httpClient, Mapper: mapper}); err != nil {
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())

@@ -327,10 +327,27 @@ func addAllocations(m map[string]int32, sl *discoveryv1.EndpointSlice) {
 type Gateway struct {
 	// Family is the first IP family of the gateway Service, which every
 	// mirror and egress Service takes: kube-proxy sends a cluster IP only
-	// to endpoints of its own family. Empty while the Service is missing.
+	// to endpoints of its own family. Empty while the Service is missing
+	// (deleted, or made anew): nothing is then replaced for its family.
 	Family corev1.IPFamily
-	// Addresses are the gateway's ready endpoints of that family, sorted.
+	// Addresses are the gateway's ready endpoints of that family (IPv4
+	// while it is unknown), sorted.
 	Addresses []string
+	// other are the ready endpoints of the other address type, for slices
+	// that keep theirs while the family is unknown.
+	other []string
+}
+
+// SliceFor is the address type and endpoints of a slice pointing at the
+// gateway, cur being the slice there is (or nil): the gateway's family's;
+// while that is unknown, cur's own type, so that a gateway Service
+// deleted or made anew (its slices going one at a time) replaces no
+// slice of any mirror.
+func (g Gateway) SliceFor(cur *discoveryv1.EndpointSlice) (discoveryv1.AddressType, []string) {
+	if g.Family != "" || cur == nil || cur.AddressType == g.AddressType() {
+		return g.AddressType(), g.Addresses
+	}
+	return cur.AddressType, g.other
 }
 
 // AddressType is the EndpointSlice address type of the gateway's family
@@ -361,8 +378,7 @@ func (g Gateway) Misfits(svc *corev1.Service) bool {
 }
 
 // LocalGateway reads the local gateway's family — its Service's first
-// IP family; without a Service, that of its endpoints (IPv4 first) — and
-// its ready endpoints of that family: what every mirror's (and egress
+// IP family — and its ready endpoints: what every mirror's (and egress
 // target's) EndpointSlice points at.
 func LocalGateway(ctx context.Context, c client.Reader) (Gateway, error) {
 	var g Gateway
@@ -393,15 +409,12 @@ func LocalGateway(ctx context.Context, c client.Reader) (Gateway, error) {
 			}
 		}
 	}
-	if g.Family == "" {
-		switch {
-		case ready[discoveryv1.AddressTypeIPv4] != nil:
-			g.Family = corev1.IPv4Protocol
-		case ready[discoveryv1.AddressTypeIPv6] != nil:
-			g.Family = corev1.IPv6Protocol
-		}
-	}
 	g.Addresses = slices.Sorted(maps.Keys(ready[g.AddressType()]))
+	otherType := discoveryv1.AddressTypeIPv6
+	if g.AddressType() == otherType {
+		otherType = discoveryv1.AddressTypeIPv4
+	}
+	g.other = slices.Sorted(maps.Keys(ready[otherType]))
 	return g, nil
 }
 

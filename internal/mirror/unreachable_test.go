@@ -96,7 +96,7 @@ func TestARefusedMirrorDoesNotHoldTheOthers(t *testing.T) {
 		c := linkReady(west, "east")
 		return c != nil && c.Reason != mirror.ReasonSynced
 	})
-	gw, _ := get(west, v1alpha1.SystemNamespace, "backbone-gateway-1", &discoveryv1.EndpointSlice{})
+	gw, _ := get(west, v1alpha1.SystemNamespace, "backbone-gateway-ipv4", &discoveryv1.EndpointSlice{})
 	gw.Endpoints = append(gw.Endpoints, discoveryv1.Endpoint{Addresses: []string{"192.0.2.3"}, Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(true)}})
 	if err := west.Client.Update(bg, gw); err != nil {
 		t.Fatal(err)

@@ -95,7 +95,7 @@ func TestUpgradeFromFirstInstallKeepsMirrors(t *testing.T) {
 		}
 	}
 
-	registerGateway(t, west, "192.0.2.2")
+	registerGatewayEndpoint(t, west, "192.0.2.2") // the old install made the Service
 	db := service("shop", "db", exported(), 5432)
 	db.Spec.ClusterIP = corev1.ClusterIPNone
 	dbPods := &discoveryv1.EndpointSlice{

@@ -272,8 +272,14 @@ func (r *EgressReconciler) slice(ctx context.Context, et *v1alpha1.EgressTarget,
 	sp := servicePort(et)
 	sl := &discoveryv1.EndpointSlice{ObjectMeta: metav1.ObjectMeta{Namespace: et.Namespace, Name: et.Spec.HostName + "-egress"}}
 	var existing discoveryv1.EndpointSlice
-	switch err := r.client.Get(ctx, client.ObjectKeyFromObject(sl), &existing); {
-	case err == nil && existing.AddressType != gw.AddressType() && metav1.IsControlledBy(&existing, et):
+	var cur *discoveryv1.EndpointSlice
+	err := r.client.Get(ctx, client.ObjectKeyFromObject(sl), &existing)
+	if err == nil {
+		cur = &existing
+	}
+	addressType, addrs := gw.SliceFor(cur)
+	switch {
+	case err == nil && existing.AddressType != addressType && metav1.IsControlledBy(&existing, et):
 		// The address type is immutable: a slice of the gateway's former
 		// family is made anew.
 		if err := r.client.Delete(ctx, &existing, client.Preconditions{UID: &existing.UID}); client.IgnoreNotFound(err) != nil {
@@ -282,16 +288,16 @@ func (r *EgressReconciler) slice(ctx context.Context, et *v1alpha1.EgressTarget,
 	case err != nil && !apierrors.IsNotFound(err):
 		return err
 	}
-	_, err := controllerutil.CreateOrUpdate(ctx, r.client, sl, func() error {
+	_, err = controllerutil.CreateOrUpdate(ctx, r.client, sl, func() error {
 		if sl.Labels == nil {
 			sl.Labels = map[string]string{}
 		}
 		sl.Labels[discoveryv1.LabelServiceName] = svc.Name
 		sl.Labels[discoveryv1.LabelManagedBy] = v1alpha1.EndpointSliceManagedBy
 		sl.Labels[v1alpha1.ManagedByLabel] = v1alpha1.ManagedByValue
-		sl.AddressType = gw.AddressType()
+		sl.AddressType = addressType
 		want := []discoveryv1.Endpoint{}
-		for _, a := range gw.Addresses {
+		for _, a := range addrs {
 			want = append(want, discoveryv1.Endpoint{Addresses: []string{a}, Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(true)}})
 		}
 		if !slices.EqualFunc(sl.Endpoints, want, func(a, b discoveryv1.Endpoint) bool {
