@@ -354,11 +354,9 @@ func TestRenderGolden(t *testing.T) {
 	}
 }
 
-// TestRenderRefusesFilesItDidNotWrite: a kustomization.yaml of one's own
-// (the one `flux bootstrap` writes in its cluster directory) is refused,
-// naming it, and nothing is written; a hand-written file under a name
-// render uses, no longer rendered, is kept; --check reports the first.
-func TestRenderRefusesFilesItDidNotWrite(t *testing.T) {
+// renderSeed renders the seed squads' files for the test clusters.
+func renderSeed(t *testing.T) Output {
+	t.Helper()
 	cfg, err := Load([]string{"testdata/seed.yaml", "testdata/platform.yaml"}, clusters)
 	if err != nil {
 		t.Fatal(err)
@@ -367,6 +365,15 @@ func TestRenderRefusesFilesItDidNotWrite(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return out
+}
+
+// TestRenderRefusesFilesItDidNotWrite: a kustomization.yaml of one's own
+// (the one `flux bootstrap` writes in its cluster directory) is refused,
+// naming it, and nothing is written; a hand-written file under a name
+// render uses, no longer rendered, is kept; --check reports the first.
+func TestRenderRefusesFilesItDidNotWrite(t *testing.T) {
+	out := renderSeed(t)
 	dir := t.TempDir()
 	east := filepath.Join(dir, "east")
 	if err := os.MkdirAll(east, 0o755); err != nil {
@@ -381,7 +388,7 @@ func TestRenderRefusesFilesItDidNotWrite(t *testing.T) {
 	if err := os.WriteFile(mine, []byte("kind: EgressTarget\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	err = Write(dir, out)
+	err := Write(dir, out)
 	if err == nil || !strings.Contains(err.Error(), kustomization) || !strings.Contains(err.Error(), "not written by backbone render") {
 		t.Fatalf("Write over a kustomization.yaml of one's own: %v", err)
 	}
@@ -422,14 +429,7 @@ func TestRenderRefusesFilesItDidNotWrite(t *testing.T) {
 // --check); a symbolic link or a directory under a name render writes is
 // refused, naming what it is, and a dangling link's target is not made.
 func TestRenderOwnsOnlyRegularFilesItWrote(t *testing.T) {
-	cfg, err := Load([]string{"testdata/seed.yaml", "testdata/platform.yaml"}, clusters)
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := Render(cfg, clusters, RenderOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	out := renderSeed(t)
 	dir := t.TempDir()
 	if err := Write(dir, out); err != nil {
 		t.Fatal(err)
