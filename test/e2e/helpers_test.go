@@ -176,6 +176,18 @@ func startGatewayAt(t *testing.T, c *testenv.Cluster, ip, identityDir string, ex
 	return g
 }
 
+// exportHTTP serves "hello from <from>" on l and registers it in c as the
+// exported Service ns/name, port 80 (http) on l's address.
+func exportHTTP(t *testing.T, c *testenv.Cluster, l net.Listener, ns, name, from string) {
+	t.Helper()
+	httpBackend(t, l, from)
+	addr := l.Addr().(*net.TCPAddr)
+	registerService(t, c, &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Labels: map[string]string{v1alpha1.ExportedLabel: "true"}},
+		Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "http", Port: 80}}},
+	}, []string{addr.IP.String()}, map[string]int32{"http": int32(addr.Port)})
+}
+
 func waitFor(t *testing.T, timeout time.Duration, what string, ok func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)

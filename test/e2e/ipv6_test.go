@@ -9,10 +9,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
-	"github.com/backbone-mesh/backbone/api/v1alpha1"
 	"github.com/backbone-mesh/backbone/internal/kube"
 	"github.com/backbone-mesh/backbone/internal/testenv"
 )
@@ -53,22 +51,13 @@ func TestAnIPv6OnlyCluster(t *testing.T) {
 	registerGateway(t, west, westGW)
 
 	// east serves hello over IPv4, west serves echo over IPv6.
-	hello := testenv.ListenNetns(t, 10)
-	httpBackend(t, hello, "east")
-	registerService(t, east, &corev1.Service{
-		ObjectMeta: metav1.ObjectMeta{Name: "hello", Namespace: "demo", Labels: map[string]string{v1alpha1.ExportedLabel: "true"}},
-		Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "http", Port: 80}}},
-	}, []string{hello.Addr().(*net.TCPAddr).IP.String()}, map[string]int32{"http": int32(hello.Addr().(*net.TCPAddr).Port)})
+	exportHTTP(t, east, testenv.ListenNetns(t, 10), "demo", "hello", "east")
 	echo, err := net.Listen("tcp", net.JoinHostPort(westBackendIP, "0"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = echo.Close() })
-	httpBackend(t, echo, "west")
-	registerService(t, west, &corev1.Service{
-		ObjectMeta: metav1.ObjectMeta{Name: "echo", Namespace: "demo", Labels: map[string]string{v1alpha1.ExportedLabel: "true"}},
-		Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "http", Port: 80}}},
-	}, []string{westBackendIP}, map[string]int32{"http": int32(echo.Addr().(*net.TCPAddr).Port)})
+	exportHTTP(t, west, echo, "demo", "echo", "west")
 
 	// Linked both ways, as users do.
 	for _, l := range []struct {

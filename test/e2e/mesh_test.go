@@ -70,12 +70,7 @@ func TestMesh(t *testing.T) {
 	registerGateway(t, west, westGW)
 
 	// An exported service in east.
-	web := testenv.ListenNetns(t, 10)
-	httpBackend(t, web, "east")
-	registerService(t, east, &corev1.Service{
-		ObjectMeta: metav1.ObjectMeta{Name: "hello", Namespace: "demo", Labels: map[string]string{v1alpha1.ExportedLabel: "true"}},
-		Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "http", Port: 80}}},
-	}, []string{web.Addr().(*net.TCPAddr).IP.String()}, map[string]int32{"http": int32(web.Addr().(*net.TCPAddr).Port)})
+	exportHTTP(t, east, testenv.ListenNetns(t, 10), "demo", "hello", "east")
 	ensureNamespace(t, west, "demo")
 
 	// Link west -> east the way a user does: backbone link against east,
