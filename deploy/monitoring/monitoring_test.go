@@ -368,6 +368,7 @@ func TestRules(t *testing.T) {
 		"BackboneLinkHighLatency":  {"warning", "10m", "backbone_link_probe_duration_seconds_bucket"},
 		"BackboneLinkProbeErrors":  {"", "1m", "backbone_link_probes_total"},
 		"BackboneEgressTargetDown": {"", "2m", "backbone_egress_up"},
+		"BackboneTunnelsRefused":   {"warning", "1m", "backbone_gateway_denied_total"},
 	}
 	for name, w := range want {
 		r, ok := alerts[name]
