@@ -86,8 +86,9 @@ func TestQuickStart(t *testing.T) {
 		}
 		sb.checkCalls(t)
 
-		// The matrix: every link within ±10% + 2 ms of the round trip the
-		// sandbox injected on it. Probes run every 3 s; wait for a window.
+		// The matrix: every link's p50 close to the round trip the sandbox
+		// injected on it (matrixProblems). Probes run every 3 s; wait for a
+		// window.
 		want := map[string]int64{}
 		for _, l := range st.Links {
 			want[l.From+"->"+l.To] = l.RoundTripM
@@ -216,9 +217,14 @@ func matrixProblems(m linkmatrix.Matrix, want map[string]int64) []string {
 			bad = append(bad, fmt.Sprintf("%s -> %s: no latency yet (%s)", c.Source, c.Target, c.State))
 			continue
 		}
-		tol := 0.1*float64(rt) + 2
-		if d := *c.P50Millis - float64(rt); d > tol || d < -tol {
-			bad = append(bad, fmt.Sprintf("%s -> %s: p50 %.1f ms, injected round trip %d ms (±%.1f)", c.Source, c.Target, *c.P50Millis, rt, tol))
+		// A loaded machine (the other suites run beside this one) adds
+		// delay to a probe and never takes any away: the bound below is
+		// tight, the one above loose. Links swapped in the matrix still
+		// fail, as one of them then falls below its bound; so does an
+		// injected delay applied twice.
+		below, above := 0.05*float64(rt)+2, 0.35*float64(rt)+5
+		if d := *c.P50Millis - float64(rt); d > above || d < -below {
+			bad = append(bad, fmt.Sprintf("%s -> %s: p50 %.1f ms, injected round trip %d ms (-%.1f/+%.1f)", c.Source, c.Target, *c.P50Millis, rt, below, above))
 		}
 	}
 	if seen != len(want) {
