@@ -1,6 +1,7 @@
 package mirror_test
 
 import (
+	"context"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -28,21 +29,32 @@ import (
 // again, or the next test) starts its own beside them. The Link reaches
 // east through a proxy that records the requests and the watches open.
 func TestRemoteWatchesStopWithTheManager(t *testing.T) {
+	proxy, stop := watchingThroughProxy(t, func(o *controller.Options) { o.LeaderElection = true })
+
+	stop()
+	nothingReachesEast(t, proxy)
+}
+
+// watchingThroughProxy links west to east through a recordingProxy, runs
+// west's controller (options adjusted), and waits until east's exported
+// cart is mirrored and the controller watches east's Services,
+// EndpointSlices and ServiceExports; it returns the proxy and the
+// controller's stop.
+func watchingThroughProxy(t *testing.T, adjust ...func(*controller.Options)) (*recordingProxy, context.CancelFunc) {
+	t.Helper()
 	east, west := linkedClusters(t, "shop")
 	proxy := newRecordingProxy(t, east)
 	createLink(t, west, "east", linkReaderKubeconfigCA(t, east, proxy.srv.URL, testenv.ProxyCA(proxy.srv)))
 	if err := east.Client.Create(bg, service("shop", "cart", exported(), 80)); err != nil {
 		t.Fatal(err)
 	}
-	stop := runController(t, west, func(o *controller.Options) { o.LeaderElection = true })
+	stop := runController(t, west, adjust...)
 	eventually(t, "cart-east is mirrored", func() bool { _, ok := get(west, "shop", "cart-east", &corev1.Service{}); return ok })
 	eventually(t, "the controller watches east's Services, EndpointSlices and ServiceExports", func() bool {
 		open := strings.Join(proxy.openWatches(), " ")
 		return strings.Contains(open, "/services?") && strings.Contains(open, "/endpointslices?") && strings.Contains(open, "/serviceexports?")
 	})
-
-	stop()
-	nothingReachesEast(t, proxy)
+	return proxy, stop
 }
 
 // TestAWatchStartingAsTheManagerStopsIsStopped: a remote watch starts
@@ -263,18 +275,7 @@ func (p *recordingProxy) requestsSince(n int) []string {
 // a quiet remote never moves until it is compacted away and everything is
 // listed again.
 func TestRemoteWatchesAreNotCutMidStream(t *testing.T) {
-	east, west := linkedClusters(t, "shop")
-	proxy := newRecordingProxy(t, east)
-	createLink(t, west, "east", linkReaderKubeconfigCA(t, east, proxy.srv.URL, testenv.ProxyCA(proxy.srv)))
-	if err := east.Client.Create(bg, service("shop", "cart", exported(), 80)); err != nil {
-		t.Fatal(err)
-	}
-	runController(t, west)
-	eventually(t, "cart-east is mirrored", func() bool { _, ok := get(west, "shop", "cart-east", &corev1.Service{}); return ok })
-	eventually(t, "the controller watches east's Services, EndpointSlices and ServiceExports", func() bool {
-		open := strings.Join(proxy.openWatches(), " ")
-		return strings.Contains(open, "/services?") && strings.Contains(open, "/endpointslices?") && strings.Contains(open, "/serviceexports?")
-	})
+	proxy, _ := watchingThroughProxy(t)
 	seen := proxy.requestCount()
 	time.Sleep(20 * time.Second)
 	var rewatched []string
