@@ -95,11 +95,12 @@ func statusHoldingProxy(t *testing.T, c *testenv.Cluster, held *heldWrites) *htt
 func TestAHeldStatusWriteDoesNotStopProbing(t *testing.T) {
 	const (
 		period       = 100 * time.Millisecond
-		writeTimeout = 2 * time.Second
-		// Probes the link gets while one write is held, of the 20
-		// periods the write's timeout spans; a loop that waited for the
-		// write would probe once.
-		probesWhileHeld = 10
+		writeTimeout = 5 * time.Second
+		// Probes the link gets while one write is held, of the 50
+		// periods the write's timeout spans (a tenth, so a loaded
+		// machine's late timers do not matter); a loop that waited for
+		// the write would probe once.
+		probesWhileHeld = 5
 	)
 	west := testenv.Start(t, "west")["west"]
 	var held heldWrites
